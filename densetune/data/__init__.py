@@ -1,0 +1,1 @@
+"""Data layer: read + validate files, select groups, apply prompts, batch, collate."""

@@ -1,0 +1,1 @@
+"""Models: bi-encoders and cross-encoders over Hugging Face backbones."""

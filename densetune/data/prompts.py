@@ -1,0 +1,506 @@
+"""Templates: turn a Group's raw texts into the strings a model sees (prefixes, instructions, ICL prompts).
+
+Three families, one per seed system, all pure string functions (a tokenizer is needed only where a token
+budget is):
+
+- NeMo Automodel: static prefixes joined with a space (:func:`join_prefix`), or per-dataset instructions from
+  corpus metadata (:class:`PromptFormatter`).
+- FlagEmbedding LLM-Embedder: task instructions prepended without a separator (:data:`TASK_CONFIG`,
+  :func:`apply_instruction`).
+- FlagEmbedding BGE-EN-ICL: ``<instruct>``/``<query>``/``<response>`` query prompts
+  (:func:`get_query_prompt`), in-context examples under a token budget (:func:`build_icl_query`,
+  :func:`sample_icl_examples`) and prompted passages for symmetric tasks (:func:`format_passage`).
+
+Layout of a BGE-EN-ICL query with two in-context examples (special tokens on)::
+
+    <instruct>{prompt}\\n<query>{example 1 query}\\n<response>{example 1 passage}\\n\\n
+    <instruct>{prompt}\\n<query>{example 2 query}\\n<response>{example 2 passage}\\n\\n
+    <instruct>{prompt}\\n<query>{query}\\n<response>
+
+(shown on three lines; it is one string). Without special tokens the seed's plain-text analogues are kept
+exactly: ``Instruct: {prompt}\\nQuery: {query}``, examples joined by ``\\nResponse: `` (with a trailing space)
+and the query ending in ``\\nResponse:`` (without one).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from densetune.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from densetune.data.records import Group
+
+# Added to the tokenizer (and the embedding matrix resized) when training BGE-EN-ICL style models.
+LLM_SPECIAL_TOKENS = ["<instruct>", "<query>", "<response>"]
+
+# What follows a BGE-EN-ICL query or symmetric passage: the model's embedding is read after it.
+RESPONSE_SUFFIX = {True: "\n<response>", False: "\nResponse:"}
+# What joins an in-context example's query to its passage (the seed's plain variant has a trailing space).
+_EXAMPLE_JOIN = {True: "\n<response>", False: "\nResponse: "}
+_EXAMPLE_END = "\n\n"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# NeMo Automodel: prefixes and dataset instructions
+# ---------------------------------------------------------------------------------------------------------
+
+
+def join_prefix(prefix: str, text: str) -> str:
+    """``prefix + " " + text`` when ``prefix`` is non-empty, else ``text`` (NeMo Automodel's joining).
+
+    Example:
+        >>> join_prefix("query:", "what is bm25")
+        'query: what is bm25'
+    """
+    return f"{prefix} {text}" if prefix else text
+
+
+@dataclass(frozen=True)
+class PromptFormatter:
+    """Static prefixes or dataset instructions, as NeMo Automodel's ``BiEncoderCollator`` applies them.
+
+    Without ``use_dataset_instruction`` every query gets ``query_prefix`` and every passage
+    ``passage_prefix`` (joined with a space, :func:`join_prefix`). With it, the Group's
+    ``query_instruction`` / ``passage_instruction`` (from corpus metadata) are joined the same way when
+    non-empty, texts stay raw when they are empty, and the static prefixes are ignored.
+
+    Args:
+        query_prefix: e.g. ``"query:"``.
+        passage_prefix: e.g. ``"passage:"``.
+        use_dataset_instruction: use the per-dataset instructions instead of the prefixes.
+
+    Example:
+        >>> fmt = PromptFormatter(query_prefix="query:", passage_prefix="passage:")
+        >>> fmt.apply_query("what is bm25")
+        'query: what is bm25'
+    """
+
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    use_dataset_instruction: bool = False
+
+    def apply_query(self, text: str, instruction: str = "") -> str:
+        """One query text with its prefix or instruction (for NeMo-style dict batches)."""
+        return join_prefix(instruction if self.use_dataset_instruction else self.query_prefix, text)
+
+    def apply_passage(self, text: str, instruction: str = "") -> str:
+        """One passage text with its prefix or instruction (for NeMo-style dict batches)."""
+        return join_prefix(instruction if self.use_dataset_instruction else self.passage_prefix, text)
+
+    def query(self, group: Group) -> str:
+        """The Group's query as the model sees it."""
+        return self.apply_query(group.query, group.query_instruction)
+
+    def passages(self, group: Group) -> list[str]:
+        """The Group's documents (positive first) as the model sees them; titles are not added."""
+        return [self.apply_passage(doc.text, group.passage_instruction) for doc in group.docs]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FlagEmbedding LLM-Embedder: task instructions and per-task training settings
+# ---------------------------------------------------------------------------------------------------------
+
+TASK_CONFIG: dict[str, dict[str, Any]] = {
+    "llm-embedder": {
+        # Prepended verbatim, trailing space included: instruction["query"] + query, instruction["key"] + key.
+        "instruction": {
+            "qa": {
+                "query": "Represent this query for retrieving relevant documents: ",
+                "key": "Represent this document for retrieval: ",
+            },
+            "convsearch": {
+                "query": "Encode this query and context for searching relevant passages: ",
+                "key": "Encode this passage for retrieval: ",
+            },
+            "chat": {
+                "query": "Embed this dialogue to find useful historical dialogues: ",
+                "key": "Embed this historical dialogue for retrieval: ",
+            },
+            "lrlm": {
+                "query": "Embed this text chunk for finding useful historical chunks: ",
+                "key": "Embed this historical text chunk for retrieval: ",
+            },
+            "icl": {
+                "query": "Convert this example into vector to look for useful examples: ",
+                "key": "Convert this example into vector for retrieval: ",
+            },
+            "tool": {
+                "query": "Transform this user request for fetching helpful tool descriptions: ",
+                "key": "Transform this tool description for retrieval: ",
+            },
+        },
+        # Used when prepare_train_dataset(use_train_config=True): select_positive / select_negative map to
+        # GroupSelector(positive=, negative=); the weights and temperature configure the losses.
+        "training": {
+            "qa": {
+                "select_positive": "first",
+                "select_negative": "random",
+                "max_sample_num": None,
+                "teacher_scores_margin": None,
+                "teacher_scores_min": None,
+                "contrastive_weight": 0,
+                "stable_distill": True,
+            },
+            "convsearch": {
+                "select_positive": "first",
+                "select_negative": "random",
+                "max_sample_num": None,
+                "teacher_scores_margin": None,
+                "teacher_scores_min": None,
+                "distill_weight": 0,
+                "stable_distill": False,
+            },
+            "chat": {
+                "select_positive": "teacher",
+                "select_negative": "random",
+                "max_sample_num": None,
+                "teacher_scores_margin": None,
+                "teacher_scores_min": None,
+                "distill_weight": 1.0,
+                "contrastive_weight": 0,
+                "teacher_temperature": 0.1,
+                "stable_distill": False,
+            },
+            "lrlm": {
+                "select_positive": "teacher",
+                "select_negative": "random",
+                "max_sample_num": 10000,
+                "teacher_scores_margin": 0.1,
+                "teacher_scores_min": None,
+                "distill_weight": 1.0,
+                "contrastive_weight": 0,
+                "teacher_temperature": 0.1,
+                "stable_distill": False,
+            },
+            "icl": {
+                "select_positive": "random",
+                "select_negative": "random",
+                "max_sample_num": None,
+                "teacher_scores_margin": None,
+                "teacher_scores_min": None,
+                "contrastive_weight": 0,
+                "stable_distill": True,
+            },
+            "tool": {
+                "select_positive": "first",
+                "select_negative": "random",
+                "max_sample_num": None,
+                "teacher_scores_margin": None,
+                "teacher_scores_min": None,
+                "distill_weight": 0,
+                "stable_distill": False,
+            },
+        },
+    },
+    # Baselines the LLM-Embedder code evaluates against; the same instruction for every task.
+    "bge": {
+        "instruction": defaultdict(
+            lambda: {"query": "Represent this sentence for searching relevant passages: ", "key": ""}
+        )
+    },
+    "e5": {"instruction": defaultdict(lambda: {"query": "query: ", "key": "passage: "})},
+    "instructor": {
+        "instruction": {
+            "qa": {
+                "query": "Represent the query for retrieving supporting documents: ",
+                "key": "Represent the document for retrieval: ",
+            },
+            "convsearch": {
+                "query": "Represent the query and context for retrieving supporting passages: ",
+                "key": "Represent the passage for retrieval: ",
+            },
+            "chat": {
+                "query": "Represent the dialogue for retrieving useful historical dialogues: ",
+                "key": "Represent the historical dialogue for retrieval: ",
+            },
+            "lrlm": {
+                "query": "Represent the text chunk for retrieving useful historical chunks: ",
+                "key": "Represent the historical text chunk for retrieval: ",
+            },
+            "icl": {
+                "query": "Represent the example for retrieving duplicate examples: ",
+                "key": "Represent the example for retrieval: ",
+            },
+            "tool": {
+                "query": "Represent the user request for retrieving duplicate examples: ",
+                "key": "Represent the tool description for retrieval: ",
+            },
+        },
+    },
+}
+"""FlagEmbedding LLM-Embedder's ``TASK_CONFIG``, same structure and values.
+
+``TASK_CONFIG["llm-embedder"]["instruction"][task]`` is ``{"query": ..., "key": ...}`` for the tasks
+qa, convsearch, chat, lrlm, icl, tool; ``TASK_CONFIG["llm-embedder"]["training"][task]`` holds that task's
+selection settings (``select_positive``, ``select_negative``, ``max_sample_num``, ``teacher_scores_margin``,
+``teacher_scores_min``, ``stable_distill``) and loss settings (``contrastive_weight``, ``distill_weight``,
+``teacher_temperature``) where the seed sets them. ``bge``, ``e5`` and ``instructor`` give the baselines'
+instructions (bge and e5 the same for any task).
+"""
+
+
+def task_instruction(task: str, config: str = "llm-embedder") -> dict[str, str]:
+    """``TASK_CONFIG[config]["instruction"][task]``, with an error that lists the valid names.
+
+    Raises:
+        ConfigError: unknown ``config`` or ``task``.
+    """
+    if config not in TASK_CONFIG:
+        raise ConfigError("config", f"unknown instruction set {config!r}; valid: {', '.join(TASK_CONFIG)}")
+    instructions = TASK_CONFIG[config]["instruction"]
+    if not isinstance(instructions, defaultdict) and task not in instructions:
+        raise ConfigError(
+            "task", f"no {config} instruction for task {task!r}; valid: {', '.join(instructions)}"
+        )
+    return instructions[task]
+
+
+def apply_instruction(text: str, instruction: str | None) -> str:
+    """LLM-Embedder joining: ``instruction + text`` (the instruction carries its own trailing space).
+
+    Example:
+        >>> apply_instruction("who wrote hamlet", TASK_CONFIG["llm-embedder"]["instruction"]["qa"]["query"])
+        'Represent this query for retrieving relevant documents: who wrote hamlet'
+    """
+    return f"{instruction}{text}" if instruction else text
+
+
+# ---------------------------------------------------------------------------------------------------------
+# FlagEmbedding BGE-EN-ICL: query prompts, in-context examples, symmetric passages
+# ---------------------------------------------------------------------------------------------------------
+
+
+def get_query_prompt(query: str, prompt: str, use_special_tokens: bool) -> str:
+    """BGE-EN-ICL query prompt (the seed's name and signature).
+
+    Returns:
+        ``<instruct>{prompt}\\n<query>{query}`` with special tokens, else
+        ``Instruct: {prompt}\\nQuery: {query}``.
+    """
+    if use_special_tokens:
+        return f"<instruct>{prompt}\n<query>{query}"
+    return f"Instruct: {prompt}\nQuery: {query}"
+
+
+def count_tokens(text: str, tokenizer: PreTrainedTokenizerBase) -> int:
+    """Tokens of ``text`` without the tokenizer's own special tokens (BOS/CLS, EOS/SEP)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def truncate_text(text: str, tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> str:
+    """``text`` cut to at most ``max_tokens`` tokens (no special tokens counted), cut on a token boundary.
+
+    Fast tokenizers cut the original string at the last kept token's character offset, so the kept text is
+    exactly the original (the seed decoded the token ids instead, which lower-cases and re-spaces text for
+    some tokenizers). Slow tokenizers fall back to decoding.
+
+    Args:
+        text: the text to cut.
+        tokenizer: a Hugging Face tokenizer.
+        max_tokens: the limit; ``<= 0`` gives ``""``.
+
+    Returns:
+        ``text`` itself when it fits, else its longest prefix that fits.
+    """
+    if max_tokens <= 0:
+        return ""
+    fast = bool(getattr(tokenizer, "is_fast", False))
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=fast)
+    ids = encoding["input_ids"]
+    if len(ids) <= max_tokens:
+        return text
+    if not fast:
+        return tokenizer.decode(ids[:max_tokens])
+    offsets = encoding["offset_mapping"]
+    keep = max_tokens
+    # Re-tokenising a cut string can, rarely, give one more piece than before (a word split differently);
+    # cut one token earlier until it fits so the limit always holds.
+    while keep > 0:
+        cut = text[: offsets[keep - 1][1]]
+        if count_tokens(cut, tokenizer) <= max_tokens:
+            return cut
+        keep -= 1
+    return ""
+
+
+def _room(tokenizer: PreTrainedTokenizerBase, max_len: int, suffix: str, reserve_tokens: int) -> int:
+    """Tokens left for text after the tokenizer's special tokens, the suffix and ``reserve_tokens``."""
+    return (
+        max_len
+        - tokenizer.num_special_tokens_to_add(pair=False)
+        - count_tokens(suffix, tokenizer)
+        - reserve_tokens
+    )
+
+
+def _render_icl_example(
+    query: str,
+    passage: str,
+    prompt: str,
+    tokenizer: PreTrainedTokenizerBase,
+    use_special_tokens: bool,
+    example_query_max_len: int,
+    example_passage_max_len: int,
+) -> str:
+    # The query limit applies to the whole prompted query (instruction included), as in the seed.
+    query_part = truncate_text(
+        get_query_prompt(query, prompt, use_special_tokens), tokenizer, example_query_max_len
+    )
+    passage_part = truncate_text(passage, tokenizer, example_passage_max_len)
+    return query_part + _EXAMPLE_JOIN[use_special_tokens] + passage_part + _EXAMPLE_END
+
+
+def build_icl_query(
+    query: str,
+    prompt: str,
+    examples: Sequence[tuple[str, str]],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    use_special_tokens: bool = True,
+    query_max_len: int = 512,
+    example_query_max_len: int = 64,
+    example_passage_max_len: int = 96,
+    icl_budget: int | None = None,
+    reserve_tokens: int = 0,
+) -> str:
+    """A BGE-EN-ICL query: in-context examples, then the prompted query, ending in ``\\n<response>``.
+
+    Each example ``(example query, example passage)`` is rendered as
+    ``{get_query_prompt(example query, prompt)}\\n<response>{example passage}\\n\\n`` (plain variant:
+    ``\\nResponse: ``), its prompted query cut to ``example_query_max_len`` tokens and its passage to
+    ``example_passage_max_len``. Examples are added in order while their total fits the budget; the first that
+    does not fit stops the list (the seed's rule). With no examples this is the plain training query.
+
+    The budget: the query may use ``query_max_len`` tokens minus the tokenizer's special tokens, the suffix
+    and ``reserve_tokens``; the prompted query is cut to that first, and examples get what it leaves, capped
+    at ``icl_budget`` when given. Examples therefore never push the query itself out. (The seed allowed
+    examples ``query_max_len - 512`` tokens, a fixed budget that admits no example at all when
+    ``query_max_len <= 512``, then cut the joined text from the right, which could cut the query; pass
+    ``icl_budget=query_max_len - 512`` to reproduce its budget.)
+
+    Args:
+        query: the raw query.
+        prompt: the task instruction (``Group.prompt``); also used for the examples, which come from the same
+            task's batch.
+        examples: ``(query, passage)`` pairs, raw, in the order to try them (see :func:`sample_icl_examples`).
+        tokenizer: the model's tokenizer (with :data:`LLM_SPECIAL_TOKENS` added when ``use_special_tokens``).
+        use_special_tokens: ``<instruct>``/``<query>``/``<response>`` tokens, else plain-text labels.
+        query_max_len: the query's token limit, special tokens included (the seed's default is 32).
+        example_query_max_len: token limit of each example's prompted query.
+        example_passage_max_len: token limit of each example's passage.
+        icl_budget: at most this many tokens of examples (None: all the room the query leaves).
+        reserve_tokens: tokens the collator adds beyond the tokenizer's own special tokens (e.g. 1 for an EOS
+            appended for last-token pooling).
+
+    Returns:
+        The query string; tokenised with the tokenizer's special tokens it fits ``query_max_len``.
+
+    Raises:
+        ConfigError: ``query_max_len`` leaves no room for any query text.
+    """
+    suffix = RESPONSE_SUFFIX[use_special_tokens]
+    room = _room(tokenizer, query_max_len, suffix, reserve_tokens)
+    if room <= 0:
+        raise ConfigError(
+            "query_max_len",
+            f"{query_max_len} tokens leave no room for the query after special tokens and {suffix!r}; "
+            "raise it",
+        )
+    query_text = truncate_text(get_query_prompt(query, prompt, use_special_tokens), tokenizer, room)
+    left = room - count_tokens(query_text, tokenizer)
+    budget = left if icl_budget is None else min(icl_budget, left)
+
+    pieces: list[str] = []
+    used = ""
+    for example_query, example_passage in examples:
+        rendered = _render_icl_example(
+            example_query,
+            example_passage,
+            prompt,
+            tokenizer,
+            use_special_tokens,
+            example_query_max_len,
+            example_passage_max_len,
+        )
+        if count_tokens(used + rendered, tokenizer) > budget:
+            break
+        pieces.append(rendered)
+        used += rendered
+    # Tokens can merge across the join with the query for some tokenizers; drop examples until it fits.
+    while pieces and count_tokens("".join(pieces) + query_text, tokenizer) > room:
+        pieces.pop()
+    return "".join(pieces) + query_text + suffix
+
+
+def sample_icl_examples(
+    batch_pairs: Sequence[tuple[str, str]],
+    own_index: int,
+    rng: random.Random,
+    max_examples: int = 5,
+) -> list[tuple[str, str]]:
+    """In-context examples for query ``own_index``: 0..``max_examples`` other pairs of the same batch.
+
+    The count is drawn uniformly from ``0..max_examples`` (the seed: 0..5), then that many distinct pairs
+    other than the query's own, in random order; fewer when the batch has fewer other pairs. (The seed sampled
+    ``count + 1`` pairs before removing its own, which raises when the batch is smaller than that.)
+
+    Args:
+        batch_pairs: ``(query, positive passage)`` of every query in the batch (for clustering, the category).
+        own_index: the position of this query's own pair, never returned.
+        rng: the caller's seeded generator (e.g. ``random.Random(derive_seed(seed, epoch, step))``).
+        max_examples: the most examples to draw.
+
+    Returns:
+        The chosen pairs.
+    """
+    count = rng.randint(0, max_examples)
+    others = [i for i in range(len(batch_pairs)) if i != own_index]
+    count = min(count, len(others))
+    return [batch_pairs[i] for i in rng.sample(others, count)]
+
+
+def is_symmetric_prompted(type: str) -> bool:
+    """Whether passages of this Example type get the prompt too (BGE-EN-ICL: sts and clustering tasks)."""
+    return "sts" in type or "clustering" in type
+
+
+def format_passage(
+    passage: str,
+    prompt: str,
+    type: str,
+    use_special_tokens: bool,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    passage_max_len: int | None = None,
+    reserve_tokens: int = 0,
+) -> str:
+    """A passage as BGE-EN-ICL feeds it: raw for retrieval, prompted like a query for sts/clustering.
+
+    For ``symmetric_sts`` and ``symmetric_clustering`` the passage becomes
+    ``get_query_prompt(passage, prompt) + "\\n<response>"`` (plain: ``"\\nResponse:"``); with a tokenizer and
+    ``passage_max_len`` the prompted text is cut first so the suffix always survives truncation (the seed's
+    order). Other types (retrieval, symmetric_class, only_1neg) return ``passage`` unchanged.
+
+    Args:
+        passage: the passage text.
+        prompt: the task instruction.
+        type: the Example type.
+        use_special_tokens: special-token or plain-text labels.
+        tokenizer: optional, to cut the prompted passage to ``passage_max_len``.
+        passage_max_len: token limit, special tokens included (needs ``tokenizer``).
+        reserve_tokens: tokens the collator adds beyond the tokenizer's own special tokens.
+    """
+    if not is_symmetric_prompted(type):
+        return passage
+    suffix = RESPONSE_SUFFIX[use_special_tokens]
+    text = get_query_prompt(passage, prompt, use_special_tokens)
+    if tokenizer is not None and passage_max_len is not None:
+        text = truncate_text(text, tokenizer, _room(tokenizer, passage_max_len, suffix, reserve_tokens))
+    return text + suffix

@@ -1,1 +1,66 @@
-"""Data layer: read + validate files, select groups, apply prompts, batch, collate."""
+"""Data layer: read + validate files, select groups, apply prompts, batch, collate.
+
+The seeds' public names are importable from here, so a NeMo Automodel or FlagEmbedding user changes only the
+import (``from densetune.data import make_retrieval_dataset, RetrievalBiencoderCollator``) and YAML targets
+read ``densetune.data.RetrievalBiencoderCollator``. They load on first use: ``import densetune.data`` stays
+cheap (no torch, transformers or datasets until a name is touched).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> module that defines it
+_EXPORTS = {
+    "make_retrieval_dataset": "densetune.data.compat",
+    "RetrievalDataset": "densetune.data.compat",
+    "SameDatasetTrainDataset": "densetune.data.compat",
+    "TASK_CONFIG": "densetune.data.prompts",
+    "get_query_prompt": "densetune.data.prompts",
+    "BiEncoderCollator": "densetune.data.collators",
+    "RetrievalBiencoderCollator": "densetune.data.collators",
+    "CrossEncoderCollator": "densetune.data.collators",
+    "RetrievalDataCollator": "densetune.data.collators",
+    "SameEmbedCollator": "densetune.data.collators",
+    "RetrievalTrainDataset": "densetune.data.dataset",
+}
+
+__all__ = [
+    "TASK_CONFIG",
+    "BiEncoderCollator",
+    "CrossEncoderCollator",
+    "RetrievalBiencoderCollator",
+    "RetrievalDataCollator",
+    "RetrievalDataset",
+    "RetrievalTrainDataset",
+    "SameDatasetTrainDataset",
+    "SameEmbedCollator",
+    "get_query_prompt",
+    "make_retrieval_dataset",
+]
+
+if TYPE_CHECKING:
+    from densetune.data.collators import (
+        BiEncoderCollator,
+        CrossEncoderCollator,
+        RetrievalBiencoderCollator,
+        RetrievalDataCollator,
+        SameEmbedCollator,
+    )
+    from densetune.data.compat import RetrievalDataset, SameDatasetTrainDataset, make_retrieval_dataset
+    from densetune.data.dataset import RetrievalTrainDataset
+    from densetune.data.prompts import TASK_CONFIG, get_query_prompt
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'densetune.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,488 @@
+"""The example store: training examples converted once to memory-mapped Arrow, documents resolved lazily.
+
+:func:`load_examples` reads each input (file or BEIR split) with :mod:`densetune.data.formats` and writes
+it to ``cache_dir/examples/<key>/``: ``examples.arrow`` (one row per Example: query, ids, task, ..., and the
+rows of its documents) and ``docs.arrow`` (the documents of inline data). Documents given by id are stored
+as rows of their corpus (itself memory-mapped, see :mod:`densetune.data.corpus`), so one million examples
+with 21 documents each cost a few hundred MB of disk and almost no RAM. The key is the input's path, size
+and modification time (and the split); a corpus that changed since invalidates the entry. A second load
+only maps the files.
+
+``store[i]`` gives an Example whose id-referenced documents have ``text=""``; ``store.resolve(example)``
+fills them, ``store.get(i, resolve=True)`` and ``store.iter(resolve=True)`` do it in bulk (fastest).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import json
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from densetune.data import beir
+from densetune.data.corpus import (
+    ArrowWriter,
+    Corpus,
+    cache_key,
+    default_cache_dir,
+    fingerprint,
+    inline_corpus,
+    load_corpus,
+    open_table,
+    publish_dir,
+)
+from densetune.data.formats import ReadStats, expand_paths, iter_chunks
+from densetune.data.records import INLINE_CORPUS_ID, Doc, Example
+from densetune.errors import DataError
+
+logger = logging.getLogger("densetune.data")
+
+_STRING_COLUMNS = (
+    "query_id",
+    "query",
+    "task",
+    "type",
+    "prompt",
+    "query_instruction",
+    "passage_instruction",
+    "corpus_id",
+)
+_ROW_LISTS = ("pos_rows", "neg_rows", "hist_rows")
+EXAMPLE_SCHEMA = pa.schema(
+    [(name, pa.string()) for name in _STRING_COLUMNS]
+    + [("line", pa.int64())]
+    + [(name, pa.list_(pa.int64())) for name in _ROW_LISTS]
+    + [
+        ("pos_scores", pa.list_(pa.float64())),
+        ("neg_scores", pa.list_(pa.float64())),
+        ("answers", pa.list_(pa.string())),
+    ]
+)
+INLINE_DOC_SCHEMA = pa.schema([(name, pa.string()) for name in ("id", "text", "title", "image", "extra")])
+_MAX_STORED_ERRORS = 1000
+COLUMNS = (*_STRING_COLUMNS, "line", "source", "n_pos", "n_neg", "n_history", "pos_ids", "neg_ids")
+
+
+class _Part:
+    """One input (file or BEIR split) in the store: its examples table and its inline documents."""
+
+    def __init__(self, path: Path, entry: Path, meta: dict[str, Any], offset: int):
+        self.path = path
+        self.entry = entry
+        self.meta = meta
+        table = open_table(entry / "examples.arrow")
+        inline = inline_corpus(entry / "docs.arrow")
+        self.table = table
+        self.inline = inline if len(inline) else None
+        self.offset = offset
+        rel = meta.get("source_rel") or ""
+        self.source_path = str(path / rel) if rel else str(path)
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+
+def _list_column(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(offsets from 0, flat values, null mask) of a list column slice."""
+    arr = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    offsets = arr.offsets.to_numpy()
+    offsets = offsets - offsets[0]
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    nulls = arr.is_null().to_numpy(zero_copy_only=False) if arr.null_count else np.zeros(len(arr), dtype=bool)
+    return offsets, values, nulls
+
+
+class ExampleStore:
+    """Examples from one or more inputs, memory-mapped; see the module docstring.
+
+    Attributes:
+        corpora: the corpora documents are referenced in, by corpus id.
+        skipped: invalid records skipped (``skip_invalid=True``), in total.
+        skipped_by_file: the same, per input.
+        errors: the DataError of each skipped record (up to 1000 per input).
+        formats: the detected format of each input.
+
+    Example:
+        >>> store = load_examples(["examples/corpus_id/train.json"])
+        >>> store[0].positives[0].text  # ""  (document by id, not resolved)
+        >>> store.get(0, resolve=True).positives[0].text
+    """
+
+    def __init__(self, parts: list[_Part], corpora: dict[str, Corpus]):
+        self._parts = parts
+        self._starts = [p.offset for p in parts]
+        self.corpora = corpora
+        self.skipped_by_file = {str(p.path): int(p.meta["skipped"]) for p in parts}
+        self.skipped = sum(self.skipped_by_file.values())
+        self.errors = [DataError(**e) for p in parts for e in p.meta["errors"]]
+        self.formats = {str(p.path): p.meta["format"] for p in parts}
+        self.notes: Counter = Counter()
+        for p in parts:
+            self.notes.update(p.meta.get("notes", {}))
+        self._len = sum(len(p) for p in parts)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __reduce__(self) -> Any:
+        # Pickle by reference to the cache entries (DataLoader workers re-map them), not by value.
+        parts = [(str(p.path), str(p.entry), p.meta, p.offset) for p in self._parts]
+        return (_reopen_store, (parts, self.corpora))
+
+    def __repr__(self) -> str:
+        return (
+            f"ExampleStore({self._len} examples from {len(self._parts)} inputs, corpora={list(self.corpora)})"
+        )
+
+    def __getitem__(self, index: int) -> Example:
+        return self.get(index)
+
+    def _locate(self, index: int) -> tuple[_Part, int]:
+        if index < 0:
+            index += self._len
+        if not 0 <= index < self._len:
+            raise IndexError(f"example index {index} out of range (store has {self._len})")
+        part = self._parts[bisect.bisect_right(self._starts, index) - 1]
+        return part, index - part.offset
+
+    def get(self, index: int, *, resolve: bool = False) -> Example:
+        """Example ``index``; with ``resolve`` its id-referenced documents come with text (from stored rows)."""
+        part, local = self._locate(index)
+        return self._decode(part, local, local + 1, resolve)[0]
+
+    def batch(self, start: int, stop: int, *, resolve: bool = False) -> list[Example]:
+        """Examples ``start:stop`` decoded together (one Arrow take per corpus: much faster than one by one)."""
+        out: list[Example] = []
+        index = max(start, 0)
+        stop = min(stop, self._len)
+        while index < stop:
+            part, local = self._locate(index)
+            n = min(stop - index, len(part) - local)
+            out.extend(self._decode(part, local, local + n, resolve))
+            index += n
+        return out
+
+    def __iter__(self) -> Iterator[Example]:
+        return self.iter()
+
+    def iter(self, *, resolve: bool = False, batch_size: int = 1024) -> Iterator[Example]:
+        """All examples in order, decoded ``batch_size`` at a time."""
+        for start in range(0, self._len, batch_size):
+            yield from self.batch(start, start + batch_size, resolve=resolve)
+
+    def _decode(self, part: _Part, start: int, stop: int, resolve: bool) -> list[Example]:
+        t = part.table.slice(start, stop - start)
+        strings = {name: t.column(name).to_pylist() for name in _STRING_COLUMNS}
+        lines = t.column("line").to_numpy()
+        lists = {name: _list_column(t.column(name)) for name in (*_ROW_LISTS, "pos_scores", "neg_scores")}
+        answers = t.column("answers").to_pylist()
+        n = stop - start
+        # Gather every document row per table (a corpus, or this part's inline documents), one take each.
+        wanted: dict[str, list[np.ndarray]] = {}
+        for i in range(n):
+            key = strings["corpus_id"][i]
+            for name in _ROW_LISTS:
+                off, vals, _ = lists[name]
+                wanted.setdefault(key, []).append(vals[off[i] : off[i + 1]])
+        docs: dict[str, Iterator[Doc]] = {}
+        for key, parts in wanted.items():
+            rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+            if key == INLINE_CORPUS_ID:
+                table = part.inline
+                if table is None:
+                    raise DataError(
+                        "store entry has inline examples but no inline documents; clear the cache", part.path
+                    )
+                docs[key] = iter(table.docs(rows))
+            else:
+                docs[key] = iter(self.corpora[key].docs(rows, text=resolve))
+        out = []
+        for i in range(n):
+            it = docs[strings["corpus_id"][i]]
+            got = []
+            for name in _ROW_LISTS:
+                off, _, _ = lists[name]
+                got.append([next(it) for _ in range(off[i + 1] - off[i])])
+            scores = []
+            for name in ("pos_scores", "neg_scores"):
+                off, vals, nulls = lists[name]
+                scores.append(None if nulls[i] else vals[off[i] : off[i + 1]].tolist())
+            out.append(
+                Example(
+                    query_id=strings["query_id"][i],
+                    query=strings["query"][i],
+                    positives=got[0],
+                    negatives=got[1],
+                    pos_scores=scores[0],
+                    neg_scores=scores[1],
+                    task=strings["task"][i],
+                    type=strings["type"][i],
+                    prompt=strings["prompt"][i],
+                    query_instruction=strings["query_instruction"][i],
+                    passage_instruction=strings["passage_instruction"][i],
+                    corpus_id=strings["corpus_id"][i],
+                    history=got[2],
+                    answers=answers[i],
+                    source=f"{part.source_path}:{lines[i]}",
+                )
+            )
+        return out
+
+    def resolve(self, example: Example) -> Example:
+        """A copy of ``example`` whose documents given by id carry their corpus text, title and image.
+
+        Works for any Example (also one changed after ``store[i]``): documents are looked up by id.
+
+        Raises:
+            DataError: the example's corpus is not in the store, or an id is not in it (naming id and corpus).
+        """
+        if example.corpus_id == INLINE_CORPUS_ID:
+            return dataclasses.replace(
+                example, positives=list(example.positives), negatives=list(example.negatives)
+            )
+        corpus = self.corpora.get(example.corpus_id)
+        if corpus is None:
+            raise DataError(
+                f"unknown corpus {example.corpus_id!r}; the store has {', '.join(self.corpora) or 'none'}",
+                example.source,
+            )
+        groups = (example.positives, example.negatives, example.history)
+        need = [d.id for g in groups for d in g if not d.text and d.id]
+        rows = corpus.rows(need)
+        if (rows < 0).any():
+            bad = need[int(np.flatnonzero(rows < 0)[0])]
+            raise DataError(f"unknown document id {bad!r} in corpus {corpus.corpus_id!r}", example.source)
+        fetched = iter(corpus.docs(rows))
+        filled = [[next(fetched) if not d.text and d.id else d for d in g] for g in groups]
+        return dataclasses.replace(example, positives=filled[0], negatives=filled[1], history=filled[2])
+
+    def column(self, name: str) -> list | np.ndarray:
+        """One per-example value for every example, cheaply (no documents decoded).
+
+        Names: ``query_id``, ``query``, ``task``, ``type``, ``prompt``, ``query_instruction``,
+        ``passage_instruction``, ``corpus_id``, ``source`` (lists of str); ``line``, ``n_pos``, ``n_neg``,
+        ``n_history`` (int64 arrays); ``pos_ids``, ``neg_ids`` (lists of lists of document ids).
+        """
+        if name not in COLUMNS:
+            raise KeyError(f"unknown column {name!r}; expected one of {', '.join(COLUMNS)}")
+        if name in _STRING_COLUMNS:
+            return [v for p in self._parts for v in p.table.column(name).to_pylist()]
+        if name == "line":
+            return np.concatenate(
+                [p.table.column("line").to_numpy() for p in self._parts] or [np.zeros(0, np.int64)]
+            )
+        if name == "source":
+            return [
+                f"{p.source_path}:{line}"
+                for p in self._parts
+                for line in p.table.column("line").to_numpy().tolist()
+            ]
+        if name.startswith("n_"):
+            col = {"n_pos": "pos_rows", "n_neg": "neg_rows", "n_history": "hist_rows"}[name]
+            parts = [
+                pc.list_value_length(p.table.column(col)).to_numpy().astype(np.int64) for p in self._parts
+            ]
+            return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        col = "pos_rows" if name == "pos_ids" else "neg_rows"
+        out: list[list[str]] = []
+        for p in self._parts:
+            off, vals, _ = _list_column(p.table.column(col))
+            cids = p.table.column("corpus_id").to_pylist()
+            for i, cid in enumerate(cids):
+                table = p.inline if cid == INLINE_CORPUS_ID else self.corpora[cid]
+                out.append(table.ids_at(vals[off[i] : off[i + 1]]))
+        return out
+
+
+def _reopen_store(parts: list[tuple[str, str, dict, int]], corpora: dict[str, Corpus]) -> ExampleStore:
+    return ExampleStore([_Part(Path(p), Path(e), meta, off) for p, e, meta, off in parts], corpora)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Building and loading store entries
+
+
+def _source_rel(path: Path, split: str) -> tuple[str, list[Path]]:
+    """(source path relative to the input, files whose fingerprint keys the entry)."""
+    if path.is_dir():
+        qrels = beir.qrels_path(path, split)
+        return str(qrels.relative_to(path)), [path / "queries.jsonl", qrels]
+    return "", [path]
+
+
+def _list_array(arrays: list[np.ndarray]) -> pa.ListArray:
+    """A list<int64> Arrow array from one numpy array per row, without Python lists."""
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int32, count=len(arrays))
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(arrays).astype(np.int64) if arrays else np.zeros(0, np.int64)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def _chunk_tables(chunk: Any, inline_start: int) -> tuple[pa.Table, pa.Table]:
+    """Arrow tables (examples, inline documents) for one chunk; inline rows are numbered from ``inline_start``."""
+    examples = chunk.examples
+    docs: dict[str, list[str]] = {name: [] for name in INLINE_DOC_SCHEMA.names}
+    rows_by_list: list[list[np.ndarray]] = [[], [], []]
+    next_row = inline_start
+    for ex, rows in zip(examples, chunk.rows):
+        if rows is None:
+            assigned: dict[int, int] = {}
+            rows = []
+            for group in (ex.positives, ex.negatives, ex.history):
+                r = []
+                for d in group:
+                    if id(d) not in assigned:  # a history row that is also a negative is stored once
+                        assigned[id(d)] = next_row
+                        next_row += 1
+                        docs["id"].append(d.id)
+                        docs["text"].append(d.text)
+                        docs["title"].append(d.title)
+                        docs["image"].append(d.image)
+                        docs["extra"].append(json.dumps(d.extra, ensure_ascii=False) if d.extra else "")
+                    r.append(assigned[id(d)])
+                rows.append(np.array(r, dtype=np.int64))
+        for k in range(3):
+            rows_by_list[k].append(rows[k])
+    cols: dict[str, Any] = {name: [getattr(ex, name) for ex in examples] for name in _STRING_COLUMNS}
+    cols["line"] = [int(ex.source.rsplit(":", 1)[1]) for ex in examples]
+    for name, arrays in zip(_ROW_LISTS, rows_by_list):
+        cols[name] = _list_array(arrays)
+    cols["pos_scores"] = [ex.pos_scores for ex in examples]
+    cols["neg_scores"] = [ex.neg_scores for ex in examples]
+    cols["answers"] = [ex.answers for ex in examples]
+    return pa.table(cols, schema=EXAMPLE_SCHEMA), pa.table(docs, schema=INLINE_DOC_SCHEMA)
+
+
+def _build_entry(path: Path, split: str, skip_invalid: bool, root: Path, out: Path, rel: str) -> None:
+    stats = ReadStats()
+    examples = ArrowWriter(out / "examples.arrow", EXAMPLE_SCHEMA)
+    inline = ArrowWriter(out / "docs.arrow", INLINE_DOC_SCHEMA)
+    corpora: dict[str, Corpus] = {}
+    try:
+        for chunk in iter_chunks(path, split=split, skip_invalid=skip_invalid, stats=stats, cache_dir=root):
+            corpora.update(chunk.corpora)
+            ex_table, doc_table = _chunk_tables(chunk, inline.rows)
+            examples.write(ex_table)
+            inline.write(doc_table)
+    finally:
+        n = examples.close()
+        inline.close()
+    meta = {
+        "format": stats.formats.get(str(path), ""),
+        "n": n,
+        "skipped": stats.skipped,
+        "errors": [
+            {"message": e.message, "path": e.path, "line": e.line, "field": e.field}
+            for e in stats.errors[:_MAX_STORED_ERRORS]
+        ],
+        "notes": dict(stats.notes),
+        "corpora": {
+            cid: {"path": str(c.path.resolve()) if c.path else "", "key": c.key} for cid, c in corpora.items()
+        },
+        "source_rel": rel,
+        "split": split,
+    }
+    (out / "meta.json").write_text(json.dumps(meta))
+
+
+def _open_entry(
+    path: Path, entry: Path, meta: dict, offset: int, root: Path
+) -> tuple[_Part, dict[str, Corpus]] | None:
+    """Map a cached entry; None when a corpus it refers to changed since (the entry must be rebuilt)."""
+    corpora = {}
+    for cid, info in meta["corpora"].items():
+        corpus = load_corpus(info["path"], cache_dir=root, corpus_id=cid)
+        if corpus.key != info["key"]:
+            return None
+        corpora[cid] = corpus
+    return _Part(path, entry, meta, offset), corpora
+
+
+def load_examples(
+    paths: str | Path | Iterable[str | Path],
+    *,
+    skip_invalid: bool = False,
+    cache_dir: str | Path | None = None,
+    split: str = "train",
+) -> ExampleStore:
+    """Load training data into a memory-mapped :class:`ExampleStore`, converting (and caching) on first use.
+
+    Args:
+        paths: files, directories (expanded with :func:`densetune.data.formats.expand_paths`), globs, or
+            BEIR dataset directories, in any supported format.
+        skip_invalid: skip invalid records and count them (a warning logs the totals) instead of raising.
+        cache_dir: cache root (default ``$DENSETUNE_CACHE`` or ``~/.cache/densetune``).
+        split: qrels split for BEIR directories.
+
+    Raises:
+        DataError: the first invalid record, naming file, line and field (unless ``skip_invalid``), or a
+            problem with a whole file (empty, binary, bad corpus metadata), which no flag skips.
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    (root / "examples").mkdir(parents=True, exist_ok=True)
+    parts: list[_Part] = []
+    corpora: dict[str, Corpus] = {}
+    offset = 0
+    for path in expand_paths(paths):
+        if path.is_dir() and not beir.is_beir_dir(path):
+            raise DataError(
+                "this is a corpus directory, not training data; pass the corpus-id JSON that lists it", path
+            )
+        rel, key_files = _source_rel(path, split)
+        key = cache_key(
+            "examples", str(path.resolve()), split if path.is_dir() else "", fingerprint(key_files)
+        )
+        entry = root / "examples" / key
+        opened = None
+        if (entry / "meta.json").is_file():
+            meta = json.loads((entry / "meta.json").read_text())
+            opened = _open_entry(path, entry, meta, offset, root)
+            if opened is None:
+                shutil.rmtree(entry, ignore_errors=True)
+        if opened is None:
+            tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=root / "examples"))
+            try:
+                _build_entry(path, split, skip_invalid, root, tmp, rel)
+                publish_dir(tmp, entry)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            meta = json.loads((entry / "meta.json").read_text())
+            opened = _open_entry(path, entry, meta, offset, root)
+            if opened is None:
+                raise DataError("a corpus changed while it was being read; load again", path)
+        part, part_corpora = opened
+        if part.meta["skipped"] and not skip_invalid:
+            raise DataError(**part.meta["errors"][0])
+        for cid, corpus in part_corpora.items():
+            if cid in corpora and corpora[cid].key != corpus.key:
+                raise DataError(
+                    f"corpus_id {cid!r} names two different corpora ({corpora[cid].path} and {corpus.path})",
+                    path,
+                )
+            corpora.setdefault(cid, corpus)
+        parts.append(part)
+        offset += len(part)
+    store = ExampleStore(parts, corpora)
+    if store.skipped:
+        per_file = ", ".join(f"{p}: {n}" for p, n in store.skipped_by_file.items() if n)
+        logger.warning(
+            "skipped %d invalid records of %d (%s); first: %s",
+            store.skipped,
+            store.skipped + len(store),
+            per_file,
+            store.errors[0] if store.errors else "",
+        )
+    for note, count in store.notes.items():
+        logger.info("%s: %d", note, count)
+    return store

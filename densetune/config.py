@@ -132,7 +132,9 @@ def locate(path: str, key: str = TARGET) -> Any:
         except AttributeError:
             break
         return obj
-    raise ConfigError(key, f"cannot import {path!r}; expected a dotted path such as densetune.data.BiEncoderCollator")
+    raise ConfigError(
+        key, f"cannot import {path!r}; expected a dotted path such as densetune.data.BiEncoderCollator"
+    )
 
 
 def instantiate(node: Any, key: str = "", **call_kwargs: Any) -> Any:
@@ -154,7 +156,9 @@ def instantiate(node: Any, key: str = "", **call_kwargs: Any) -> Any:
         return {k: instantiate(v, f"{key}.{k}" if key else k) for k, v in node.items()}
     target = locate(str(node[TARGET]), f"{key}.{TARGET}" if key else TARGET)
     kwargs = {
-        k: instantiate(v, f"{key}.{k}" if key else k) for k, v in node.items() if k != TARGET and k not in call_kwargs
+        k: instantiate(v, f"{key}.{k}" if key else k)
+        for k, v in node.items()
+        if k != TARGET and k not in call_kwargs
     }
     kwargs.update(call_kwargs)
     check_arguments(target, kwargs, key or TARGET)

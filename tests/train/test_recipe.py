@@ -162,19 +162,18 @@ def test_minilm_on_scifact_loss_falls_and_model_loads_in_sentence_transformers(
 
 
 @pytest.mark.slow
-def test_smollm2_lora_trains_and_merged_export_reloads(smollm2_gguf, tmp_path):
+def test_smollm2_lora_trains_and_merged_export_reloads(smollm2_dir, tmp_path):
+    # smollm2_dir is the GGUF dequantised once per session by densetune's GGUF loader (tests/conftest.py)
     from densetune.models.biencoder import BiEncoder
 
     data = make_inline_data(tmp_path / "train.jsonl", 8, n_negatives=2)
     out = tmp_path / "out"
-    gguf = Path(smollm2_gguf)
     cfg = tiny_recipe(
-        str(gguf.parent),
+        smollm2_dir,
         data,
         out,
         model={
-            "path": str(gguf.parent),
-            "gguf_file": gguf.name,
+            "path": smollm2_dir,
             "pooling": "last",
             "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
         },

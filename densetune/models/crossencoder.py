@@ -1,0 +1,893 @@
+"""CrossEncoder: a reranker that reads a (query, passage) pair and gives one relevance score; its losses.
+
+API:
+    CrossEncoder.from_pretrained(path, *, kind="auto", max_length=512, prompt_template=None, lora=None,
+        gguf_file=None, num_labels=1, dtype=None, attn_implementation="sdpa",
+        gradient_checkpointing=False) -> CrossEncoder
+    model(batch) -> scores [B*n] float32          batch: input_ids, attention_mask (+ token_type_ids)
+    model.tokenize_pairs(queries, passages, *, max_length=None) -> dict of [N, L] tensors
+    model.collate(items) -> batch                 Groups or NeMo dicts -> tensors + labels + n_passages
+    model.collator -> RerankerCollator            the same as a picklable collate_fn (no weights)
+    model.score_pairs(queries, passages, batch_size=32, show_progress=False) -> CPU float32 [N]
+    model.save_pretrained(dir, *, model_card=None)
+    RerankerLoss(listwise_weight=1.0, bce_weight=0.0, distillation=None, distill_weight=1.0, temperature=1.0,
+        teacher_temperature=1.0, student_temperature=1.0)(scores [B*n], n_passages=n, teacher_scores=None,
+        labels=None) -> scalar
+    loss_step(model, batch, loss_cfg) -> scalar   forward + loss of one collated batch (no backward)
+
+Two kinds of reranker:
+
+* ``encoder`` (BERT, MiniLM, XLM-R, ...): ``AutoModelForSequenceClassification`` with one output; the score
+  is the raw logit. A pair is tokenised as a text pair, ``tokenizer(query, passage,
+  truncation="longest_first", max_length=max_length)``, which is what ``sentence_transformers.CrossEncoder``
+  does: a folder written by :meth:`CrossEncoder.save_pretrained` loads there and ``predict`` gives the same
+  numbers (the saved activation is the identity, so ST returns logits too, not sigmoids). With
+  ``prompt_template`` (e.g. NeMo Automodel's :data:`NEMO_RERANK_TEMPLATE`) each pair is instead formatted
+  into one text, as NeMo's ``CrossEncoderCollator`` does; sentence-transformers has no such option, so a
+  model trained that way only scores the same there when you format the text yourself.
+  Initialising from a plain encoder (e.g. all-MiniLM-L6-v2) creates a fresh, random scoring head: a
+  warning says so once per model path.
+* ``decoder`` (an LLM: Gemma, Llama, Qwen, SmolLM2, ...): FlagEmbedding's LLM reranker
+  (``FlagLLMReranker``, bge-reranker-v2-gemma). The input is
+  ``[BOS] "A: {query}" "\\n" "B: {passage}" "\\n" {LLM_RERANK_PROMPT}`` where
+  :data:`LLM_RERANK_PROMPT` is FlagEmbedding's default ``"Given a query A and a passage B, determine whether
+  the passage contains an answer to the query by providing a prediction of either 'Yes' or 'No'."``; the
+  query part is cut to ``3/4 * max_length`` tokens, the passage so that BOS + query + "\\n" + passage fit in
+  ``max_length`` (the prompt comes on top, as in FlagEmbedding), and the score is the logit of the token
+  ``"Yes"`` (first token of ``tokenizer("Yes")``) at the last position. Rows are padded on the left, and
+  position ids are counted from each row's first real token, so a pair's score does not depend on what it
+  is batched with. LoRA (``lora={...}``) goes through peft; :meth:`save_pretrained` merges it.
+  A decoder folder saves as a plain transformers causal LM (loadable by FlagEmbedding's ``FlagLLMReranker``,
+  which builds the same input); sentence-transformers' causal-LM cross-encoder uses a different input and
+  score ("yes" - "no" logits), so it is not a drop-in there.
+
+Training: :meth:`CrossEncoder.collate` turns groups ``[positive, neg_1, ..., neg_{n-1}]`` into ``n`` rows per
+query (positive first), tokenised exactly as :meth:`score_pairs` does, so what is trained is what is scored;
+:func:`loss_step` runs the forward and :class:`RerankerLoss` (listwise cross-entropy with target 0, optional
+BCE, optional distillation from teacher scores through :class:`densetune.losses.DistillationLoss`). The
+NeMo-style :class:`densetune.data.collators.CrossEncoderCollator` output is accepted as well (``labels``
+[B] gives the number of queries); it formats pairs with a template, so use it with a model whose
+``prompt_template`` is that template.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from densetune.models.lora import apply_lora, is_peft_model, merged_state_dict
+
+__all__ = [
+    "CONFIG_NAME",
+    "LLM_RERANK_PROMPT",
+    "NEMO_RERANK_TEMPLATE",
+    "CrossEncoder",
+    "CrossEncoderConfig",
+    "RerankerCollator",
+    "RerankerLoss",
+    "loss_step",
+]
+
+CONFIG_NAME = "densetune_crossencoder.json"
+KINDS = ("auto", "encoder", "decoder")
+# NeMo Automodel's CrossEncoderCollator default template.
+NEMO_RERANK_TEMPLATE = "question:{query} \n \n passage:{passage}"
+# FlagEmbedding's default instruction for LLM rerankers (FlagLLMReranker, bge-reranker-v2-gemma).
+LLM_RERANK_PROMPT = (
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'."
+)
+# sentence-transformers reads the activation applied to logits from the saved config: identity = raw logits.
+_ST_IDENTITY = "torch.nn.modules.linear.Identity"
+# Encoder heads that a plain encoder checkpoint lacks (trained in full even under LoRA).
+_HEAD_NAMES = ("classifier", "score", "pooler")
+_warned_fresh_head: set[str] = set()
+
+
+@dataclass
+class CrossEncoderConfig:
+    """Everything besides the weights that decides the scores; saved as ``densetune_crossencoder.json``.
+
+    Attributes:
+        kind: ``encoder`` or ``decoder`` (see the module docstring).
+        max_length: token limit of a pair (decoders: before the instruction is appended).
+        prompt_template: None (encoders: text pairs; decoders: FlagEmbedding's layout) or a template with
+            ``{query}`` and ``{passage}`` that formats each pair into one text.
+        llm_prompt: decoders: the instruction after the passage.
+        yes_token: decoders: the token whose last-position logit is the score.
+        base_model: where the weights came from (model card).
+    """
+
+    kind: str = "encoder"
+    max_length: int = 512
+    prompt_template: str | None = None
+    llm_prompt: str = LLM_RERANK_PROMPT
+    yes_token: str = "Yes"
+    base_model: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("encoder", "decoder"):
+            raise ValueError(f"kind must be 'encoder' or 'decoder', got {self.kind!r}")
+        if not int(self.max_length) >= 8:
+            raise ValueError(f"max_length must be >= 8 tokens, got {self.max_length}")
+        self.max_length = int(self.max_length)
+        if self.prompt_template is not None and (
+            "{query}" not in self.prompt_template or "{passage}" not in self.prompt_template
+        ):
+            raise ValueError(
+                f"prompt_template must contain {{query}} and {{passage}}, got {self.prompt_template!r}; "
+                "or pass None for text pairs"
+            )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CrossEncoderConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class RerankerCollator:
+    """Pairs and groups -> tensors, the one place that decides what a reranker reads.
+
+    :meth:`CrossEncoder.score_pairs` and training batches both go through it, so what is trained is what is
+    scored. It holds the tokenizer and the settings only (no weights): cheap to send to DataLoader workers.
+    Get it as ``model.collator`` and pass it as the ``collate_fn``.
+
+    Args:
+        tokenizer: the model's tokenizer (decoders: already set to pad on the left).
+        config: the model's :class:`CrossEncoderConfig`.
+    """
+
+    def __init__(self, tokenizer: Any, config: CrossEncoderConfig):
+        self.tokenizer = tokenizer
+        self.config = config
+
+    def tokenize_pairs(
+        self, queries: Sequence[str], passages: Sequence[str], *, max_length: int | None = None
+    ) -> dict[str, Tensor]:
+        """Token tensors [N, L] for N pairs, built as the module docstring describes for this kind.
+
+        Raises:
+            ValueError: ``queries`` and ``passages`` differ in length.
+        """
+        if len(queries) != len(passages):
+            raise ValueError(
+                f"got {len(queries)} queries and {len(passages)} passages; pairs need equal counts"
+            )
+        max_length = int(max_length or self.config.max_length)
+        template = self.config.prompt_template
+        if self.config.kind == "encoder":
+            if template is not None:
+                texts = [template.format(query=q, passage=p) for q, p in zip(queries, passages)]
+                enc = self.tokenizer(
+                    texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+                )
+            else:
+                enc = self.tokenizer(
+                    list(queries),
+                    list(passages),
+                    truncation="longest_first",
+                    max_length=max_length,
+                    padding=True,
+                    return_tensors="pt",
+                )
+            return dict(enc)
+        return self._decoder_inputs(queries, passages, max_length)
+
+    def _decoder_inputs(
+        self, queries: Sequence[str], passages: Sequence[str], max_length: int
+    ) -> dict[str, Tensor]:
+        tok = self.tokenizer
+        sep = tok("\n", add_special_tokens=False)["input_ids"]
+        prompt = tok(self.config.llm_prompt, add_special_tokens=False)["input_ids"]
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        rows: list[list[int]] = []
+        if self.config.prompt_template is not None:
+            texts = [
+                self.config.prompt_template.format(query=q, passage=p) for q, p in zip(queries, passages)
+            ]
+            body = tok(texts, add_special_tokens=False, truncation=True, max_length=max_length - len(bos))[
+                "input_ids"
+            ]
+            rows = [bos + list(ids) + sep + prompt for ids in body]
+        else:
+            q_ids = tok([f"A: {q}" for q in queries], add_special_tokens=False, truncation=True,
+                        max_length=max_length * 3 // 4)["input_ids"]  # fmt: skip
+            p_ids = tok([f"B: {p}" for p in passages], add_special_tokens=False, truncation=True,
+                        max_length=max_length)["input_ids"]  # fmt: skip
+            for q, p in zip(q_ids, p_ids):
+                first = bos + list(q)
+                second = (sep + list(p))[: max(0, max_length - len(first))]  # FlagEmbedding: only_second
+                rows.append(first + second + sep + prompt)
+        return _pad_left(rows, tok.pad_token_id)
+
+    def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
+        """A training batch from Groups (or NeMo / LLM-Embedder dicts): n rows per query, positive first.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` (+ ``token_type_ids``) [B*n, L]; ``labels`` zeros [B] (the
+            positive is column 0 of each group); ``n_passages`` n; ``teacher_scores`` [B, n] float32 when
+            every group has scores.
+
+        Raises:
+            ValueError: an empty batch or groups of different sizes.
+        """
+        from densetune.data.collators import feature_to_group
+        from densetune.data.corpus import doc_text
+
+        groups = [feature_to_group(x) for x in items]
+        if not groups:
+            raise ValueError("cannot collate an empty batch")
+        sizes = sorted({len(g.docs) for g in groups})
+        if len(sizes) != 1 or sizes[0] == 0:
+            raise ValueError(
+                f"every group of a batch needs the same number (>= 1) of documents, got sizes {sizes}"
+            )
+        n = sizes[0]
+        queries = [g.query for g in groups for _ in g.docs]
+        passages = [doc_text(d) for g in groups for d in g.docs]
+        batch: dict[str, Any] = self.tokenize_pairs(queries, passages)
+        batch["labels"] = torch.zeros(len(groups), dtype=torch.long)
+        batch["n_passages"] = n
+        if all(g.scores is not None for g in groups):
+            if any(len(g.scores) != n for g in groups):  # type: ignore[arg-type]
+                raise ValueError(f"teacher scores must have one score per document ({n})")
+            batch["teacher_scores"] = torch.tensor([g.scores for g in groups], dtype=torch.float32)
+        return batch
+
+
+class CrossEncoder(nn.Module):
+    """A reranker: one relevance score per (query, passage) pair.
+
+    Args:
+        backbone: ``AutoModelForSequenceClassification`` (encoder) or ``AutoModelForCausalLM`` (decoder), or
+            a peft model around one.
+        tokenizer: its fast tokenizer (decoders: padding on the left, a pad token set).
+        config: a :class:`CrossEncoderConfig`.
+
+    Build one with :meth:`from_pretrained`; the constructor is for backbones made in code (tests).
+    """
+
+    def __init__(self, backbone: nn.Module, tokenizer: Any, config: CrossEncoderConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.config = config
+        self._yes_id: int | None = None
+        self._keeps_logits: bool | None = None
+        if config.kind == "decoder":
+            _setup_decoder_tokenizer(tokenizer)
+            ids = tokenizer(config.yes_token, add_special_tokens=False)["input_ids"]
+            if not ids:
+                raise ValueError(f"the tokenizer gives no token for yes_token {config.yes_token!r}")
+            self._yes_id = int(ids[0])
+        self.collator = RerankerCollator(tokenizer, config)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    @property
+    def yes_token_id(self) -> int | None:
+        """Decoders: the vocabulary id whose last-position logit is the score; None for encoders."""
+        return self._yes_id
+
+    def base_model(self) -> nn.Module:
+        """The transformers model (unwrapped from peft)."""
+        return self.backbone.get_base_model() if is_peft_model(self.backbone) else self.backbone
+
+    # ------------------------------------------------------------------ inputs
+    def tokenize_pairs(
+        self, queries: Sequence[str], passages: Sequence[str], *, max_length: int | None = None
+    ) -> dict[str, Tensor]:
+        """Token tensors [N, L] for N pairs (see :meth:`RerankerCollator.tokenize_pairs`)."""
+        return self.collator.tokenize_pairs(queries, passages, max_length=max_length)
+
+    def collate(self, items: Sequence[Any]) -> dict[str, Any]:
+        """A training batch from Groups (see :meth:`RerankerCollator.__call__`)."""
+        return self.collator(items)
+
+    # ------------------------------------------------------------------ scoring
+    def forward(self, batch: Mapping[str, Any]) -> Tensor:
+        """Scores [N] (float32) of a tokenised batch of N pairs (``input_ids``, ``attention_mask``, optional
+        ``token_type_ids``); other keys are ignored."""
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.kind == "encoder":
+            inputs = {"input_ids": input_ids, "attention_mask": mask}
+            if batch.get("token_type_ids") is not None:
+                inputs["token_type_ids"] = batch["token_type_ids"]
+            logits = self.backbone(**inputs).logits  # [N, 1]
+            return logits[:, 0].float()
+        # Decoder: left padding puts every row's last real token at position -1. Position ids count from the
+        # first real token, so the score of a pair is the same whatever it is padded to.
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        kwargs: dict[str, Any] = {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "position_ids": position_ids,
+        }
+        if self._keeps_logits is None:
+            self._keeps_logits = "logits_to_keep" in inspect.signature(self.base_model().forward).parameters
+        if self._keeps_logits:
+            kwargs["logits_to_keep"] = 1  # the LM head on the last position only: [N, 1, V]
+        logits = self.backbone(**kwargs, use_cache=False).logits
+        return logits[:, -1, self._yes_id].float()
+
+    @torch.no_grad()
+    def score_pairs(
+        self,
+        queries: Sequence[str],
+        passages: Sequence[str],
+        batch_size: int = 32,
+        show_progress: bool = False,
+        *,
+        max_length: int | None = None,
+    ) -> Tensor:
+        """Score N (query, passage) pairs without gradient, in eval mode, longest pairs first.
+
+        Args:
+            queries, passages: aligned texts (a query repeats for each of its passages).
+            batch_size: pairs per forward pass.
+            show_progress: a tqdm bar.
+            max_length: token limit; default ``config.max_length``.
+
+        Returns:
+            CPU float32 tensor [N], in input order.
+        """
+        if isinstance(queries, str) or isinstance(passages, str):
+            raise TypeError("score_pairs expects lists of strings, got a single string")
+        if len(queries) != len(passages):
+            raise ValueError(
+                f"got {len(queries)} queries and {len(passages)} passages; pairs need equal counts"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        order = sorted(range(len(queries)), key=lambda i: -(len(queries[i]) + len(passages[i])))
+        out = torch.empty(len(order), dtype=torch.float32)
+        device = self.device
+        was_training = self.training
+        self.eval()
+        try:
+            starts = range(0, len(order), batch_size)
+            if show_progress:
+                from tqdm.auto import tqdm
+
+                starts = tqdm(starts, desc="score", unit="batch")
+            for start in starts:
+                index = order[start : start + batch_size]
+                enc = self.tokenize_pairs(
+                    [queries[i] for i in index], [passages[i] for i in index], max_length=max_length
+                )
+                scores = self({k: v.to(device) for k, v in enc.items()})
+                out[torch.tensor(index, dtype=torch.long)] = scores.float().cpu()
+        finally:
+            self.train(was_training)
+        return out
+
+    # ------------------------------------------------------------------ training helpers
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute activations in backward (non-reentrant: composes with LoRA)."""
+        self.base_model().gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        kind: str = "auto",
+        max_length: int | None = None,
+        prompt_template: str | None = None,
+        lora: Mapping[str, Any] | None = None,
+        gguf_file: str | None = None,
+        num_labels: int = 1,
+        dtype: str | torch.dtype | None = None,
+        attn_implementation: str | None = "sdpa",
+        gradient_checkpointing: bool = False,
+    ) -> CrossEncoder:
+        """Load a reranker, or start one from a plain encoder / LLM.
+
+        Args:
+            path: a local folder (densetune, sentence-transformers or plain transformers) or a hub name
+                available offline. For a GGUF checkpoint give its folder and ``gguf_file``.
+            kind: ``auto`` (a densetune folder says; else causal-LM architectures and GGUF files are
+                ``decoder``, everything else ``encoder``), ``encoder`` or ``decoder``.
+            max_length: token limit of a pair; None: the saved value, else min(512, the model's limits).
+            prompt_template: None (text pairs / FlagEmbedding layout) or a template with ``{query}`` and
+                ``{passage}`` (e.g. :data:`NEMO_RERANK_TEMPLATE`); None keeps a saved template.
+            lora: LoRA settings (``r``, ``alpha``, ``dropout``, ``target_modules``; densetune/models/lora.py),
+                or None for full fine-tuning. For encoders the scoring head (and BERT's pooler) is trained in
+                full alongside the adapters.
+            gguf_file: a GGUF file inside ``path``; dequantised to float on load (slow: save once).
+            num_labels: outputs of the encoder head; only 1 (a relevance logit) is supported.
+            dtype: weights dtype (``"bfloat16"``, ``torch.float32``, ``"auto"``); None: float32.
+            attn_implementation: ``sdpa`` (default), ``eager``, ...; falls back to eager when unsupported.
+            gradient_checkpointing: recompute activations in backward.
+
+        Raises:
+            ValueError: invalid option values, naming the valid ones.
+        """
+        from transformers import AutoTokenizer
+
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if num_labels != 1:
+            raise ValueError(f"num_labels must be 1 (one relevance logit per pair), got {num_labels}")
+        path = str(path)
+        saved = _read_saved_config(path)
+        if kind == "auto":
+            kind = saved.get("kind") or ("decoder" if gguf_file else _detect_kind(path))
+        tokenizer = (
+            AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+            if gguf_file
+            else AutoTokenizer.from_pretrained(path)
+        )
+        backbone = _load_backbone(
+            path, kind=kind, gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation
+        )
+        config = CrossEncoderConfig(
+            kind=kind,
+            max_length=int(
+                _first(max_length, saved.get("max_length"), _default_max_length(tokenizer, backbone.config))
+            ),
+            prompt_template=prompt_template if prompt_template is not None else saved.get("prompt_template"),
+            llm_prompt=saved.get("llm_prompt", LLM_RERANK_PROMPT),
+            yes_token=saved.get("yes_token", "Yes"),
+            base_model=saved.get("base_model") or (f"{path}/{gguf_file}" if gguf_file else path),
+        )
+        if kind == "decoder":
+            _setup_decoder_tokenizer(tokenizer)
+        if backbone.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+            # decoder sequence-classification heads find each row's last token by the pad id
+            backbone.config.pad_token_id = tokenizer.pad_token_id
+        if hasattr(backbone.config, "use_cache"):
+            backbone.config.use_cache = False
+        if gradient_checkpointing:
+            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if lora is not None:
+            backbone = apply_lora(backbone, _lora_spec(backbone, lora, kind))
+        return cls(backbone, tokenizer, config)
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(
+        self, save_dir: str | os.PathLike, *, model_card: Mapping[str, Any] | None = None
+    ) -> None:
+        """Write a folder that loads in densetune, plain transformers and (encoders) sentence-transformers.
+
+        Contents: ``config.json`` + ``model.safetensors`` (LoRA merged in), the tokenizer (its
+        ``model_max_length`` set to ``max_length``), ``densetune_crossencoder.json`` and a model card
+        ``README.md`` (settings, usage, plus the sections of ``model_card``, e.g. data, loss,
+        hyperparameters, metrics). Encoders also get ``config_sentence_transformers.json`` and
+        ``config.json["sentence_transformers"]`` with the identity activation, so
+        ``sentence_transformers.CrossEncoder(dir).predict(pairs)`` returns the same raw logits as
+        :meth:`score_pairs`.
+        """
+        out = Path(save_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        base = self.base_model()
+        if self.kind == "encoder":
+            base.config.sentence_transformers = {"activation_fn": _ST_IDENTITY}
+        base.save_pretrained(out, state_dict=merged_state_dict(self.backbone), safe_serialization=True)
+        previous = self.tokenizer.model_max_length
+        self.tokenizer.model_max_length = self.config.max_length
+        self.tokenizer.init_kwargs["model_max_length"] = self.config.max_length
+        try:
+            self.tokenizer.save_pretrained(out)
+        finally:
+            self.tokenizer.model_max_length = previous
+        _write_json(out / CONFIG_NAME, asdict(self.config))
+        if self.kind == "encoder":
+            import transformers
+
+            _write_json(
+                out / "config_sentence_transformers.json",
+                {
+                    "__version__": {"transformers": transformers.__version__, "pytorch": torch.__version__},
+                    "activation_fn": _ST_IDENTITY,
+                    "model_type": "CrossEncoder",
+                    "prompts": {},
+                    "default_prompt_name": None,
+                },
+            )
+        (out / "README.md").write_text(self._model_card(model_card or {}), encoding="utf-8")
+
+    def _model_card(self, extra: Mapping[str, Any]) -> str:
+        cfg = self.config
+        base = self.base_model()
+        if cfg.kind == "encoder":
+            pair_format = (
+                "text pair `tokenizer(query, passage)` (as sentence-transformers)"
+                if cfg.prompt_template is None
+                else f"one text: {json.dumps(cfg.prompt_template)}"
+            )
+            score = "the classification head's single logit"
+        else:
+            pair_format = (
+                "FlagEmbedding LLM reranker: `<bos>A: {query}\\nB: {passage}\\n{prompt}`"
+                if cfg.prompt_template is None
+                else f"`<bos>` + {json.dumps(cfg.prompt_template)} + `\\n{{prompt}}`"
+            )
+            score = f"logit of {cfg.yes_token!r} at the last position"
+        lines = [
+            "---",
+            f"base_model: {json.dumps(cfg.base_model)}",
+            "library_name: " + ("sentence-transformers" if cfg.kind == "encoder" else "transformers"),
+            "pipeline_tag: text-ranking",
+            "tags: [cross-encoder, reranker, densetune]",
+            "---",
+            "",
+            f"# {Path(cfg.base_model).name or 'densetune reranker'} reranker trained with densetune",
+            "",
+            "## Model",
+            "",
+            "| setting | value |",
+            "|---|---|",
+            f"| base model | `{cfg.base_model}` |",
+            f"| kind | {cfg.kind} ({type(base).__name__}) |",
+            f"| input | {pair_format} |",
+            f"| max tokens | {cfg.max_length} |",
+            f"| score | {score} (raw, no sigmoid) |",
+        ]
+        if cfg.kind == "decoder":
+            lines.append(f"| instruction | {json.dumps(cfg.llm_prompt)} |")
+        lines += ["", "## Usage", "", "```python"]
+        if cfg.kind == "encoder" and cfg.prompt_template is None:
+            lines += [
+                "from sentence_transformers import CrossEncoder",
+                "model = CrossEncoder('PATH')",
+                "scores = model.predict([('a question', 'a passage')])  # raw logits",
+            ]
+        else:
+            lines += [
+                "from densetune.models.crossencoder import CrossEncoder",
+                "model = CrossEncoder.from_pretrained('PATH')",
+                "scores = model.score_pairs(['a question'], ['a passage'])",
+            ]
+        lines.append("```")
+        for section, content in extra.items():
+            lines += ["", f"## {str(section).replace('_', ' ').capitalize()}", "", *_markdown(content)]
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- losses
+class RerankerLoss(nn.Module):
+    """The reranker objective over groups of n rows (positive first): listwise CE + BCE + distillation.
+
+    ``loss = listwise_weight * CE(scores.view(B, n) / temperature, target 0)
+    + bce_weight * BCE(scores, labels) + distill_weight * DistillationLoss(kind)(scores.view(B, n), teacher)``.
+
+    Args:
+        listwise_weight: weight of the cross-entropy over each group with the positive (column 0) as target,
+            what NeMo Automodel and FlagEmbedding train rerankers with (>= 0).
+        bce_weight: weight of pointwise binary cross-entropy on each row's logit (>= 0); labels are 1 for the
+            positive and 0 for the negatives unless the batch gives ``row_labels`` [B*n] (graded labels in
+            [0, 1] work too).
+        distillation: None, ``"kl"`` or ``"margin_mse"`` (or ``"stable_distill"``): distil teacher scores
+            (``teacher_scores`` [B, n], e.g. written by ``densetune score``) with
+            :class:`densetune.losses.DistillationLoss`.
+        distill_weight: weight of the distillation term (>= 0). A batch without teacher scores skips it (an
+            error when it is the only term).
+        temperature: divides the scores in the listwise term (> 0).
+        teacher_temperature, student_temperature: the distillation temperatures (> 0); 1.0 because reranker
+            logits are already on a softmax scale (the bi-encoder default 0.02 is for cosines).
+
+    Inputs:
+        scores [B*n] (each query's n rows contiguous, positive first); ``n_passages`` n;
+        ``teacher_scores`` [B, n] or [B*n]; ``labels`` [B*n] float for BCE.
+
+    References:
+        Nogueira & Cho 2019 (BCE, monoBERT); Gao et al. 2021 (listwise "localised contrastive" CE, used by
+        FlagEmbedding); Hofstätter et al. 2020 (MarginMSE); Hinton et al. 2015 (KL).
+    """
+
+    def __init__(
+        self,
+        listwise_weight: float = 1.0,
+        bce_weight: float = 0.0,
+        distillation: str | None = None,
+        distill_weight: float = 1.0,
+        temperature: float = 1.0,
+        teacher_temperature: float = 1.0,
+        student_temperature: float = 1.0,
+    ):
+        super().__init__()
+        from densetune.losses import DISTILL_KINDS, DistillationLoss
+
+        for name, value in (
+            ("listwise_weight", listwise_weight),
+            ("bce_weight", bce_weight),
+            ("distill_weight", distill_weight),
+        ):
+            if not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if distillation is not None and distillation not in DISTILL_KINDS:
+            raise ValueError(
+                f"distillation must be None or one of {', '.join(DISTILL_KINDS)}, got {distillation!r}"
+            )
+        if listwise_weight == 0 and bce_weight == 0 and (distillation is None or distill_weight == 0):
+            raise ValueError(
+                "every term has weight 0: set listwise_weight, bce_weight or distillation + distill_weight"
+            )
+        self.listwise_weight = float(listwise_weight)
+        self.bce_weight = float(bce_weight)
+        self.distill_weight = float(distill_weight)
+        self.temperature = float(temperature)
+        self.distillation = (
+            DistillationLoss(
+                distillation, teacher_temperature=teacher_temperature, student_temperature=student_temperature
+            )
+            if distillation is not None
+            else None
+        )
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """Settings for the model card."""
+        return {
+            "listwise_weight": self.listwise_weight,
+            "bce_weight": self.bce_weight,
+            "temperature": self.temperature,
+            "distillation": self.distillation.get_config_dict() if self.distillation is not None else None,
+            "distill_weight": self.distill_weight,
+        }
+
+    def forward(
+        self,
+        scores: Tensor,
+        *,
+        n_passages: int,
+        teacher_scores: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> Tensor:
+        n = int(n_passages)
+        if n < 1 or scores.dim() != 1 or scores.numel() % n:
+            raise ValueError(f"expected scores [B*n] with n_passages={n}, got shape {tuple(scores.shape)}")
+        scores = scores.float()
+        grouped = scores.view(-1, n)  # [B, n], positive at column 0
+        total = scores.new_zeros(())
+        if self.listwise_weight:
+            target = torch.zeros(grouped.shape[0], dtype=torch.long, device=scores.device)
+            total = total + self.listwise_weight * F.cross_entropy(grouped / self.temperature, target)
+        if self.bce_weight:
+            if labels is None:
+                labels = torch.zeros_like(grouped)
+                labels[:, 0] = 1.0
+            total = total + self.bce_weight * F.binary_cross_entropy_with_logits(
+                scores, labels.to(scores.device, torch.float32).reshape(-1)
+            )
+        if self.distillation is not None and self.distill_weight:
+            if teacher_scores is None:
+                if not (self.listwise_weight or self.bce_weight):
+                    raise ValueError("distillation is the only loss term but the batch has no teacher_scores")
+            else:
+                teacher = teacher_scores.to(scores.device, torch.float32).reshape(grouped.shape)
+                total = total + self.distill_weight * self.distillation(grouped, teacher)
+        return total
+
+
+def _as_loss(loss_cfg: RerankerLoss | Mapping[str, Any] | None) -> RerankerLoss:
+    if isinstance(loss_cfg, RerankerLoss):
+        return loss_cfg
+    cfg = dict(loss_cfg or {})
+    cfg.pop("_target_", None)
+    valid = set(inspect.signature(RerankerLoss.__init__).parameters) - {"self"}
+    unknown = sorted(set(cfg) - valid)
+    if unknown:
+        raise ValueError(f"reranker loss: unknown keys {unknown}; valid keys: {', '.join(sorted(valid))}")
+    return RerankerLoss(**cfg)
+
+
+def loss_step(
+    model: nn.Module, batch: Mapping[str, Any], loss_cfg: RerankerLoss | Mapping[str, Any] | None = None
+) -> Tensor:
+    """Forward one collated batch and return the reranker loss (the caller runs backward and the optimizer).
+
+    Args:
+        model: a :class:`CrossEncoder` (or a DDP / FSDP wrapper around one: it is called, not inspected).
+        batch: from :meth:`CrossEncoder.collate` (``n_passages``) or NeMo's ``CrossEncoderCollator``
+            (``labels`` [B] gives B, so n = rows / B); optional ``teacher_scores`` [B, n] and ``row_labels``
+            [B*n] (BCE).
+        loss_cfg: a :class:`RerankerLoss`, or a dict of its arguments (an optional ``_target_`` is ignored);
+            None: listwise cross-entropy only.
+
+    Returns:
+        scalar loss (float32) with its graph.
+
+    Example:
+        >>> batch = model.collate(groups)
+        >>> loss = loss_step(model, batch, {"distillation": "margin_mse", "listwise_weight": 0.0})
+        >>> loss.backward(); optimizer.step(); optimizer.zero_grad()
+    """
+    loss_fn = _as_loss(loss_cfg)
+    rows = int(batch["input_ids"].shape[0])
+    if batch.get("n_passages") is not None:
+        n = int(batch["n_passages"])
+    elif batch.get("labels") is not None and batch["labels"].numel() > 0:
+        n = rows // int(batch["labels"].numel())
+    else:
+        raise ValueError(
+            "the batch gives neither n_passages nor labels [B]: cannot group its rows into queries"
+        )
+    if n < 1 or rows % n:
+        raise ValueError(f"{rows} rows cannot be split into groups of {n}")
+    scores = model(batch)  # [B*n]
+    return loss_fn(
+        scores, n_passages=n, teacher_scores=batch.get("teacher_scores"), labels=batch.get("row_labels")
+    )
+
+
+# ---------------------------------------------------------------------- helpers
+def _first(*values):
+    return next(v for v in values if v is not None)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _markdown(content: Any) -> list[str]:
+    if isinstance(content, Mapping):
+        rows = ["| key | value |", "|---|---|"]
+        for key, value in content.items():
+            shown = json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
+            rows.append(f"| {key} | {shown} |")
+        return rows
+    if isinstance(content, (list, tuple)):
+        return [f"- {item}" for item in content]
+    return [str(content)]
+
+
+def _read_saved_config(path: str) -> dict[str, Any]:
+    file = os.path.join(path, CONFIG_NAME)
+    if not os.path.isfile(file):
+        return {}
+    with open(file, encoding="utf-8") as f:
+        return dict(json.load(f))
+
+
+def _detect_kind(path: str) -> str:
+    """``decoder`` for causal-LM checkpoints (architecture ``*ForCausalLM``, or a causal model type without
+    a masked-LM head); ``encoder`` otherwise (sequence-classification rerankers of any backbone included)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    config = AutoConfig.from_pretrained(path)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "encoder"
+    if any(a.endswith("ForCausalLM") for a in architectures):
+        return "decoder"
+    model_type = getattr(config, "model_type", "")
+    causal = (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+    return "decoder" if causal and not getattr(config, "is_encoder_decoder", False) else "encoder"
+
+
+def _resolve_dtype(dtype: str | torch.dtype | None):
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+             "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+    if dtype not in names:
+        raise ValueError(
+            f"unknown dtype {dtype!r}: expected one of {', '.join(names)}, 'auto' or a torch.dtype"
+        )
+    return names[dtype]
+
+
+def _load_backbone(
+    path: str, *, kind: str, gguf_file: str | None, dtype, attn_implementation: str | None
+) -> nn.Module:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    kwargs: dict[str, Any] = {}
+    resolved = _resolve_dtype(dtype)
+    if resolved is not None:
+        kwargs["dtype"] = resolved
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if kind == "encoder":
+        loader, kwargs = AutoModelForSequenceClassification, {**kwargs, "num_labels": 1}
+    else:
+        loader = AutoModelForCausalLM
+
+    def load(attn: str | None):
+        return loader.from_pretrained(path, attn_implementation=attn, output_loading_info=True, **kwargs)
+
+    try:
+        model, info = load(attn_implementation)
+    except (ValueError, ImportError) as err:
+        text = str(err).lower()
+        if attn_implementation in (None, "eager") or ("attn" not in text and "attention" not in text):
+            raise
+        model, info = load("eager")
+    mismatched = [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", ())]
+    fresh = sorted({*info.get("missing_keys", ()), *mismatched})
+    if kind == "encoder" and fresh and path not in _warned_fresh_head:
+        _warned_fresh_head.add(path)
+        warnings.warn(
+            f"{path}: the reranker head is newly initialised ({', '.join(fresh[:4])}{', ...' if len(fresh) > 4 else ''}): "
+            "its scores are random until it is trained",
+            UserWarning,
+            stacklevel=3,
+        )
+    if gguf_file:
+        # The GGUF weights were dequantised to float on load: train and save as a plain float model.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
+def _default_max_length(tokenizer, config) -> int:
+    limits = [512]
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if tok_limit and tok_limit < 1_000_000:
+        limits.append(int(tok_limit))
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        limits.append(int(positions))
+    return min(limits)
+
+
+def _setup_decoder_tokenizer(tokenizer) -> None:
+    """Left padding (the score is read at the last position) and a pad token (EOS when there is none)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            raise ValueError("the tokenizer has no pad, eos or unk token to pad with")
+    tokenizer.padding_side = "left"
+    tokenizer.init_kwargs["padding_side"] = "left"
+
+
+def _pad_left(rows: list[list[int]], pad_id: int) -> dict[str, Tensor]:
+    length = max((len(r) for r in rows), default=0)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            input_ids[i, length - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, length - len(r) :] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _lora_spec(backbone: nn.Module, lora: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """LoRA settings; for encoders the head (and pooler) are trained in full, not adapted."""
+    spec = dict(lora)
+    if kind != "encoder":
+        return spec
+    heads = [n for n in _HEAD_NAMES if any(name.split(".")[-1] == n for name, _ in backbone.named_modules())]
+    spec.setdefault("modules_to_save", heads)
+    if spec.get("target_modules", "all-linear") == "all-linear":
+        spec["target_modules"] = [
+            name
+            for name, module in backbone.named_modules()
+            if isinstance(module, nn.Linear) and not any(part in heads for part in name.split("."))
+        ]
+    return spec

@@ -1,0 +1,692 @@
+"""Embed queries or a corpus into plain files, NeMo's layout, and the ``densetune encode`` command.
+
+Layout of an output directory (rows of each ``.npy`` aligned with the lines of its ``.ids``):
+
+- ``query.npy`` [Q, H] + ``query.ids`` (one query id per line) + ``query.meta.json``
+- ``doc.npy`` [N, H] + ``doc.ids`` + ``doc.meta.json``
+
+``*.meta.json`` records what produced the embeddings (model, max length, dtype, whether the model
+normalises, rows, dim) so a later stage can check that queries and documents match.
+
+Corpora are encoded in shards of ``shard_size`` documents, each written atomically (temporary file, then
+rename) as ``doc.shard-00000.npy`` + ``.ids``. An interrupted encode re-run with the same settings continues
+after the last complete shard; at the end the shards are merged (streamed, bounded memory) into
+``doc.npy``/``doc.ids`` and removed. Re-running a finished encode with the same settings does nothing.
+
+Inputs:
+
+- queries: a BEIR ``queries.jsonl`` (``_id``, ``text``), a NeMo query file (``query_id``, ``query``), or a BEIR
+  directory with ``--split`` (only the queries of that split's qrels, in ``queries.jsonl`` order).
+- corpus: a NeMo document file (``doc_id``, ``pos_doc`` per line), or anything
+  :func:`densetune.data.corpus.load_corpus` reads (BEIR directory, NeMo corpus directory, ``.jsonl`` /
+  ``.parquet`` of ``id, text[, title]``). A document's text is ``title + " " + text`` when it has a title
+  (:func:`densetune.data.corpus.doc_text`, the BEIR and sentence-transformers convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from densetune.errors import DataError, DensetuneError
+
+QUERY, DOC = "query", "doc"
+DTYPES = {"float32": np.float32, "float16": np.float16}
+DEFAULT_SHARD_SIZE = 100_000
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Anything that embeds texts: :class:`densetune.models.biencoder.BiEncoder`, or a test stub.
+
+    ``encode_texts`` returns a [len(texts), H] tensor (or array) in input order; prefixes, truncation and
+    normalisation are the encoder's business.
+    """
+
+    def encode_texts(
+        self, texts: Sequence[str], *, is_query: bool, batch_size: int = 64, **kwargs: Any
+    ) -> Any: ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Plain-file IO
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_ids(path: Path, ids: Sequence[str]) -> None:
+    for i in ids:
+        if "\n" in i or "\r" in i:
+            raise DataError(f"id {i!r} contains a line break; ids are written one per line", path)
+    _atomic_write_text(path, "".join(f"{i}\n" for i in ids))
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Ids one per line (trailing ``\\r`` tolerated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("ids file not found", path)
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
+def write_embeddings(
+    out_dir: str | Path,
+    kind: str,
+    ids: Sequence[str],
+    embeddings: np.ndarray,
+    *,
+    dtype: str = "float32",
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``{kind}.npy`` + ``{kind}.ids`` (+ ``{kind}.meta.json``) atomically; ``kind`` is query or doc."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(ids) != embeddings.shape[0]:
+        raise DensetuneError(f"{len(ids)} ids for {embeddings.shape[0]} embedding rows")
+    _write_ids(out / f"{kind}.ids", ids)
+    _atomic_save_npy(out / f"{kind}.npy", np.ascontiguousarray(embeddings, dtype=DTYPES[dtype]))
+    info = dict(meta or {})
+    info.update(
+        rows=len(ids), dim=int(embeddings.shape[1]) if embeddings.ndim == 2 else 0, dtype=dtype, complete=True
+    )
+    _atomic_write_text(out / f"{kind}.meta.json", json.dumps(info, indent=2, sort_keys=True))
+    return out
+
+
+def load_embeddings(directory: str | Path, kind: str, *, mmap: bool = True) -> tuple[list[str], np.ndarray]:
+    """Read ``{kind}.ids`` and ``{kind}.npy`` from an encode output directory.
+
+    Args:
+        directory: the directory (a path to the ``.npy`` itself is accepted too).
+        kind: ``query`` or ``doc``.
+        mmap: memory-map the array (``np.load(mmap_mode="r")``) instead of reading it.
+
+    Raises:
+        DataError: missing files, or rows and ids that differ in number.
+    """
+    directory = Path(directory)
+    if directory.suffix == ".npy":
+        npy, ids_path = directory, directory.with_suffix(".ids")
+    else:
+        npy, ids_path = directory / f"{kind}.npy", directory / f"{kind}.ids"
+    if not npy.is_file():
+        shards = sorted(npy.parent.glob(f"{kind}.shard-*.npy"))
+        hint = (
+            "; it holds shards of an unfinished encode: re-run densetune encode to finish" if shards else ""
+        )
+        raise DataError(f"no {npy.name}{hint}; expected the output of densetune encode", npy.parent)
+    ids = read_ids(ids_path)
+    try:
+        emb = np.load(npy, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as err:
+        raise DataError(f"not a readable .npy array: {err}", npy) from None
+    if emb.ndim != 2 or emb.shape[0] != len(ids):
+        raise DataError(
+            f"{len(ids)} ids in {ids_path.name} but array shape {emb.shape}; expected one row per id", npy
+        )
+    return ids, emb
+
+
+def read_meta(directory: str | Path, kind: str) -> dict[str, Any]:
+    """``{kind}.meta.json`` of an encode output, or {} when absent."""
+    path = Path(directory) / f"{kind}.meta.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"invalid JSON: {err.msg}", path, err.lineno) from None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def _iter_json_lines(path: Path):
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path, lineno) from None
+            if not isinstance(obj, dict):
+                raise DataError("expected a JSON object per line", path, lineno)
+            yield lineno, obj
+
+
+def _pick(obj: dict, keys: tuple[str, ...], path: Path, lineno: int, what: str) -> str:
+    for key in keys:
+        value = obj.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise DataError(f"expected {what} as a string, got {type(value).__name__}", path, lineno, key)
+            return str(value)
+    raise DataError(f"missing {what}; expected one of the fields {', '.join(keys)}", path, lineno)
+
+
+def read_queries(path: str | Path, split: str = "test") -> tuple[list[str], list[str]]:
+    """Query ids and texts from a query file or a BEIR directory.
+
+    Args:
+        path: BEIR ``queries.jsonl`` (``_id``, ``text``), NeMo query file (``query_id``, ``query``; also
+            ``question``), or a BEIR directory.
+        split: for a BEIR directory: keep only the queries in ``qrels/{split}.tsv``.
+
+    Raises:
+        DataError: missing file, bad line, missing field, duplicate id, or a qrels query with no text.
+    """
+    path = Path(path)
+    if path.is_dir():
+        from densetune.data.beir import is_beir_dir, qrels_path
+        from densetune.retrieval.trec import read_qrels
+
+        if not is_beir_dir(path):
+            raise DataError("not a BEIR directory; expected corpus.jsonl, queries.jsonl and qrels/", path)
+        qrels = read_qrels(qrels_path(path, split))
+        ids, texts = read_queries(path / "queries.jsonl")
+        known = set(ids)
+        missing = [q for q in qrels if q not in known]
+        if missing:
+            raise DataError(
+                f"{len(missing)} qrels queries have no text in queries.jsonl (first: {missing[0]!r})",
+                path / "qrels" / f"{split}.tsv",
+            )
+        keep = [(i, t) for i, t in zip(ids, texts) if i in qrels]
+        return [i for i, _ in keep], [t for _, t in keep]
+    if not path.is_file():
+        raise DataError("query file not found", path)
+    ids: list[str] = []
+    texts: list[str] = []
+    seen: set[str] = set()
+    for lineno, obj in _iter_json_lines(path):
+        qid = _pick(obj, ("_id", "query_id", "id", "question_id"), path, lineno, "the query id")
+        text = _pick(obj, ("text", "query", "question"), path, lineno, "the query text")
+        if qid in seen:
+            raise DataError(f"duplicate query id {qid!r}", path, lineno)
+        seen.add(qid)
+        ids.append(qid)
+        texts.append(text)
+    if not ids:
+        raise DataError("no queries found", path)
+    return ids, texts
+
+
+class DocSource:
+    """Documents to encode, by position: ``ids`` in corpus order and ``texts(start, stop)``."""
+
+    def __init__(self, ids: Sequence[str], texts_fn, path: Path | str = ""):
+        self.ids = list(ids)
+        self._texts_fn = texts_fn
+        self.path = str(path)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def texts(self, start: int, stop: int) -> list[str]:
+        """Model input texts of documents ``start..stop-1``."""
+        return self._texts_fn(start, stop)
+
+    @classmethod
+    def from_lists(cls, ids: Sequence[str], texts: Sequence[str], path: Path | str = "") -> DocSource:
+        if len(ids) != len(texts):
+            raise DensetuneError(f"{len(ids)} document ids for {len(texts)} texts")
+        texts = list(texts)
+        return cls(ids, lambda a, b: texts[a:b], path)
+
+    @classmethod
+    def from_corpus(cls, corpus) -> DocSource:
+        """Wrap a :class:`densetune.data.corpus.Corpus` (memory-mapped; texts rendered with doc_text)."""
+        from densetune.data.corpus import doc_text
+
+        def texts(a: int, b: int) -> list[str]:
+            return [doc_text(d) for d in corpus.docs(np.arange(a, b))]
+
+        return cls(corpus.ids, texts, corpus.path or "")
+
+
+def _is_nemo_doc_file(path: Path) -> bool:
+    if not (path.is_file() and path.suffix == ".jsonl"):
+        return False
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            if raw.strip():
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(obj, dict) and "pos_doc" in obj and "doc_id" in obj
+    return False
+
+
+def open_corpus(path: str | Path, *, cache_dir: str | Path | None = None) -> DocSource:
+    """The documents of a NeMo document file (``doc_id``, ``pos_doc``) or of any corpus load_corpus reads.
+
+    Raises:
+        DataError: missing path, bad rows, duplicate ids.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("corpus not found", path)
+    if _is_nemo_doc_file(path):
+        ids: list[str] = []
+        texts: list[str] = []
+        seen: set[str] = set()
+        for lineno, obj in _iter_json_lines(path):
+            did = _pick(obj, ("doc_id", "id", "_id"), path, lineno, "the document id")
+            text = _pick(obj, ("pos_doc", "text"), path, lineno, "the document text")
+            if did in seen:
+                raise DataError(f"duplicate document id {did!r}", path, lineno)
+            seen.add(did)
+            ids.append(did)
+            texts.append(text)
+        return DocSource.from_lists(ids, texts, path)
+    from densetune.data.corpus import load_corpus
+
+    return DocSource.from_corpus(load_corpus(path, cache_dir=cache_dir))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Encoding
+
+
+def embed_texts(
+    encoder: Encoder,
+    texts: Sequence[str],
+    *,
+    is_query: bool,
+    batch_size: int = 64,
+    max_length: int | None = None,
+    show_progress: bool = False,
+) -> np.ndarray:
+    """``encoder.encode_texts`` as a float32 numpy array [len(texts), H]."""
+    kwargs: dict[str, Any] = {"is_query": is_query, "batch_size": batch_size, "show_progress": show_progress}
+    if max_length is not None:
+        kwargs["max_length"] = max_length
+    out = encoder.encode_texts(list(texts), **kwargs)
+    if isinstance(out, torch.Tensor):
+        out = out.detach().float().cpu().numpy()
+    out = np.asarray(out, dtype=np.float32)
+    if out.ndim != 2 or out.shape[0] != len(texts):
+        raise DensetuneError(f"encoder returned shape {out.shape} for {len(texts)} texts; expected [n, dim]")
+    return out
+
+
+def encoder_meta(encoder: Any, model: str = "", max_length: int | None = None) -> dict[str, Any]:
+    """What identifies an encoding: model path, max length, whether the encoder normalises."""
+    config = getattr(encoder, "config", None)
+    return {
+        "model": str(model),
+        "max_length": max_length,
+        "normalized": bool(getattr(config, "normalize", False)),
+    }
+
+
+def encode_queries(
+    encoder: Encoder,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    out_dir: str | Path,
+    *,
+    dtype: str = "float32",
+    batch_size: int = 64,
+    max_length: int | None = None,
+    meta: dict[str, Any] | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Embed queries and write ``query.npy`` + ``query.ids`` + ``query.meta.json`` to ``out_dir``."""
+    _check_dtype(dtype)
+    emb = embed_texts(
+        encoder,
+        texts,
+        is_query=True,
+        batch_size=batch_size,
+        max_length=max_length,
+        show_progress=show_progress,
+    )
+    return write_embeddings(out_dir, QUERY, ids, emb, dtype=dtype, meta=meta)
+
+
+@dataclass
+class CorpusEncodeResult:
+    """Outcome of :func:`encode_corpus`.
+
+    Attributes:
+        complete: all shards encoded and merged into doc.npy / doc.ids.
+        shards_total: shards the corpus needs.
+        shards_done: shards on disk (all of them when complete).
+        shards_encoded: shards encoded by this call (0 when everything was already there).
+        rows: documents in the corpus.
+    """
+
+    complete: bool
+    shards_total: int
+    shards_done: int
+    shards_encoded: int
+    rows: int
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise DensetuneError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+
+
+def _ids_digest(ids: Sequence[str]) -> str:
+    h = hashlib.sha1()
+    for i in ids:
+        h.update(i.encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _shard_paths(out: Path, k: int) -> tuple[Path, Path]:
+    return out / f"{DOC}.shard-{k:05d}.npy", out / f"{DOC}.shard-{k:05d}.ids"
+
+
+def _clear_doc_outputs(out: Path) -> None:
+    for p in [*out.glob(f"{DOC}.shard-*"), out / f"{DOC}.npy", out / f"{DOC}.ids", out / f"{DOC}.meta.json"]:
+        p.unlink(missing_ok=True)
+
+
+def encode_corpus(
+    encoder: Encoder,
+    source: DocSource,
+    out_dir: str | Path,
+    *,
+    dtype: str = "float32",
+    batch_size: int = 64,
+    max_length: int | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    max_shards: int | None = None,
+    meta: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> CorpusEncodeResult:
+    """Embed a corpus into ``doc.npy`` + ``doc.ids``, shard by shard, resumably.
+
+    Args:
+        encoder: see :class:`Encoder`.
+        source: the documents (:func:`open_corpus`, or :meth:`DocSource.from_lists`).
+        out_dir: output directory.
+        dtype: storage dtype, ``float32`` or ``float16``.
+        batch_size: texts per forward pass.
+        max_length: token limit (None: the encoder's default).
+        shard_size: documents per shard.
+        max_shards: encode at most this many new shards in this call, then stop without merging (a
+            time-bounded job, or a test of resumption); None: run to the end.
+        meta: identifying settings (model, max length...) stored in ``doc.meta.json``; a re-run must give
+            the same ones to resume.
+        overwrite: discard earlier outputs and shards in ``out_dir`` instead of resuming.
+        show_progress: tqdm bars.
+
+    Returns:
+        A :class:`CorpusEncodeResult`.
+
+    Raises:
+        DataError: ``out_dir`` holds outputs of a different encode (other settings or corpus) and
+            ``overwrite`` is False; or a shard on disk does not match the corpus.
+    """
+    _check_dtype(dtype)
+    if shard_size < 1:
+        raise DensetuneError(f"shard_size must be >= 1, got {shard_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = len(source)
+    if n == 0:
+        raise DataError("corpus has no documents", source.path or None)
+    settings = {
+        **(meta or {}),
+        "dtype": dtype,
+        "shard_size": shard_size,
+        "rows": n,
+        "ids_sha1": _ids_digest(source.ids),
+    }
+    meta_path = out / f"{DOC}.meta.json"
+    if overwrite:
+        _clear_doc_outputs(out)
+    previous = read_meta(out, DOC)
+    if previous:
+        old = {k: previous.get(k) for k in settings}
+        if old != settings:
+            diff = ", ".join(
+                f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.get(k) != v
+            )
+            raise DataError(
+                f"holds the embeddings of a different encode ({diff}); use another --out or --overwrite", out
+            )
+    elif (out / f"{DOC}.npy").exists() or any(out.glob(f"{DOC}.shard-*")):
+        raise DataError(
+            f"holds {DOC} embeddings of unknown origin (no {meta_path.name}); use --overwrite", out
+        )
+    n_shards = (n + shard_size - 1) // shard_size
+    if previous.get("complete") and (out / f"{DOC}.npy").is_file() and (out / f"{DOC}.ids").is_file():
+        for p in out.glob(f"{DOC}.shard-*"):  # left over if the last run stopped right after merging
+            p.unlink()
+        return CorpusEncodeResult(True, n_shards, n_shards, 0, n)
+    _atomic_write_text(meta_path, json.dumps({**settings, "complete": False}, indent=2, sort_keys=True))
+
+    done = 0
+    while done < n_shards and _shard_paths(out, done)[0].is_file():
+        _check_shard(out, done, source.ids[done * shard_size : (done + 1) * shard_size])
+        done += 1
+    first_new = done
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, initial=min(done * shard_size, n), desc="encode corpus", unit="doc")
+    encoded = 0
+    try:
+        while done < n_shards and (max_shards is None or encoded < max_shards):
+            start, stop = done * shard_size, min((done + 1) * shard_size, n)
+            emb = embed_texts(
+                encoder,
+                source.texts(start, stop),
+                is_query=False,
+                batch_size=batch_size,
+                max_length=max_length,
+                show_progress=show_progress and n_shards == 1,
+            )
+            npy, ids_path = _shard_paths(out, done)
+            # ids first, array last: an existing shard .npy means its .ids is complete
+            _write_ids(ids_path, source.ids[start:stop])
+            _atomic_save_npy(npy, emb.astype(DTYPES[dtype]))
+            done += 1
+            encoded += 1
+            if bar is not None:
+                bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
+    if done < n_shards:
+        return CorpusEncodeResult(False, n_shards, done, done - first_new, n)
+    _merge_shards(out, n_shards, n, dtype)
+    _atomic_write_text(
+        meta_path, json.dumps({**settings, "complete": True, "dim": _dim(out)}, indent=2, sort_keys=True)
+    )
+    for k in range(n_shards):
+        for p in _shard_paths(out, k):
+            p.unlink(missing_ok=True)
+    return CorpusEncodeResult(True, n_shards, n_shards, done - first_new, n)
+
+
+def _dim(out: Path) -> int:
+    return int(np.load(out / f"{DOC}.npy", mmap_mode="r").shape[1])
+
+
+def _check_shard(out: Path, k: int, expected_ids: Sequence[str]) -> None:
+    npy, ids_path = _shard_paths(out, k)
+    ids = read_ids(ids_path)
+    if ids != list(expected_ids):
+        raise DataError(
+            "shard does not match the corpus (its ids differ); the corpus changed since it was written: "
+            "use --overwrite",
+            ids_path,
+        )
+    rows = np.load(npy, mmap_mode="r").shape[0]
+    if rows != len(ids):
+        raise DataError(f"shard has {rows} rows for {len(ids)} ids; delete it to re-encode it", npy)
+
+
+def _merge_shards(out: Path, n_shards: int, n: int, dtype: str) -> None:
+    """Concatenate shards into doc.npy / doc.ids, streaming (one shard in memory at a time)."""
+    first = np.load(_shard_paths(out, 0)[0], mmap_mode="r")
+    tmp_npy = out / f"{DOC}.merge.tmp.npy"
+    merged = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=DTYPES[dtype], shape=(n, first.shape[1]))
+    tmp_ids = out / f"{DOC}.ids.tmp"
+    row = 0
+    with open(tmp_ids, "w", encoding="utf-8") as f_ids:
+        for k in range(n_shards):
+            npy, ids_path = _shard_paths(out, k)
+            shard = np.load(npy, mmap_mode="r")
+            merged[row : row + shard.shape[0]] = shard
+            row += shard.shape[0]
+            with open(ids_path, encoding="utf-8") as f:
+                shutil.copyfileobj(f, f_ids)
+    if row != n:
+        raise DataError(f"shards hold {row} rows, expected {n}; re-run with --overwrite", out)
+    merged.flush()
+    del merged
+    os.replace(tmp_ids, out / f"{DOC}.ids")
+    os.replace(tmp_npy, out / f"{DOC}.npy")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model loading (shared with evaluate and mine)
+
+
+def load_encoder(model: str | Path | Encoder, *, device: str | None = None) -> Encoder:
+    """A model folder/name -> :class:`densetune.models.biencoder.BiEncoder` on ``device`` (default: cuda if
+    available); an object with ``encode_texts`` is returned as it is."""
+    if not isinstance(model, (str, Path)):
+        if not hasattr(model, "encode_texts"):
+            raise DensetuneError(
+                f"{type(model).__name__} has no encode_texts(); expected a model path or a BiEncoder"
+            )
+        return model
+    from densetune.models.biencoder import BiEncoder
+
+    path = Path(model)
+    if not path.exists():
+        raise DataError("model not found; expected a model directory", path)
+    try:
+        encoder = BiEncoder.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise DensetuneError(f"{path}: could not load the model: {err}") from None
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return encoder.to(dev)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# densetune encode
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", required=True, help="model directory (densetune, sentence-transformers or HF)"
+    )
+    parser.add_argument("--queries", help="queries.jsonl, NeMo query file, or BEIR directory (with --split)")
+    parser.add_argument(
+        "--corpus", help="corpus: BEIR directory, NeMo corpus dir, .jsonl/.parquet, NeMo doc file"
+    )
+    parser.add_argument(
+        "--split", default="test", help="qrels split selecting the queries of a BEIR dir (default: test)"
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--dtype", choices=tuple(DTYPES), default="float32", help="storage dtype (default: float32)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
+    parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
+    parser.add_argument(
+        "--shard-size",
+        type=int,
+        default=DEFAULT_SHARD_SIZE,
+        help=f"documents per shard (default: {DEFAULT_SHARD_SIZE})",
+    )
+    parser.add_argument(
+        "--max-shards", type=int, default=None, help="stop after encoding this many new shards"
+    )
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="discard earlier outputs in --out instead of resuming"
+    )
+    parser.add_argument(
+        "--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE or ~/.cache/densetune)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    if not args.queries and not args.corpus:
+        raise DensetuneError("nothing to encode: give --queries and/or --corpus")
+    if args.batch_size < 1:
+        raise DensetuneError(f"--batch-size must be >= 1, got {args.batch_size}")
+    # read inputs before loading the model, so bad input fails fast
+    queries = read_queries(args.queries, args.split) if args.queries else None
+    source = open_corpus(args.corpus, cache_dir=args.cache_dir) if args.corpus else None
+    encoder = load_encoder(args.model, device=args.device)
+    meta = encoder_meta(encoder, str(Path(args.model).resolve()), args.max_length)
+    if queries is not None:
+        start = time.perf_counter()
+        encode_queries(
+            encoder,
+            *queries,
+            args.out,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            meta=meta,
+        )
+        print(
+            f"encoded {len(queries[0])} queries in {time.perf_counter() - start:.1f}s -> {args.out}/query.npy"
+        )
+    if source is not None:
+        start = time.perf_counter()
+        result = encode_corpus(
+            encoder,
+            source,
+            args.out,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            shard_size=args.shard_size,
+            max_shards=args.max_shards,
+            meta=meta,
+            overwrite=args.overwrite,
+        )
+        elapsed = time.perf_counter() - start
+        if result.complete and result.shards_encoded == 0:
+            print(f"{args.out}/doc.npy already holds these {result.rows} documents; nothing to do")
+        elif result.complete:
+            print(f"encoded {result.rows} documents in {elapsed:.1f}s -> {args.out}/doc.npy")
+        else:
+            print(
+                f"encoded {result.shards_encoded} shards in {elapsed:.1f}s; {result.shards_done}/{result.shards_total} "
+                "done: re-run the same command to continue"
+            )
+    return 0

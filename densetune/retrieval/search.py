@@ -1,0 +1,388 @@
+"""Top-k search over embeddings (exact chunked matrix products, or faiss), and ``densetune search``.
+
+Exact search never holds the full ``[queries, corpus]`` score matrix: the corpus is read once, chunk by
+chunk (so a memory-mapped ``doc.npy`` larger than RAM works), each chunk is scored against blocks of queries
+and merged into a running top-k per query. Memory is ``query_block x doc_chunk`` scores plus the running
+``[queries, k]`` result, whatever the corpus size. Scores are inner products in float32 (cosine when
+``normalize=True`` or when the encoder normalised its embeddings, as densetune's bi-encoders do by default).
+
+For very large corpora, faiss indexes trade exactness for speed: ``flat`` (exact, faiss' BLAS),
+``ivf`` (inverted lists, ``nlist`` cells, ``nprobe`` probed) and ``hnsw`` (graph, ``hnsw_m`` links,
+``ef_search``).
+
+Command: ``densetune search --queries DIR --corpus DIR --top-k 100 --out RUN [--index exact|flat|ivf|hnsw]``
+reads the outputs of ``densetune encode`` (``query.npy``/``query.ids`` and ``doc.npy``/``doc.ids``) and writes
+a TREC run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from densetune.errors import DensetuneError
+
+INDEX_TYPES = ("exact", "flat", "ivf", "hnsw")
+
+
+@dataclass
+class SearchConfig:
+    """How to search; the one source of search defaults (the CLI reads them from here).
+
+    Attributes:
+        index: ``exact`` (chunked torch matmul, default), or a faiss index ``flat`` | ``ivf`` | ``hnsw``.
+        normalize: L2-normalise queries and documents first (cosine similarity).
+        query_block: queries scored together (exact search).
+        doc_chunk: documents read and scored together (exact search; faiss: added together).
+        device: torch device for exact search (``"cpu"``, ``"cuda"``); None: cuda when available.
+        nlist: IVF cells; None: ``4 * sqrt(N)`` clipped to [1, N // 39].
+        nprobe: IVF cells probed per query.
+        hnsw_m: HNSW links per node.
+        ef_construction / ef_search: HNSW beam widths when building / searching.
+        seed: seed of the IVF k-means.
+    """
+
+    index: str = "exact"
+    normalize: bool = False
+    query_block: int = 1024
+    doc_chunk: int = 32768
+    device: str | None = None
+    nlist: int | None = None
+    nprobe: int = 32
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 256
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.index not in INDEX_TYPES:
+            raise DensetuneError(f"unknown index {self.index!r}; expected one of {', '.join(INDEX_TYPES)}")
+        for name in ("query_block", "doc_chunk", "nprobe", "hnsw_m", "ef_construction", "ef_search"):
+            if int(getattr(self, name)) < 1:
+                raise DensetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.nlist is not None and self.nlist < 1:
+            raise DensetuneError(f"nlist must be >= 1, got {self.nlist}")
+
+
+def _as_float32(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(array, torch.Tensor):
+        array = array.detach().cpu().float().numpy()
+    out = np.ascontiguousarray(array, dtype=np.float32)
+    # read-only memmaps come through as views; torch wants writable memory
+    return out if out.flags.writeable else out.copy()
+
+
+def _check_shapes(query_emb, doc_emb, top_k: int) -> None:
+    if query_emb.ndim != 2 or doc_emb.ndim != 2:
+        raise DensetuneError(
+            f"embeddings must be 2-d [rows, dim]; got queries {tuple(query_emb.shape)}, docs {tuple(doc_emb.shape)}"
+        )
+    if query_emb.shape[1] != doc_emb.shape[1]:
+        raise DensetuneError(
+            f"query and document embeddings differ in dimension ({query_emb.shape[1]} vs {doc_emb.shape[1]}); "
+            "were they encoded by the same model?"
+        )
+    if top_k < 1:
+        raise DensetuneError(f"top_k must be >= 1, got {top_k}")
+
+
+def _default_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def exact_search(
+    query_emb: np.ndarray | torch.Tensor,
+    doc_emb: np.ndarray | torch.Tensor,
+    top_k: int,
+    *,
+    normalize: bool = False,
+    query_block: int = 1024,
+    doc_chunk: int = 32768,
+    device: str | None = None,
+    show_progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product, in bounded memory.
+
+    The corpus is read once in chunks of ``doc_chunk`` rows (converted to float32 one chunk at a time, so
+    a float16 memmap works); each chunk is scored against blocks of ``query_block`` queries and merged
+    into a running top-k.
+
+    Args:
+        query_emb: [Q, H] queries (numpy, memmap or tensor).
+        doc_emb: [N, H] documents (numpy, ``np.load(..., mmap_mode="r")`` or tensor).
+        top_k: results per query; ``min(top_k, N)`` are returned.
+        normalize: L2-normalise both sides (cosine similarity).
+        query_block: queries scored together; memory is ``query_block * doc_chunk * 4`` bytes.
+        doc_chunk: documents scored together.
+        device: torch device; None: cuda when available, else cpu.
+        show_progress: tqdm bar over corpus chunks.
+
+    Returns:
+        ``(scores, indices)``: float32 [Q, k] and int64 [Q, k] (rows of ``doc_emb``), each row by descending
+        score, equal scores by ascending row. Which of several documents tied at the k-th score is kept is
+        unspecified.
+    """
+    _check_shapes(query_emb, doc_emb, top_k)
+    dev = _default_device(device)
+    n_queries, n_docs = query_emb.shape[0], doc_emb.shape[0]
+    k = min(top_k, n_docs)
+    queries = torch.as_tensor(_as_float32(query_emb)).to(dev)
+    if normalize:
+        queries = torch.nn.functional.normalize(queries, dim=-1)
+    # running result: [Q, k]; -inf / -1 until filled
+    best_scores = torch.full((n_queries, k), -math.inf, dtype=torch.float32, device=dev)
+    best_index = torch.full((n_queries, k), -1, dtype=torch.int64, device=dev)
+    starts = range(0, n_docs, doc_chunk)
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="search", unit="chunk")
+    with torch.inference_mode():
+        for start in starts:
+            chunk = torch.as_tensor(_as_float32(doc_emb[start : start + doc_chunk])).to(dev)
+            if normalize:
+                chunk = torch.nn.functional.normalize(chunk, dim=-1)
+            kc = min(k, chunk.shape[0])
+            for qs in range(0, n_queries, query_block):
+                qe = min(qs + query_block, n_queries)
+                scores = queries[qs:qe] @ chunk.T  # [qb, chunk]
+                top_s, top_i = torch.topk(scores, kc, dim=1)
+                merged_s = torch.cat([best_scores[qs:qe], top_s], dim=1)  # [qb, k + kc]
+                merged_i = torch.cat([best_index[qs:qe], top_i + start], dim=1)
+                keep_s, pos = torch.topk(merged_s, k, dim=1)
+                best_scores[qs:qe] = keep_s
+                best_index[qs:qe] = torch.gather(merged_i, 1, pos)
+    scores_np = best_scores.cpu().numpy()
+    index_np = best_index.cpu().numpy()
+    return _sort_rows(scores_np, index_np)
+
+
+def _sort_rows(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order each row by score descending, then row index ascending (deterministic output)."""
+    order = np.lexsort((indices, -scores), axis=1)
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
+
+
+def brute_force_search(
+    query_emb: np.ndarray, doc_emb: np.ndarray, top_k: int, *, normalize: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: the full [Q, N] score matrix in float64, sorted. Only for tests and small inputs."""
+    q = np.asarray(query_emb, dtype=np.float64)
+    d = np.asarray(doc_emb, dtype=np.float64)
+    if normalize:
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    scores = q @ d.T
+    k = min(top_k, d.shape[0])
+    order = np.lexsort((np.broadcast_to(np.arange(d.shape[0]), scores.shape), -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, 1).astype(np.float32), order.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# faiss
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:  # pragma: no cover - faiss-cpu is a dependency
+        raise DensetuneError("faiss is not installed; pip install faiss-cpu, or use --index exact") from None
+    return faiss
+
+
+def build_faiss_index(doc_emb: np.ndarray | torch.Tensor, config: SearchConfig):
+    """Build a faiss inner-product index over ``doc_emb`` (added in chunks, so a memmap works).
+
+    Args:
+        doc_emb: [N, H] documents.
+        config: ``index`` in flat | ivf | hnsw and its parameters.
+
+    Returns:
+        The faiss index (rows are ``doc_emb`` rows).
+    """
+    faiss = _faiss()
+    n, dim = doc_emb.shape
+    metric = faiss.METRIC_INNER_PRODUCT
+    if config.index == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif config.index == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, metric)
+        index.hnsw.efConstruction = config.ef_construction
+        index.hnsw.efSearch = config.ef_search
+    elif config.index == "ivf":
+        nlist = config.nlist or int(min(max(1, round(4 * math.sqrt(n))), max(1, n // 39)))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
+        # k-means on a seeded sample (faiss wants ~39-256 points per cell)
+        rng = np.random.default_rng(config.seed)
+        n_train = min(n, nlist * 256)
+        sample = np.sort(rng.choice(n, size=n_train, replace=False))
+        train = _as_float32(doc_emb[sample])
+        if config.normalize:
+            faiss.normalize_L2(train)
+        index.cp.seed = config.seed
+        index.train(train)
+        index.nprobe = min(config.nprobe, nlist)
+    else:
+        raise DensetuneError(f"unknown faiss index {config.index!r}; expected flat, ivf or hnsw")
+    for start in range(0, n, config.doc_chunk):
+        chunk = _as_float32(doc_emb[start : start + config.doc_chunk])
+        if config.normalize:
+            faiss.normalize_L2(chunk)
+        index.add(chunk)
+    return index
+
+
+def faiss_search(
+    query_emb: np.ndarray | torch.Tensor,
+    doc_emb: np.ndarray | torch.Tensor,
+    top_k: int,
+    config: SearchConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k with a faiss index built by :func:`build_faiss_index`; same return as :func:`exact_search`.
+
+    Approximate indexes may return fewer than k hits for a query: those slots hold index -1 and score -inf.
+    """
+    faiss = _faiss()
+    _check_shapes(query_emb, doc_emb, top_k)
+    index = build_faiss_index(doc_emb, config)
+    queries = _as_float32(query_emb).copy()
+    if config.normalize:
+        faiss.normalize_L2(queries)
+    k = min(top_k, doc_emb.shape[0])
+    scores, indices = index.search(queries, k)
+    scores = np.where(indices < 0, -np.inf, scores).astype(np.float32)
+    return _sort_rows(scores, indices.astype(np.int64))
+
+
+def search(
+    query_emb: np.ndarray | torch.Tensor,
+    doc_emb: np.ndarray | torch.Tensor,
+    top_k: int,
+    config: SearchConfig | None = None,
+    *,
+    show_progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k documents per query with the method ``config.index`` names (default exact).
+
+    Returns:
+        ``(scores [Q, k] float32, indices [Q, k] int64)``, rows by descending score; index -1 marks an
+        empty slot (only approximate indexes leave any).
+    """
+    config = config or SearchConfig()
+    if config.index == "exact":
+        return exact_search(
+            query_emb,
+            doc_emb,
+            top_k,
+            normalize=config.normalize,
+            query_block=config.query_block,
+            doc_chunk=config.doc_chunk,
+            device=config.device,
+            show_progress=show_progress,
+        )
+    return faiss_search(query_emb, doc_emb, top_k, config)
+
+
+def to_run(
+    query_ids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray, indices: np.ndarray
+) -> dict[str, dict[str, float]]:
+    """Turn search results into a run dict ``{query_id: {doc_id: score}}`` (empty slots left out)."""
+    run: dict[str, dict[str, float]] = {}
+    for qid, row_s, row_i in zip(query_ids, scores.tolist(), indices.tolist()):
+        run[qid] = {doc_ids[i]: s for s, i in zip(row_s, row_i) if i >= 0}
+    return run
+
+
+def search_run(
+    query_ids: Sequence[str],
+    query_emb: np.ndarray | torch.Tensor,
+    doc_ids: Sequence[str],
+    doc_emb: np.ndarray | torch.Tensor,
+    top_k: int = 100,
+    config: SearchConfig | None = None,
+    *,
+    show_progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Search and return a run dict; ids must align with embedding rows."""
+    if len(query_ids) != query_emb.shape[0] or len(doc_ids) != doc_emb.shape[0]:
+        raise DensetuneError(
+            f"ids and embeddings differ in length: {len(query_ids)} query ids for {query_emb.shape[0]} rows, "
+            f"{len(doc_ids)} doc ids for {doc_emb.shape[0]} rows"
+        )
+    scores, indices = search(query_emb, doc_emb, top_k, config, show_progress=show_progress)
+    return to_run(query_ids, doc_ids, scores, indices)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# densetune search
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    d = SearchConfig()
+    parser.add_argument(
+        "--queries", required=True, help="directory with query.npy + query.ids (densetune encode)"
+    )
+    parser.add_argument("--corpus", required=True, help="directory with doc.npy + doc.ids (densetune encode)")
+    parser.add_argument("--out", required=True, help="TREC run file to write")
+    parser.add_argument("--top-k", type=int, default=100, help="documents per query (default: 100)")
+    parser.add_argument(
+        "--index", choices=INDEX_TYPES, default=d.index, help="search method (default: exact)"
+    )
+    parser.add_argument("--normalize", action="store_true", help="L2-normalise embeddings first (cosine)")
+    parser.add_argument(
+        "--device", default=d.device, help="torch device for exact search (default: cuda if available)"
+    )
+    parser.add_argument(
+        "--query-block", type=int, default=d.query_block, help="queries scored together (exact)"
+    )
+    parser.add_argument(
+        "--doc-chunk", type=int, default=d.doc_chunk, help="documents scored together (exact)"
+    )
+    parser.add_argument("--nlist", type=int, default=d.nlist, help="IVF cells (default: 4*sqrt(N))")
+    parser.add_argument(
+        "--nprobe", type=int, default=d.nprobe, help=f"IVF cells probed (default: {d.nprobe})"
+    )
+    parser.add_argument(
+        "--hnsw-m", type=int, default=d.hnsw_m, help=f"HNSW links per node (default: {d.hnsw_m})"
+    )
+    parser.add_argument(
+        "--ef-search", type=int, default=d.ef_search, help=f"HNSW search beam (default: {d.ef_search})"
+    )
+    parser.add_argument("--tag", default="densetune", help="run tag (last column of the run file)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from densetune.retrieval.encode import load_embeddings
+    from densetune.retrieval.trec import write_run
+
+    config = SearchConfig(
+        index=args.index,
+        normalize=args.normalize,
+        query_block=args.query_block,
+        doc_chunk=args.doc_chunk,
+        device=args.device,
+        nlist=args.nlist,
+        nprobe=args.nprobe,
+        hnsw_m=args.hnsw_m,
+        ef_search=args.ef_search,
+    )
+    query_ids, query_emb = load_embeddings(args.queries, "query")
+    doc_ids, doc_emb = load_embeddings(args.corpus, "doc")
+    start = time.perf_counter()
+    run = search_run(query_ids, query_emb, doc_ids, doc_emb, args.top_k, config, show_progress=True)
+    write_run(run, args.out, tag=args.tag)
+    elapsed = time.perf_counter() - start
+    print(
+        f"searched {len(query_ids)} queries x {len(doc_ids)} documents ({config.index}) in {elapsed:.1f}s; "
+        f"wrote top-{args.top_k} to {args.out}"
+    )
+    return 0

@@ -221,9 +221,9 @@ def build_faiss_index(doc_emb: np.ndarray | torch.Tensor, config: SearchConfig):
         nlist = config.nlist or int(min(max(1, round(4 * math.sqrt(n))), max(1, n // 39)))
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, metric)
-        # k-means on a seeded sample (faiss wants ~39-256 points per cell)
+        # k-means on a seeded sample of 64 points per cell (faiss wants 39-256)
         rng = np.random.default_rng(config.seed)
-        n_train = min(n, nlist * 256)
+        n_train = min(n, nlist * 64)
         sample = np.sort(rng.choice(n, size=n_train, replace=False))
         train = _as_float32(doc_emb[sample])
         if config.normalize:

@@ -65,6 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# one writer of model folders' JSON and model-card tables for both model kinds
+from densetune.models.biencoder import _first, _markdown, _write_json
 from densetune.models.lora import apply_lora, is_peft_model, merged_state_dict
 
 __all__ = [
@@ -734,26 +736,6 @@ def loss_step(
 
 
 # ---------------------------------------------------------------------- helpers
-def _first(*values):
-    return next(v for v in values if v is not None)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _markdown(content: Any) -> list[str]:
-    if isinstance(content, Mapping):
-        rows = ["| key | value |", "|---|---|"]
-        for key, value in content.items():
-            shown = json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
-            rows.append(f"| {key} | {shown} |")
-        return rows
-    if isinstance(content, (list, tuple)):
-        return [f"- {item}" for item in content]
-    return [str(content)]
-
-
 def _read_saved_config(path: str) -> dict[str, Any]:
     file = os.path.join(path, CONFIG_NAME)
     if not os.path.isfile(file):

@@ -97,3 +97,31 @@ def make_beir():
 def beir_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("DENSETUNE_CACHE", str(tmp_path / "cache"))
     return write_beir(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="module")
+def reranker_dir(tmp_path_factory, minilm_path) -> str:
+    """A 2-layer hidden-32 random BERT reranker (seeded) with the MiniLM tokenizer (score and rerank tests)."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        num_labels=1,
+    )
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("reranker")
+    BertForSequenceClassification(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Each test gets its own Arrow cache, so no test reads another's converted files."""
+    monkeypatch.setenv("DENSETUNE_CACHE", str(tmp_path / "cache"))

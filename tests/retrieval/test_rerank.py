@@ -27,33 +27,6 @@ RUN = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DENSETUNE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def reranker_dir(tmp_path_factory, minilm_path) -> str:
-    """A 2-layer hidden-32 random BERT reranker (seeded) with the MiniLM tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
-    torch.manual_seed(1)
-    out = tmp_path_factory.mktemp("rerank_reranker")
-    BertForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
-
-
 def make_beir(root: Path) -> Path:
     (root / "qrels").mkdir(parents=True)
     with open(root / "corpus.jsonl", "w", encoding="utf-8") as f:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from densetune.cli import main as cli
 
@@ -30,33 +29,6 @@ RECORDS = [
         "prompt": "Retrieve",
     },
 ]
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DENSETUNE_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def reranker_dir(tmp_path_factory, minilm_path) -> str:
-    """A 2-layer hidden-32 random BERT reranker (seeded) with the MiniLM tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("score_reranker")
-    BertForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture(scope="module")

@@ -237,13 +237,7 @@ def train_model(
         "eval": {"at_end": False},
         "output": {"dir": str(out), "tensorboard": False},
     }
-    recipe = TrainRecipe(from_dict(merge_defaults(raw)))
-    try:
-        recipe.setup()
-        recipe.train()
-        return recipe.finish()
-    finally:
-        recipe.cleanup()
+    return TrainRecipe(from_dict(merge_defaults(raw))).run()
 
 
 def print_table(before: dict[str, float], after: dict[str, float]) -> None:

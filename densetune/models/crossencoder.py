@@ -78,6 +78,7 @@ __all__ = [
     "RerankerCollator",
     "RerankerLoss",
     "loss_step",
+    "rows_per_query",
 ]
 
 CONFIG_NAME = "densetune_crossencoder.json"
@@ -718,6 +719,20 @@ def loss_step(
         >>> loss.backward(); optimizer.step(); optimizer.zero_grad()
     """
     loss_fn = _as_loss(loss_cfg)
+    n = rows_per_query(batch)
+    scores = model(batch)  # [B*n]
+    return loss_fn(
+        scores, n_passages=n, teacher_scores=batch.get("teacher_scores"), labels=batch.get("row_labels")
+    )
+
+
+def rows_per_query(batch: Mapping[str, Any]) -> int:
+    """n, the rows of each query's group in a reranker batch: ``n_passages`` (densetune's collator) or
+    rows / ``labels.numel()`` (NeMo's CrossEncoderCollator gives one label per query).
+
+    Raises:
+        ValueError: the batch gives neither, or its rows do not split into groups of n.
+    """
     rows = int(batch["input_ids"].shape[0])
     if batch.get("n_passages") is not None:
         n = int(batch["n_passages"])
@@ -729,10 +744,7 @@ def loss_step(
         )
     if n < 1 or rows % n:
         raise ValueError(f"{rows} rows cannot be split into groups of {n}")
-    scores = model(batch)  # [B*n]
-    return loss_fn(
-        scores, n_passages=n, teacher_scores=batch.get("teacher_scores"), labels=batch.get("row_labels")
-    )
+    return n
 
 
 # ---------------------------------------------------------------------- helpers

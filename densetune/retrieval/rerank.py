@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,34 @@ def rerank_run(
     if bar is not None:
         bar.close()
     return new_run, n_pairs
+
+
+def rerank_beir(
+    model: Any,
+    beir_dir: str,
+    split: str,
+    run_path: str | Path,
+    *,
+    top_k: int = 100,
+    batch_size: int = 32,
+    metrics: Sequence[str] = ("ndcg@10", "mrr@10", "recall@100"),
+) -> dict[str, float]:
+    """Rerank a first-stage TREC run on a BEIR dataset's ``split`` and return the mean metrics of the result.
+
+    What the training loop reports for a cross-encoder, and ``densetune rerank`` prints.
+
+    Raises:
+        DataError: no ``qrels/{split}.tsv`` in ``beir_dir``, or ids of the run unknown to the dataset.
+    """
+    from densetune.retrieval.metrics import evaluate
+
+    queries, corpus, qrels = _load_dataset(beir_dir, split)
+    if not qrels:
+        raise DataError(f"no qrels/{split}.tsv: cannot evaluate the reranked run", beir_dir)
+    new_run, _ = rerank_run(
+        model, read_run(run_path), queries, corpus, top_k=top_k, batch_size=batch_size, run_path=run_path
+    )
+    return evaluate(qrels, new_run, tuple(metrics))
 
 
 def _unknown_id(run_path: str | Path | None, qid: str, did: str | None, message: str) -> DataError:

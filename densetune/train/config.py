@@ -59,6 +59,7 @@ DEFAULT_CONTRASTIVE = {
     "cross_device": True,
 }
 DEFAULT_DISTILLATION = {TARGET: "densetune.losses.DistillationLoss"}
+DEFAULT_RERANKER = {TARGET: "densetune.models.crossencoder.RerankerLoss"}
 
 # Live keyword arguments the recipe passes to each component at the call site (not settable in YAML).
 LIVE_ARGS: dict[str, tuple[str, ...]] = {
@@ -68,6 +69,7 @@ LIVE_ARGS: dict[str, tuple[str, ...]] = {
     "data.collator": ("tokenizer",),
     "loss.contrastive": (),
     "loss.distillation": (),
+    "loss.reranker": (),
 }
 
 
@@ -128,6 +130,8 @@ class DataConfig:
         sampler: ``_target_`` batch sampler node; the recipe passes ``batch_size``, ``seed``, ``rank``,
             ``world_size`` (each rank gets its shard of every global batch).
         collator: ``_target_`` collator node turning Groups into tensors; the recipe passes ``tokenizer``.
+            null = the model's own collator: what a cross-encoder needs (``model.collator`` tokenises pairs
+            exactly as its scoring does); a bi-encoder needs a node.
     """
 
     train: list[str] = field(default_factory=list)
@@ -137,12 +141,13 @@ class DataConfig:
     num_workers: int = 0
     selector: dict = _node(DEFAULT_SELECTOR)
     sampler: dict = _node(DEFAULT_SAMPLER)
-    collator: dict = _node(DEFAULT_COLLATOR)
+    collator: dict | None = _node(DEFAULT_COLLATOR)
 
 
 @dataclass
 class LossConfig:
-    """The training objective: ``contrastive_weight * contrastive + distillation_weight * distillation``.
+    """The training objective: ``contrastive_weight * contrastive + distillation_weight * distillation`` for
+    bi-encoders, ``reranker`` for cross-encoders (the model that ``model._target_`` loads decides).
 
     Attributes:
         contrastive: ``_target_`` node for the contrastive (InfoNCE) loss, or null to train on distillation only.
@@ -151,6 +156,9 @@ class LossConfig:
         distillation_weight: weight of the distillation term (skipped for batches without teacher scores).
         task_weights: per-task weights for same-task batches,
             ``{task: {contrastive_weight: w, distill_weight: w}}`` (LLM-Embedder mixes tasks so).
+        reranker: ``_target_`` node of the cross-encoder loss
+            (:class:`~densetune.models.crossencoder.RerankerLoss`: listwise CE over each group, optional BCE
+            and distillation from teacher scores); used only when the model is a cross-encoder.
     """
 
     contrastive: dict | None = _node(DEFAULT_CONTRASTIVE)
@@ -158,6 +166,7 @@ class LossConfig:
     distillation: dict | None = field(default=None, metadata={"component": DEFAULT_DISTILLATION})
     distillation_weight: float = 1.0
     task_weights: dict = field(default_factory=dict)
+    reranker: dict | None = _node(DEFAULT_RERANKER)
 
 
 @dataclass
@@ -237,6 +246,10 @@ class EvalConfig:
         batch_size: queries per evaluation batch.
         beir_dir: a BEIR directory for full-corpus nDCG@10 / Recall@100, or null.
         split: the qrels split of ``beir_dir`` to evaluate on.
+        rerank_run: cross-encoders: a TREC run file of first-stage results on ``beir_dir`` / ``split``; its
+            top ``rerank_top_k`` are reranked and nDCG@10 / MRR@10 / Recall@100 reported (a reranker cannot
+            search a whole corpus).
+        rerank_top_k: documents per query to rerank from ``rerank_run``.
         at_start: evaluate before the first step too (the baseline the run improves on).
         at_end: evaluate after the last step too.
     """
@@ -248,6 +261,8 @@ class EvalConfig:
     batch_size: int = 64
     beir_dir: str | None = None
     split: str = "test"
+    rerank_run: str | None = None
+    rerank_top_k: int = 100
     at_start: bool = False
     at_end: bool = True
 
@@ -449,6 +464,7 @@ def _check_values(cfg: RecipeConfig) -> None:
         "train.log_every": cfg.train.log_every,
         "eval.batch_size": cfg.eval.batch_size,
         "eval.dev_n_passages": cfg.eval.dev_n_passages,
+        "eval.rerank_top_k": cfg.eval.rerank_top_k,
     }
     for key, value in positive.items():
         if value < 1:
@@ -476,8 +492,11 @@ def _check_values(cfg: RecipeConfig) -> None:
         )
     if not cfg.data.train:
         raise ConfigError("data.train", "required: a list of training files or directories")
-    if cfg.loss.contrastive is None and cfg.loss.distillation is None:
-        raise ConfigError("loss", "both loss.contrastive and loss.distillation are null; enable at least one")
+    _check_loss_kind(cfg)
+    if cfg.eval.rerank_run is not None and not Path(cfg.eval.rerank_run).is_file():
+        raise ConfigError(
+            "eval.rerank_run", f"expected a TREC run file; {cfg.eval.rerank_run!r} is not a file"
+        )
     if cfg.train.fsdp and cfg.train.grad_cache_chunk_size:
         raise ConfigError(
             "train.fsdp",
@@ -489,10 +508,67 @@ def _check_values(cfg: RecipeConfig) -> None:
         raise ConfigError(
             "resume", f"expected null, auto or a checkpoint directory; {cfg.resume!r} is not a directory"
         )
-    for key in ("data.selector", "data.sampler", "data.collator", "loss.contrastive", "loss.distillation"):
+    for key in LIVE_ARGS:
+        if key == "model":
+            continue
         node = _get(cfg, key)
         if node is not None and TARGET not in node:
             raise ConfigError(key, f"a component node needs {TARGET}: a dotted path to a class or function")
+
+
+def trains_reranker(cfg: RecipeConfig) -> bool:
+    """True when ``model._target_`` is a loader of a cross-encoder (a classmethod of a CrossEncoder class)."""
+    from densetune.models.crossencoder import CrossEncoder
+
+    owner = getattr(locate(cfg.model._target_, "model._target_"), "__self__", None)
+    return isinstance(owner, type) and issubclass(owner, CrossEncoder)
+
+
+def _check_loss_kind(cfg: RecipeConfig) -> None:
+    """The loss options that apply to the model kind: embedding terms for bi-encoders, ``loss.reranker``
+    for cross-encoders; options of the other kind are errors, not silently ignored."""
+    lcfg, tcfg = cfg.loss, cfg.train
+    if not trains_reranker(cfg):
+        if lcfg.contrastive is None and lcfg.distillation is None:
+            raise ConfigError(
+                "loss", "both loss.contrastive and loss.distillation are null; enable at least one"
+            )
+        if cfg.data.collator is None:
+            raise ConfigError(
+                "data.collator", "a bi-encoder needs a collator node (null is for cross-encoders)"
+            )
+        if cfg.eval.rerank_run is not None:
+            raise ConfigError(
+                "eval.rerank_run", "reranks with a cross-encoder; a bi-encoder searches eval.beir_dir"
+            )
+        return
+    if lcfg.distillation is not None:
+        raise ConfigError(
+            "loss.distillation",
+            "applies to bi-encoders; a cross-encoder distils through loss.reranker.distillation "
+            "(kl | margin_mse | stable_distill): set loss.distillation=null",
+        )
+    if lcfg.reranker is None:
+        raise ConfigError("loss.reranker", "a cross-encoder needs a reranker loss node; got null")
+    if tcfg.grad_cache_chunk_size:
+        raise ConfigError(
+            "train.grad_cache_chunk_size",
+            "the gradient cache splits embedding batches; a cross-encoder scores each pair on its own, so "
+            "use train.grad_accum_steps instead (set grad_cache_chunk_size=null)",
+        )
+    collator = cfg.data.collator
+    if collator is not None and str(collator.get(TARGET, "")).endswith("BiEncoderCollator"):
+        raise ConfigError(
+            "data.collator",
+            "a cross-encoder reads (query, passage) pairs: set data.collator=null (the model's own collator) "
+            "or densetune.data.collators.CrossEncoderCollator",
+        )
+    if cfg.eval.beir_dir and cfg.eval.rerank_run is None:
+        raise ConfigError(
+            "eval.rerank_run",
+            "a cross-encoder cannot search eval.beir_dir's whole corpus: give a first-stage TREC run to rerank "
+            "(densetune search / evaluate --save-run), or set eval.beir_dir=null",
+        )
 
 
 def _get(cfg: RecipeConfig, dotted: str) -> Any:
@@ -521,6 +597,7 @@ def check_components(cfg: RecipeConfig) -> list[str]:
         "data.collator": cfg.data.collator,
         "loss.contrastive": cfg.loss.contrastive,
         "loss.distillation": cfg.loss.distillation,
+        "loss.reranker": cfg.loss.reranker,
     }
     model_kwargs = {k: 0 for k in model_loader_kwargs(cfg)}
     nodes["model"] = {TARGET: cfg.model._target_, **model_kwargs}
@@ -549,7 +626,7 @@ def model_loader_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
         "lora": mcfg.lora,
         "gradient_checkpointing": mcfg.gradient_checkpointing or None,
     }
-    collator = cfg.data.collator
+    collator = cfg.data.collator or {}
     for key, arg in (
         ("query_prefix", "query_prefix"),
         ("passage_prefix", "passage_prefix"),

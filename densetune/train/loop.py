@@ -28,12 +28,15 @@ from densetune.train import checkpoint as ckpt
 from densetune.train.config import RecipeConfig, diff_configs, model_loader_kwargs, save_config
 from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_curves
 from densetune.train.optim import build_optimizer, build_scheduler, lr_factor, warmup_steps
+from densetune.train.steps import EmbeddingStep, RerankerStep, build_step, group_metrics, is_reranker
 
 Batch = dict[str, Any]
 
 
 class TrainRecipe:
-    """Fine-tune a bi-encoder (or an LLM embedder with LoRA) contrastively, with optional distillation.
+    """Fine-tune a bi-encoder or LLM embedder (contrastive, optional distillation, LoRA) or a cross-encoder
+    reranker (listwise / BCE / distillation): ``model._target_`` decides; :mod:`densetune.train.steps`
+    holds what differs between the two.
 
     Args:
         cfg: a validated :class:`~densetune.train.config.RecipeConfig`.
@@ -111,6 +114,15 @@ class TrainRecipe:
             save_config(self.cfg, self.out_dir / "config.yaml")
         self._print_plan()
 
+    def run(self) -> dict[str, Any]:
+        """The whole recipe: set up, train, finish (returns the summary), and leave the process group."""
+        try:
+            self.setup()
+            self.train()
+            return self.finish()
+        finally:
+            self.cleanup()
+
     def _setup_resume(self) -> None:
         """Pick the checkpoint to resume from and say which values win (config or checkpoint).
 
@@ -157,7 +169,12 @@ class TrainRecipe:
         raw.to(self.device)
         self.raw_model = raw
         self.tokenizer = raw.tokenizer
-        self.unused = [] if self.cfg.train.find_unused_parameters else _freeze_unused(raw, self.tokenizer)
+        step_kind = RerankerStep if is_reranker(raw) else EmbeddingStep
+        self.unused = (
+            []
+            if self.cfg.train.find_unused_parameters
+            else _freeze_unused(raw, step_kind.probe(raw, self.tokenizer))
+        )
         self.trainable_names = {n for n, p in raw.named_parameters() if p.requires_grad}
         self.param_counts = (
             sum(p.numel() for p in raw.parameters() if p.requires_grad),
@@ -201,9 +218,15 @@ class TrainRecipe:
             rank=self.rank,
             world_size=self.world_size,
         )
-        self.collator = instantiate(
-            dcfg.collator, "data.collator", tokenizer=self.tokenizer, **self._model_prefixes(dcfg.collator)
-        )
+        if dcfg.collator is None:  # the model's own: a cross-encoder tokenises pairs as it scores them
+            self.collator = self.raw_model.collator
+        else:
+            self.collator = instantiate(
+                dcfg.collator,
+                "data.collator",
+                tokenizer=self.tokenizer,
+                **self._model_prefixes(dcfg.collator),
+            )
         self.loader = StatefulDataLoader(
             self.dataset,
             batch_sampler=self.sampler,
@@ -273,22 +296,11 @@ class TrainRecipe:
         self.trainable = [p for p in self.raw_model.parameters() if p.requires_grad]
 
     def _setup_loss(self) -> None:
-        """The objective: ``contrastive_weight x contrastive + distillation_weight x distillation``.
-
-        Each term comes from its ``_target_`` node (null disables it); RetrievalObjective adds them, skips
-        distillation for batches without teacher scores and scales both terms alike under cross-device
-        negatives, so DDP's gradient average is the gradient of the global-batch loss.
-        """
-        from densetune.losses import RetrievalObjective
-
-        lcfg = self.cfg.loss
-        self.objective = RetrievalObjective(
-            instantiate(lcfg.contrastive, "loss.contrastive") if lcfg.contrastive else None,
-            instantiate(lcfg.distillation, "loss.distillation") if lcfg.distillation else None,
-            contrastive_weight=lcfg.contrastive_weight,
-            distill_weight=lcfg.distillation_weight,
-            task_weights=lcfg.task_weights or None,
-        )
+        """The objective of the model's kind (:func:`densetune.train.steps.build_step`): for bi-encoders
+        ``contrastive_weight x contrastive + distillation_weight x distillation`` (distillation skipped for
+        batches without teacher scores, both terms scaled alike under cross-device negatives, so DDP's
+        gradient average is the global-batch gradient); for cross-encoders ``loss.reranker``."""
+        self.step = build_step(self.cfg, self.raw_model, self._autocast)
 
     def _load_checkpoint(self, path: Path) -> None:
         """Restore weights, optimizer, schedule position, this rank's data position and RNG states."""
@@ -324,38 +336,6 @@ class TrainRecipe:
     # ------------------------------------------------------------------------------------------------
     # One step
     # ------------------------------------------------------------------------------------------------
-
-    def _loss_from_embeddings(self, q: torch.Tensor, p: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """The objective on one micro-batch's embeddings.
-
-        Args:
-            q: query embeddings [B, H] (this rank's).
-            p: document embeddings [B*n, H], each query's n documents contiguous, positive first.
-            batch: the collated batch: ``passage_doc_ids`` [B*n] (false-negative masking) and
-                ``teacher_scores`` [B, n] (distillation) are read from it when present.
-        """
-        from densetune.losses import loss_inputs
-
-        return self.objective(q, p, **loss_inputs(batch))
-
-    def _loss_step(self, batch: Batch, scale: float) -> torch.Tensor:
-        """Forward, loss and backward of one micro-batch; returns the unscaled loss (detached).
-
-        With ``train.grad_cache_chunk_size`` the gradient cache encodes the batch in chunks and runs the
-        backward itself; otherwise one forward under autocast and ``(loss * scale).backward()``.
-        """
-        chunk = self.cfg.train.grad_cache_chunk_size
-        if chunk:
-            from densetune.train.gradcache import grad_cache_step
-
-            with self._autocast():
-                loss = grad_cache_step(self.model, self.objective, batch, chunk_size=chunk, scale=scale)
-            return loss.detach()
-        with self._autocast():
-            q, p = self.model(batch)
-        loss = self._loss_from_embeddings(q, p, batch)
-        (loss * scale).backward()
-        return loss.detach()
 
     def _optimizer_step(self) -> torch.Tensor:
         """Clip (or just measure) the gradient norm, step AdamW and the schedule; returns the norm."""
@@ -395,10 +375,12 @@ class TrainRecipe:
                 n_micro = min(accum, self.batches_per_epoch - st.batches_in_epoch)
                 for i in range(n_micro):
                     batch = next(batches)
-                    self._window.add_batch(batch)
+                    self._window.add(*self.step.count(batch))
                     batch = _to_device(batch, self.device)
                     with self._no_sync(last=i == n_micro - 1):
-                        self._window.loss += self._loss_step(batch, scale=1.0 / n_micro) / n_micro
+                        self._window.loss += (
+                            self.step.backward(self.model, batch, scale=1.0 / n_micro) / n_micro
+                        )
                     st.batches_in_epoch += 1
                 self._window.grad_norm += self._optimizer_step()
                 self._window.steps += 1
@@ -484,31 +466,28 @@ class TrainRecipe:
 
     def _evaluate_groups(self, model: nn.Module) -> dict[str, float]:
         """Over each dev group's [positive + negatives]: mean cross-entropy, acc@1 and MRR (positive at 0)."""
-        temperature = float(getattr(self.objective.contrastive, "temperature", 1.0))
-        losses, hits, rr = [], [], []
-        for batch in self.dev_loader:
-            batch = _to_device(batch, self.device)
-            with self._autocast():
-                q, p = model(batch)
-            q, p = q.float(), p.float()
-            n = p.shape[0] // q.shape[0]
-            scores = torch.einsum("bh,bnh->bn", q, p.view(q.shape[0], n, -1))  # [B, n]
-            target = torch.zeros(q.shape[0], dtype=torch.long, device=scores.device)
-            losses.append(nn.functional.cross_entropy(scores / temperature, target, reduction="none"))
-            rank = (scores > scores[:, :1]).sum(dim=1)  # 0-based rank of the positive (ties favour it)
-            hits.append((rank == 0).float())
-            rr.append(1.0 / (rank.float() + 1.0))
-        return {
-            "dev_loss": torch.cat(losses).mean().item(),
-            "dev_acc@1": torch.cat(hits).mean().item(),
-            "dev_mrr": torch.cat(rr).mean().item(),
-        }
+        scores = [self.step.group_scores(model, _to_device(b, self.device)) for b in self.dev_loader]
+        return group_metrics(scores, self.step.dev_temperature)
 
     def _evaluate_corpus(self, model: nn.Module) -> dict[str, float]:
-        """Full-corpus nDCG@10 and Recall@100 on ``eval.beir_dir`` / ``eval.split`` (exact search)."""
+        """Full-corpus nDCG@10 and Recall@100 on ``eval.beir_dir`` / ``eval.split`` (exact search); for a
+        cross-encoder nDCG@10 / MRR@10 / Recall@100 of ``eval.rerank_run``'s top ``rerank_top_k`` reranked."""
         from densetune.retrieval.evaluate import evaluate_model
 
         ecfg = self.cfg.eval
+        if self.step.kind == "cross-encoder":
+            from densetune.retrieval.rerank import rerank_beir
+
+            with self._autocast():
+                result = rerank_beir(
+                    self.raw_model,
+                    ecfg.beir_dir,
+                    ecfg.split,
+                    ecfg.rerank_run,
+                    top_k=ecfg.rerank_top_k,
+                    batch_size=ecfg.batch_size,
+                )
+            return {k: float(v) for k, v in result.items()}
         with self._autocast():
             result = evaluate_model(
                 model if self.cfg.train.fsdp else self.raw_model,
@@ -597,12 +576,7 @@ class TrainRecipe:
         card = {
             "base_model": self.cfg.model.path,
             "data": list(self.cfg.data.train),
-            "loss": {
-                "contrastive": self.cfg.loss.contrastive,
-                "contrastive_weight": self.cfg.loss.contrastive_weight,
-                "distillation": self.cfg.loss.distillation,
-                "distillation_weight": self.cfg.loss.distillation_weight,
-            },
+            "loss": self.step.card(self.cfg),
             "hyperparameters": {
                 "steps": self.state.step,
                 "global_batch_size": self.global_batch_size,
@@ -610,7 +584,7 @@ class TrainRecipe:
                 "world_size": self.world_size,
                 "grad_accum_steps": self.cfg.train.grad_accum_steps,
                 "selector": self.cfg.data.selector,
-                "collator": {k: v for k, v in self.cfg.data.collator.items()},
+                "collator": self.cfg.data.collator or "the model's own",
                 "optim": self.cfg.to_dict()["optim"],
                 "precision": "bf16" if self.use_bf16 else "fp32",
                 "seed": self.cfg.seed,
@@ -739,10 +713,10 @@ class _Window:
         self.samples = 0
         self.tokens = 0
 
-    def add_batch(self, batch: Batch) -> None:
-        """Count queries and real (non-padding) tokens from the attention masks, on CPU before the copy."""
-        self.samples += int(batch["q_input_ids"].shape[0])
-        self.tokens += int(batch["q_attention_mask"].sum()) + int(batch["d_attention_mask"].sum())
+    def add(self, samples: int, tokens: int) -> None:
+        """Count a batch's queries and real (non-padding) tokens (read on CPU, before the copy)."""
+        self.samples += samples
+        self.tokens += tokens
 
 
 def _init_distributed(device: str) -> tuple[int, int, int]:
@@ -803,19 +777,14 @@ def _sampler_data_args(node: dict[str, Any], dataset: Any) -> dict[str, Any]:
     }
 
 
-def _freeze_unused(model: nn.Module, tokenizer: Any) -> list[str]:
-    """Freeze trainable parameters that an embedding forward never reaches (a backbone's unused pooler
-    head, say), found with one tiny probe forward/backward.
+def _freeze_unused(model: nn.Module, probe: torch.Tensor) -> list[str]:
+    """Freeze trainable parameters that the model's forward never reaches (a bi-encoder backbone's unused
+    pooler head, say), found by back-propagating ``probe``, one tiny forward's output.
 
     They could never learn, and DDP waits forever for their gradients unless it searches the graph every
     step (``find_unused_parameters``); frozen, they also stay out of the optimizer and the checkpoints.
     """
-    device = next(model.parameters()).device
-    enc = tokenizer(["probe"], return_tensors="pt")
-    batch = {f"{side}_{k}": v.to(device) for side in ("q", "d") for k, v in enc.items()}
-    batch["labels"] = torch.zeros(1, dtype=torch.long, device=device)
-    q, p = model(batch)
-    (q.float().sum() + p.float().sum()).backward()
+    probe.backward()
     unused = []
     for name, param in model.named_parameters():
         if param.requires_grad and param.grad is None:

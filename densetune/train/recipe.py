@@ -42,11 +42,5 @@ def main(args: argparse.Namespace) -> int:
         return 0
     from densetune.train.loop import TrainRecipe
 
-    recipe = TrainRecipe(cfg)
-    try:
-        recipe.setup()
-        recipe.train()
-        recipe.finish()
-    finally:
-        recipe.cleanup()
+    TrainRecipe(cfg).run()
     return 0

@@ -28,13 +28,7 @@ tiny = pytest.mark.usefixtures("one_torch_thread")
 
 def train(cfg_path: Path, overrides: list[str] = ()) -> tuple[TrainRecipe, dict]:
     recipe = TrainRecipe(load_config(cfg_path, list(overrides)))
-    try:
-        recipe.setup()
-        recipe.train()
-        summary = recipe.finish()
-    finally:
-        recipe.cleanup()
-    return recipe, summary
+    return recipe, recipe.run()
 
 
 @tiny

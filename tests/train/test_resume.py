@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from train_helpers import final_weights, make_inline_data, max_abs_diff, tiny_recipe, write_yaml
+from train_helpers import final_weights, make_inline_data, max_abs_diff, run_recipe, tiny_recipe, write_yaml
 
 from densetune.errors import ConfigError
 from densetune.train import checkpoint as ckpt
@@ -24,31 +24,8 @@ KILL_AT = 3  # mid-epoch: 24 groups / batch 4 = 6 batches per epoch
 STEPS = 8  # crosses into the second epoch
 
 
-class Killed(Exception):
-    """Stands in for the process dying right after a checkpoint was written."""
-
-
 def run(cfg_path: Path, overrides: list[str], kill_at: int | None = None) -> TrainRecipe:
-    recipe = TrainRecipe(load_config(cfg_path, overrides))
-    recipe.setup()
-    if kill_at is not None:
-        save = recipe.save_checkpoint
-
-        def save_then_die():
-            path = save()
-            if recipe.state.step == kill_at:
-                raise Killed
-            return path
-
-        recipe.save_checkpoint = save_then_die
-    try:
-        recipe.train()
-        recipe.finish()
-    except Killed:
-        pass
-    finally:
-        recipe.cleanup()
-    return recipe
+    return run_recipe(load_config(cfg_path, overrides), kill_at=kill_at)
 
 
 @pytest.fixture(scope="module")

@@ -128,3 +128,34 @@ def make_beir_dir(directory: Path, n_queries: int = 12, n_docs: int = 40, seed: 
         for i in range(n_queries):
             f.write(f"q{i}\tdoc{i}\t1\n")
     return directory
+
+
+class Killed(Exception):
+    """Stands in for the process dying right after a checkpoint was written."""
+
+
+def run_recipe(cfg: Any, kill_at: int | None = None) -> Any:
+    """Set up, train and finish a recipe (a RecipeConfig); with ``kill_at``, die right after the checkpoint
+    of that step (the run's state then is what a killed process leaves on disk)."""
+    from densetune.train.loop import TrainRecipe
+
+    recipe = TrainRecipe(cfg)
+    recipe.setup()
+    if kill_at is not None:
+        save = recipe.save_checkpoint
+
+        def save_then_die():
+            path = save()
+            if recipe.state.step == kill_at:
+                raise Killed
+            return path
+
+        recipe.save_checkpoint = save_then_die
+    try:
+        recipe.train()
+        recipe.finish()
+    except Killed:
+        pass
+    finally:
+        recipe.cleanup()
+    return recipe

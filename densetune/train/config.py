@@ -502,8 +502,6 @@ def _check_values(cfg: RecipeConfig) -> None:
             "train.fsdp",
             "FSDP with the gradient cache is not supported; set train.grad_cache_chunk_size=null",
         )
-    if cfg.train.fsdp and cfg.train.device == "cpu":
-        raise ConfigError("train.fsdp", "FSDP needs CUDA devices; set train.fsdp=false on CPU")
     if cfg.resume is not None and cfg.resume != "auto" and not Path(cfg.resume).is_dir():
         raise ConfigError(
             "resume", f"expected null, auto or a checkpoint directory; {cfg.resume!r} is not a directory"
@@ -514,6 +512,16 @@ def _check_values(cfg: RecipeConfig) -> None:
         node = _get(cfg, key)
         if node is not None and TARGET not in node:
             raise ConfigError(key, f"a component node needs {TARGET}: a dotted path to a class or function")
+    collator = cfg.data.collator or {}
+    if (
+        str(collator.get(TARGET, "")).endswith("SameEmbedCollator")
+        and collator.get("output", "seed") != "train"
+    ):
+        raise ConfigError(
+            "data.collator.output",
+            "SameEmbedCollator returns the FlagEmbedding dict unless output: train; densetune train reads "
+            "q_input_ids / d_input_ids, so set data.collator.output=train",
+        )
 
 
 def trains_reranker(cfg: RecipeConfig) -> bool:
@@ -632,6 +640,8 @@ def model_loader_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
         ("passage_prefix", "passage_prefix"),
         ("q_max_len", "max_query_len"),
         ("p_max_len", "max_passage_len"),
+        ("query_max_len", "max_query_len"),  # SameEmbedCollator's names
+        ("passage_max_len", "max_passage_len"),
     ):
         if collator.get(key):
             kwargs[arg] = collator[key]

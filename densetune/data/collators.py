@@ -11,7 +11,8 @@ switches by changing an import:
 - :class:`RetrievalDataCollator`, FlagEmbedding LLM-Embedder: ``query`` / ``key`` encodings, ``key_mask`` for
   groups of different sizes, ``teacher_scores``; ``cross=True`` gives (query, key) pair encodings.
 - :class:`SameEmbedCollator`, FlagEmbedding BGE-EN-ICL: prompted queries with in-context examples drawn from
-  the batch, EOS appended and left padding for last-token pooling on decoder models.
+  the batch, EOS appended and left padding for last-token pooling on decoder models; the seed's
+  ``query`` / ``passage`` / ``messages`` dict, or (``output="train"``) the bi-encoder layout below.
 
 Batch layout shared by the bi-encoders (B queries, n documents per query, positive first)::
 
@@ -20,10 +21,13 @@ Batch layout shared by the bi-encoders (B queries, n documents per query, positi
     labels                          [B]         zeros: the positive is column 0 of each group
     passage_doc_ids                 [B*n] int64 only when every document has a non-empty id
     teacher_scores                  [B, n]      only when every group has teacher scores
+    in_batch_negatives              False       SameEmbedCollator, symmetric class / clustering batches only:
+                                                score each query against its own group
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from collections import Counter
@@ -38,12 +42,13 @@ from transformers import DataCollatorWithPadding
 from densetune.data.corpus import doc_text
 from densetune.data.groups import derive_seed
 from densetune.data.prompts import (
+    LLM_SPECIAL_TOKENS,
     PromptFormatter,
     build_icl_query,
     format_passage,
     sample_icl_examples,
 )
-from densetune.data.records import Doc, Group, doc_id_to_int64
+from densetune.data.records import EXAMPLE_TYPES, Doc, Group, doc_id_to_int64
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
@@ -251,7 +256,8 @@ class BiEncoderCollator:
         ``q_input_ids``, ``q_attention_mask`` [B, Lq]; ``d_input_ids``, ``d_attention_mask`` [B*n, Lp] (each
         query's documents contiguous, positive first); ``labels`` zeros [B] (long); ``passage_doc_ids`` [B*n]
         int64 (:func:`~densetune.data.records.doc_id_to_int64`) when every document has a non-empty id;
-        ``teacher_scores`` [B, n] float32 when every item has scores.
+        ``teacher_scores`` [B, n] float32 when every item has scores; ``task`` (str) when every item has the
+        same non-empty task (same-task batches: per-task loss settings read it).
 
     Raises:
         ValueError: an empty batch, or items with different numbers of documents (naming the sizes).
@@ -314,10 +320,10 @@ class BiEncoderCollator:
         ]
         return queries, docs, n
 
-    def __call__(self, batch: Sequence[Group | Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: Sequence[Group | Mapping[str, Any]]) -> dict[str, Any]:
         features = [_as_features(x) for x in batch]
         queries, docs, n = self.texts(features)
-        out: dict[str, torch.Tensor] = {}
+        out: dict[str, Any] = {}
         for prefix, texts, max_len in (("q_", queries, self.q_max_len), ("d_", docs, self.p_max_len)):
             enc = self._encode(texts, max_len)
             out.update({prefix + k: v for k, v in enc.items()})
@@ -328,6 +334,10 @@ class BiEncoderCollator:
         scores = _teacher_scores(features, n)
         if scores is not None:
             out["teacher_scores"] = scores
+        # Per-task loss settings need the batch's task; the items of a same-task batch share one.
+        tasks = {f.get("task") or "" for f in features}
+        if len(tasks) == 1 and "" not in tasks:
+            out["task"] = tasks.pop()
         return out
 
     def _encode(self, texts: list[str], max_len: int) -> Mapping[str, torch.Tensor]:
@@ -667,6 +677,12 @@ def _tensor_or_list(values: list[Any]) -> Any:
 # FlagEmbedding BGE-EN-ICL
 # ---------------------------------------------------------------------------------------------------------
 
+# Types whose batches score each query against its own group only (the seed's "not in-batch" message): in a
+# clustering or classification batch the other queries' passages are often texts of the query's own cluster
+# or class, so as negatives they would be false.
+NO_IN_BATCH_TYPES = ("symmetric_class", "symmetric_clustering")
+SAME_EMBED_OUTPUTS = ("seed", "train")
+
 
 @dataclass
 class SameEmbedCollator:
@@ -674,13 +690,17 @@ class SameEmbedCollator:
 
     Every batch comes from one task (same-task batching). For each group:
 
+    - with ``group_size_by_type``, the group is first cut to its type's size (positive and first negatives
+      kept): one selector serves a mix of task types while each type trains with its own group size, as the
+      seed's ``train_group_size`` / ``symmetric_train_group_size`` / ``max_class_neg`` and ``only_1neg``
+      (2) do;
     - the query becomes ``[examples]<instruct>{prompt}\\n<query>{query}\\n<response>``
       (:func:`~densetune.data.prompts.build_icl_query`); when ``retrieval_use_examples`` (or for sts /
       clustering / class tasks) 0..``max_examples`` in-context examples are drawn from the *other* groups of
       the batch, each ``{prompted query}\\n<response>{positive}\\n\\n`` cut to ``example_query_max_len`` /
       ``example_passage_max_len`` tokens, within ``icl_budget`` tokens (None: whatever room the query leaves;
       the seed's fixed ``query_max_len - 512`` gave no examples at all for ``query_max_len <= 512``);
-    - passages are raw for retrieval and prompted like queries for sts / clustering
+    - passages are raw for retrieval and class tasks and prompted like queries for sts / clustering
       (:func:`~densetune.data.prompts.format_passage`);
     - texts are tokenised with the tokenizer's special tokens, cut so an EOS fits, the EOS appended (when the
       tokenizer did not add one), then padded on ``padding_side`` (left: the last position is every row's
@@ -689,20 +709,31 @@ class SameEmbedCollator:
     The example draw is seeded from ``seed`` and the batch's queries, so the same batch always gets the same
     examples (any worker, any resumed run).
 
+    Two outputs (``output``): ``"seed"`` returns the seed's dict, for code written against FlagEmbedding;
+    ``"train"`` returns the bi-encoder batch ``densetune train`` feeds to ``BiEncoder.forward`` and
+    :func:`densetune.losses.loss_inputs` (the recipe's ``data.collator`` sets ``output: train``).
+
     The seed's own input, one pre-tokenised ``(queries, passages, messages, scores)`` tuple per step (its
     ``SameDatasetTrainDataset``), is also accepted and only padded.
 
+    Differences from the seed, on purpose: clustering examples pair a query with its positive text (the
+    seed paired it with the row's ``category`` label, a field densetune's records do not keep); texts are cut
+    on token boundaries of the original string (the seed decoded token ids, re-spacing some texts); the
+    tokenizer must hold the special tokens when ``use_special_tokens`` (the seed split them silently).
+
     Args:
         tokenizer: a decoder tokenizer; add :data:`~densetune.data.prompts.LLM_SPECIAL_TOKENS` first when
-            ``use_special_tokens`` (and resize the model's embeddings).
+            ``use_special_tokens`` (and resize the model's embeddings): ``BiEncoder.from_pretrained(...,
+            special_tokens=...)`` does both.
         model, max_length, label_pad_token_id: kept for the seed's signature (DataCollatorForSeq2Seq); unused.
         padding: ``True`` (longest) or ``"max_length"`` (pad to query_max_len / passage_max_len).
         pad_to_multiple_of: round padded lengths up to a multiple of this (8).
         return_tensors: ``"pt"``.
         query_max_len: query token limit, ICL examples, special tokens and EOS included.
         passage_max_len: passage token limit, special tokens and EOS included.
-        sub_batch_size: > 0 returns lists of padded sub-batches of this many rows (the seed's option).
-        train_group_size: kept for the seed's signature; the group size comes from the data.
+        sub_batch_size: > 0 returns lists of padded sub-batches of this many rows (the seed's option; seed
+            output only: for training use ``train.grad_cache_chunk_size``).
+        train_group_size: kept for the seed's signature; use ``group_size_by_type``.
         use_special_tokens: ``<instruct>``/``<query>``/``<response>`` tokens, else plain-text labels.
         retrieval_use_examples: in-context examples for retrieval tasks too (symmetric tasks always get them).
         max_examples: the most in-context examples per query (the count is drawn from 0..max_examples).
@@ -712,16 +743,32 @@ class SameEmbedCollator:
         append_eos: append the EOS token (last-token pooling reads it).
         padding_side: ``"left"`` (decoders, last-token pooling) or ``"right"``.
         seed: base seed of the example draw.
+        output: ``"seed"`` or ``"train"`` (see Returns).
+        group_size_by_type: documents per group for each Example type (:data:`~densetune.data.records.
+            EXAMPLE_TYPES`), e.g. ``{"retrieval": 8, "symmetric_sts": 8, "symmetric_clustering": 8,
+            "symmetric_class": 16, "only_1neg": 2}``. A cap: larger groups are cut to it, smaller ones (the
+            selector's ``n_passages`` is the most any group has) stay as they are; types not listed keep the
+            selector's size. None: no cutting.
 
     Returns:
-        ``{"query": BatchEncoding [B, Lq], "passage": BatchEncoding [B*n, Lp], "messages": list[str],
-        "teacher_scores": list[float] | None}``: ``messages`` is ``["not in-batch"]`` for symmetric class /
-        clustering batches (no in-batch negatives) and ``["normal"] * (B*n)`` otherwise, as in the seed;
+        ``output="seed"``: ``{"query": BatchEncoding [B, Lq], "passage": BatchEncoding [B*n, Lp],
+        "messages": list[str], "teacher_scores": list[float] | None}``: ``messages`` is ``["not in-batch"]``
+        for symmetric class / clustering batches and ``["normal"] * (B*n)`` otherwise, as in the seed;
         ``teacher_scores`` are the groups' scores flattened (positive first per group) when every group has
         them.
 
+        ``output="train"``: ``q_input_ids``, ``q_attention_mask`` [B, Lq]; ``d_input_ids``,
+        ``d_attention_mask`` [B*n, Lp] (each query's documents contiguous, positive first); ``labels`` zeros
+        [B]; ``passage_doc_ids`` [B*n] int64 when every document has an id; ``teacher_scores`` [B, n] float32
+        when every group has scores; ``task`` (str) when the batch's groups share one; and
+        ``in_batch_negatives: False`` for symmetric class / clustering batches (the seed's "not in-batch":
+        the loss scores each query against its own group only). The key is absent otherwise, so the loss's
+        own setting applies.
+
     Raises:
-        ValueError: groups of different types or sizes in one batch.
+        ValueError: an unknown ``output`` / ``padding_side``, ``sub_batch_size`` with ``output="train"``, a bad
+            ``group_size_by_type``, special tokens missing from the tokenizer; at call time, groups of
+            different types or sizes in one batch.
     """
 
     tokenizer: PreTrainedTokenizerBase
@@ -744,31 +791,74 @@ class SameEmbedCollator:
     append_eos: bool = True
     padding_side: str = "left"
     seed: int = 42
+    output: str = "seed"
+    group_size_by_type: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if self.output not in SAME_EMBED_OUTPUTS:
+            raise ValueError(
+                f"output must be one of {', '.join(map(repr, SAME_EMBED_OUTPUTS))}, got {self.output!r} "
+                "('train' for densetune train, 'seed' for the FlagEmbedding dict)"
+            )
+        if self.output == "train" and self.sub_batch_size and self.sub_batch_size > 0:
+            raise ValueError(
+                "sub_batch_size splits the seed's output only; with output='train' set sub_batch_size=0 and "
+                "use train.grad_cache_chunk_size for constant memory"
+            )
         if self.append_eos and self.tokenizer.eos_token_id is None:
             raise ValueError(
                 "append_eos=True needs a tokenizer with an eos_token; set one or append_eos=False"
             )
+        self.group_size_by_type = _check_group_sizes_by_type(self.group_size_by_type)
+        if self.use_special_tokens:
+            split = [
+                t
+                for t in LLM_SPECIAL_TOKENS
+                if len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) != 1
+            ]
+            if split:
+                raise ValueError(
+                    f"use_special_tokens=True but the tokenizer splits {', '.join(split)} into several tokens: "
+                    "add LLM_SPECIAL_TOKENS to it first (BiEncoder.from_pretrained(special_tokens=...); in a "
+                    "recipe model.kwargs.special_tokens) or set use_special_tokens=False"
+                )
 
     def __call__(self, features: Sequence[Any], return_tensors: str | None = None) -> dict[str, Any]:
         items = list(features)
         if not items:
             raise ValueError("cannot collate an empty batch")
+        groups: list[Group] | None = None
         if len(items) == 1 and isinstance(items[0], tuple) and len(items[0]) == 4:
             queries, passages, messages, scores = items[0]
         else:
             if all(isinstance(x, list) for x in items):
                 items = [g for part in items for g in part]
-            queries, passages, messages, scores = self.build([feature_to_group(x) for x in items])
+            groups = self.trim_groups([feature_to_group(x) for x in items])
+            queries, passages, messages, scores = self.build(groups)
+        if self.output == "train":
+            return self._train_batch(queries, passages, messages, scores, groups)
         q = self._pad_all(queries, self.query_max_len)
         p = self._pad_all(passages, self.passage_max_len)
         return {"query": q, "passage": p, "messages": messages, "teacher_scores": scores or None}
 
+    def trim_groups(self, groups: Sequence[Group]) -> list[Group]:
+        """The groups cut to their type's ``group_size_by_type`` (positive and first negatives, scores alike)."""
+        sizes = self.group_size_by_type or {}
+        out = []
+        for g in groups:
+            size = sizes.get(g.type)
+            if size is None or len(g.docs) <= size:
+                out.append(g)
+                continue
+            scores = None if g.scores is None else g.scores[:size]
+            out.append(dataclasses.replace(g, docs=g.docs[:size], scores=scores))
+        return out
+
     def texts(self, groups: Sequence[Group]) -> tuple[list[str], list[str]]:
         """The query strings [B] (with in-context examples) and passage strings [B*n] the model will see."""
+        groups = self.trim_groups(groups)
         types = sorted({g.type for g in groups})
         if len(types) > 1:
             raise ValueError(f"all groups of a batch must have one type (same-task batching), got {types}")
@@ -814,9 +904,9 @@ class SameEmbedCollator:
         self, groups: Sequence[Group]
     ) -> tuple[dict[str, list], dict[str, list], list[str], list[float]]:
         """Tokenised (unpadded) queries and passages, messages and flattened teacher scores for one batch."""
+        groups = self.trim_groups(groups)
         queries, passages = self.texts(groups)
-        kind = groups[0].type
-        if "symmetric" in kind and ("class" in kind or "clustering" in kind):
+        if groups[0].type in NO_IN_BATCH_TYPES:
             messages = ["not in-batch"]
         else:
             messages = ["normal"] * len(passages)
@@ -829,6 +919,43 @@ class SameEmbedCollator:
             messages,
             scores,
         )
+
+    def _train_batch(
+        self,
+        queries: Mapping[str, list],
+        passages: Mapping[str, list],
+        messages: Sequence[str],
+        scores: Sequence[float],
+        groups: Sequence[Group] | None,
+    ) -> dict[str, Any]:
+        """The bi-encoder batch (see Returns); ``groups`` is None for the seed's pre-tokenised input."""
+        q = self._pad(queries, self.query_max_len)
+        d = self._pad(passages, self.passage_max_len)
+        n_q, n_d = q["input_ids"].shape[0], d["input_ids"].shape[0]
+        if n_q == 0 or n_d % n_q:
+            raise ValueError(f"{n_d} passages for {n_q} queries: every query needs the same number")
+        n = n_d // n_q
+        out: dict[str, Any] = {
+            "q_input_ids": q["input_ids"],
+            "q_attention_mask": q["attention_mask"],
+            "d_input_ids": d["input_ids"],
+            "d_attention_mask": d["attention_mask"],
+            "labels": torch.zeros(n_q, dtype=torch.long),
+        }
+        if scores:
+            if len(scores) != n_d:
+                raise ValueError(f"{len(scores)} teacher scores for {n_d} passages: give one per passage")
+            out["teacher_scores"] = torch.tensor(list(scores), dtype=torch.float32).view(n_q, n)
+        if list(messages) == ["not in-batch"]:
+            out["in_batch_negatives"] = False
+        if groups is not None:
+            ids = [doc.id for g in groups for doc in g.docs]
+            if all(ids):
+                out["passage_doc_ids"] = torch.tensor([doc_id_to_int64(i) for i in ids], dtype=torch.long)
+            tasks = {g.task for g in groups}
+            if len(tasks) == 1 and groups[0].task:
+                out["task"] = groups[0].task
+        return out
 
     def _tokenize(self, texts: list[str], max_len: int) -> dict[str, list]:
         reserve = 1 if self.append_eos else 0
@@ -869,3 +996,20 @@ class SameEmbedCollator:
                 input_ids[i, : len(s)] = torch.tensor(s)
                 mask[i, : len(s)] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _check_group_sizes_by_type(sizes: Mapping[str, int] | None) -> dict[str, int] | None:
+    """``group_size_by_type`` as a plain dict, or a ValueError naming the bad key and the valid ones."""
+    if sizes is None:
+        return None
+    if not isinstance(sizes, Mapping):
+        raise ValueError(f"group_size_by_type must map Example types to sizes, got {sizes!r}")
+    for kind, size in sizes.items():
+        if kind not in EXAMPLE_TYPES:
+            raise ValueError(f"group_size_by_type: unknown type {kind!r}; valid: {', '.join(EXAMPLE_TYPES)}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(
+                f"group_size_by_type[{kind!r}] must be an integer >= 1 (1 positive + size-1 negatives), "
+                f"got {size!r}"
+            )
+    return dict(sizes)

@@ -9,8 +9,16 @@ what ``DataLoader`` / ``StatefulDataLoader`` call when a batch sampler drives th
 Filtered examples: :meth:`GroupSelector.select` drops an example (returns None) only for reasons that depend
 on the example alone, never on the epoch (teacher-score filters, no negatives under an LLM-Embedder mode).
 So the dataset finds them once, at construction, and leaves them out of its index: ``len()`` is exact, and
-the counts are logged and kept in :attr:`RetrievalTrainDataset.report`. The scan runs only when the
-selector's settings can drop anything.
+the counts are logged and kept in :attr:`RetrievalTrainDataset.report` (per task in
+:attr:`RetrievalTrainDataset.task_report`). The scan runs only when the selector's settings can drop anything.
+
+Capped tasks: a task whose groups exceed the selector's ``max_samples`` for it (LLM-Embedder caps lrlm at
+10000) keeps its *last* ``max_samples`` groups, in file order, as the seed does; the rest are left out with a
+warning giving the counts, and counted as ``capped``.
+
+Instructions: after document texts are resolved, every group goes through :meth:`GroupSelector.format`
+(LLM-Embedder's per-task instructions when the selector has ``instruction``), so any collator sees the final
+texts.
 
 The per-item data the batch samplers need comes without decoding documents: :meth:`tasks`, :meth:`lengths`
 and :meth:`doc_keys`.
@@ -34,8 +42,8 @@ logger = logging.getLogger("densetune.data")
 
 # Selector outcomes that remove an example for good (epoch-independent).
 DROP_REASONS = ("filtered_min", "filtered_margin", "no_negatives")
-# Negative modes under which an example without negatives is dropped rather than an error (LLM-Embedder).
-_DROPPING_NEGATIVE_MODES = ("first", "random", "teacher+", "teacher-")
+# Counts of each RetrievalTrainDataset.task_report entry (report has all but "capped", kept in .capped).
+TASK_REPORT_KEYS = ("examples", "kept", *DROP_REASONS, "capped")
 _SCAN_BATCH = 2048
 
 
@@ -51,7 +59,14 @@ class RetrievalTrainDataset(Dataset):
             epoch, as for the sampler).
         report: ``{"examples": in the store, "kept": in the dataset, "filtered_min", "filtered_margin",
             "no_negatives"}``: what construction left out and why.
+        capped: ``{task: groups left out}`` for each task cut to its ``max_samples``; empty when none was.
+        task_report: ``{task: {"examples", "kept", "filtered_min", "filtered_margin", "no_negatives",
+            "capped"}}``: the same accounting per task.
         indices: store index of each dataset item (an int64 array), or None when nothing was left out.
+
+    Raises:
+        ConfigError: a task the selector has no settings or instruction for (see
+            :meth:`GroupSelector.check_tasks`).
 
     Example:
         >>> store = load_examples("train.jsonl")
@@ -65,10 +80,16 @@ class RetrievalTrainDataset(Dataset):
         self.selector = selector
         self.epoch = 0
         self.indices: np.ndarray | None = None
-        self.report: dict[str, int] = {"examples": len(store), "kept": len(store)}
-        self.report.update(dict.fromkeys(DROP_REASONS, 0))
-        if self._can_drop():
-            self._prefilter()
+        tasks = list(store.column("task"))
+        selector.check_tasks(tasks)
+        keep = np.ones(len(store), dtype=bool)
+        reasons: list[str | None] = [None] * len(store)
+        if selector.can_drop:
+            self._prefilter(keep, reasons)
+        self._cap(tasks, keep)
+        self._report(tasks, keep, reasons)
+        if not keep.all():
+            self.indices = np.flatnonzero(keep).astype(np.int64)
 
     # -- size and items --------------------------------------------------------------------------------
 
@@ -103,7 +124,7 @@ class RetrievalTrainDataset(Dataset):
                     "kept at construction; build a new RetrievalTrainDataset after changing the selector"
                 )
             chosen.append((group, example))
-        return self._resolve(chosen)
+        return [self.selector.format(group) for group in self._resolve(chosen)]
 
     def _resolve(self, chosen: list[tuple[Group, Example]]) -> list[Group]:
         # Gather the documents still without text, per corpus, and resolve each corpus' set in one call
@@ -155,40 +176,80 @@ class RetrievalTrainDataset(Dataset):
             for q, pos in zip(queries, positives)
         ]
 
-    # -- construction-time filtering ------------------------------------------------------------------
+    # -- construction-time filtering and capping -----------------------------------------------------
 
-    def _can_drop(self) -> bool:
-        s = self.selector
-        drops_empty = s.negative in _DROPPING_NEGATIVE_MODES and s.num_negatives > 0
-        return drops_empty or s.teacher_scores_min is not None or s.teacher_scores_margin is not None
-
-    def _prefilter(self) -> None:
-        """Find the examples the selector drops (independent of the epoch) and leave them out."""
+    def _prefilter(self, keep: np.ndarray, reasons: list[str | None]) -> None:
+        """Clear ``keep`` for the examples the selector drops (independent of the epoch), noting why."""
         stats = self.selector.stats
         saved = dict(stats)
-        for key in stats:
-            stats[key] = 0
-        keep = np.ones(len(self.store), dtype=bool)
         try:
             for start in range(0, len(self.store), _SCAN_BATCH):
                 for offset, example in enumerate(self.store.batch(start, start + _SCAN_BATCH)):
+                    before = [stats.get(r, 0) for r in DROP_REASONS]
                     if self.selector.select(example, 0, start + offset) is None:
                         keep[start + offset] = False
-            for reason in DROP_REASONS:
-                self.report[reason] = int(stats.get(reason, 0))
+                        # The one reason whose count the selector just raised.
+                        after = [stats.get(r, 0) for r in DROP_REASONS]
+                        reasons[start + offset] = next(
+                            (r for r, b, a in zip(DROP_REASONS, before, after) if a > b), DROP_REASONS[0]
+                        )
         finally:
             stats.clear()
             stats.update(saved)
-        dropped = int((~keep).sum())
-        self.report["kept"] = len(self.store) - dropped
-        if dropped:
-            self.indices = np.flatnonzero(keep).astype(np.int64)
-            reasons = ", ".join(f"{r}: {self.report[r]}" for r in DROP_REASONS if self.report[r])
+
+    def _cap(self, tasks: list[str], keep: np.ndarray) -> None:
+        """Keep the last ``max_samples`` groups of each capped task (the seed's ``max_sample_num``)."""
+        by_task: dict[str, list[int]] = defaultdict(list)
+        for i in np.flatnonzero(keep).tolist():
+            by_task[tasks[i]].append(i)
+        self.capped: dict[str, int] = {}
+        for task, items in by_task.items():
+            limit = self.selector.max_samples_for(task)
+            if limit is None or len(items) <= limit:
+                continue
+            cut = items[: len(items) - limit]
+            keep[cut] = False
+            self.capped[task] = len(cut)
             logger.warning(
-                "left out %d of %d training examples (%s); GroupSelector settings decide this "
-                "(teacher_scores_min / teacher_scores_margin, or negative=%r without negatives)",
-                dropped,
-                len(self.store),
-                reasons,
-                self.selector.negative,
+                "task %r: kept the last %d of its %d training groups and left out %d (max_samples=%d for this "
+                "task, LLM-Embedder's max_sample_num; raise it or set it to null in the selector's settings to "
+                "keep them)",
+                task,
+                limit,
+                len(items),
+                len(cut),
+                limit,
             )
+
+    def _report(self, tasks: list[str], keep: np.ndarray, reasons: list[str | None]) -> None:
+        """Fill :attr:`report` and :attr:`task_report`; warn once about what the selection rules dropped."""
+        self.task_report: dict[str, dict[str, int]] = {}
+        for i, task in enumerate(tasks):
+            counts = self.task_report.setdefault(task, dict.fromkeys(TASK_REPORT_KEYS, 0))
+            counts["examples"] += 1
+            counts["kept"] += int(keep[i])
+            if reasons[i] is not None:
+                counts[reasons[i]] += 1
+        for task, n in self.capped.items():
+            self.task_report[task]["capped"] = n
+        self.report = {"examples": len(self.store), "kept": int(keep.sum())}
+        self.report.update({r: sum(c[r] for c in self.task_report.values()) for r in DROP_REASONS})
+        dropped = sum(self.report[r] for r in DROP_REASONS)
+        if not dropped:
+            return
+        reasons_text = ", ".join(f"{r}: {self.report[r]}" for r in DROP_REASONS if self.report[r])
+        by_task = ""
+        if len(self.task_report) > 1:
+            by_task = "; by task: " + ", ".join(
+                f"{task}: " + ", ".join(f"{r} {c[r]}" for r in DROP_REASONS if c[r])
+                for task, c in sorted(self.task_report.items())
+                if any(c[r] for r in DROP_REASONS)
+            )
+        logger.warning(
+            "left out %d of %d training examples (%s)%s; GroupSelector settings decide this "
+            "(teacher_scores_min / teacher_scores_margin, or an LLM-Embedder negative mode without negatives)",
+            dropped,
+            len(self.store),
+            reasons_text,
+            by_task,
+        )

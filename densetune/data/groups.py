@@ -63,17 +63,33 @@ Differences from the seeds, on purpose:
 - ``n_passages=1`` (no negatives wanted) never drops an Example for lacking negatives; the LLM-Embedder seed
   drops it anyway.
 - Bad records raise :class:`~densetune.errors.DataError` naming the record instead of ``assert``/KeyError.
+
+Per-task settings (LLM-Embedder's ``use_train_config``; see docs/multitask.md): one selector can apply other
+modes to each task (``Example.task``, the parent directory of an LLM-Embedder file). ``task_settings`` gives
+them explicitly, ``{task: {positive, negative, teacher_scores_min, teacher_scores_margin, stable_distill,
+max_samples}}``; ``use_train_config=True`` takes them from ``TASK_CONFIG["llm-embedder"]["training"]``
+(explicit ``task_settings`` entries win, key by key). A key a task does not set falls back to the selector's
+own argument; ``n_passages`` and ``seed`` are shared. ``max_samples`` caps a task's groups; the cap is
+applied, and every capped group counted and logged, by :class:`~densetune.data.dataset.RetrievalTrainDataset`.
+``instruction="llm-embedder"`` prepends each task's instructions (``TASK_CONFIG[...]["instruction"][task]``,
+no separator) to the query and to every document, through :meth:`GroupSelector.format`, which the dataset
+calls once document texts are resolved.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
 import operator
 import random
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
+from densetune.data.corpus import doc_text
+from densetune.data.prompts import TASK_CONFIG, apply_instruction, train_config_name
 from densetune.data.records import Doc, Example, Group
 from densetune.errors import ConfigError, DataError
 
@@ -84,6 +100,25 @@ NEGATIVE_MODES = ("cycle", "pool", "first", "random", "teacher+", "teacher-")
 # Modes whose rules come from NeMo Automodel: a record without negatives is a data error there, and errors
 # name NeMo's fields. The other modes follow LLM-Embedder, which drops such rows.
 _NEMO_NEGATIVE_MODES = ("cycle", "pool")
+
+# What a ``task_settings`` entry may set, and the names the same settings have in TASK_CONFIG[...]["training"]
+# (the seed's prepare_train_dataset arguments). The table's loss keys belong to densetune.losses.
+TASK_SETTING_KEYS = (
+    "positive",
+    "negative",
+    "teacher_scores_min",
+    "teacher_scores_margin",
+    "stable_distill",
+    "max_samples",
+)
+_TRAIN_CONFIG_NAMES = {
+    "select_positive": "positive",
+    "select_negative": "negative",
+    "teacher_scores_min": "teacher_scores_min",
+    "teacher_scores_margin": "teacher_scores_margin",
+    "stable_distill": "stable_distill",
+    "max_sample_num": "max_samples",
+}
 
 STAT_KEYS = (
     "selected",
@@ -106,6 +141,34 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
 
 
+def train_config_selection(config: str = "llm-embedder") -> dict[str, dict[str, Any]]:
+    """The per-task selection settings of ``TASK_CONFIG[config]["training"]``, in GroupSelector's names.
+
+    ``select_positive`` -> ``positive``, ``select_negative`` -> ``negative``, ``max_sample_num`` ->
+    ``max_samples``; ``teacher_scores_min``, ``teacher_scores_margin`` and ``stable_distill`` keep their names.
+    The table's loss settings are read by :func:`densetune.losses.train_config_loss`.
+
+    Raises:
+        ConfigError: ``config`` is not a TASK_CONFIG entry with a ``training`` table.
+
+    Example:
+        >>> train_config_selection()["chat"]["positive"]
+        'teacher'
+    """
+    table = TASK_CONFIG.get(config, {}).get("training")
+    if table is None:
+        with_training = [name for name, entry in TASK_CONFIG.items() if "training" in entry]
+        raise ConfigError(
+            "use_train_config",
+            f"TASK_CONFIG has no training settings for {config!r}; expected true or one of "
+            f"{', '.join(with_training)}",
+        )
+    return {
+        task: {_TRAIN_CONFIG_NAMES[k]: v for k, v in entry.items() if k in _TRAIN_CONFIG_NAMES}
+        for task, entry in table.items()
+    }
+
+
 class GroupSelector:
     """Builds the training group of one Example for one epoch; see the module docstring for every mode.
 
@@ -120,6 +183,15 @@ class GroupSelector:
         seed: base seed of every random choice.
         eval_negative_size: negatives per group for evaluation (NeMo ``eval_negative_size``); when set it
             replaces ``n_passages - 1``. Set it only on the selector used for evaluation.
+        max_samples: keep at most this many groups of each task (the last ones, as LLM-Embedder's
+            ``max_sample_num``); None keeps all. Applied and reported by the training dataset.
+        task_settings: per-task overrides, ``{task: {key: value}}`` with keys :data:`TASK_SETTING_KEYS`; a key
+            a task leaves out takes the selector's own argument.
+        use_train_config: ``True`` (= ``"llm-embedder"``) or a TASK_CONFIG name: take each task's settings
+            from ``TASK_CONFIG[name]["training"]`` (:func:`train_config_selection`), under ``task_settings``.
+            A task with no entry in either is then an error rather than silently trained with the defaults.
+        instruction: a TASK_CONFIG name (``"llm-embedder"``, ``"bge"``, ``"e5"``, ``"instructor"``): prepend
+            its per-task query / key instructions in :meth:`format`; None adds none.
 
     Attributes:
         stats: counts per outcome, keys :data:`STAT_KEYS`: ``selected``, ``filtered_min``,
@@ -129,7 +201,8 @@ class GroupSelector:
         num_negatives: negatives per group (k).
 
     Raises:
-        ConfigError: an unknown mode or an out-of-range value, naming the valid values.
+        ConfigError: an unknown mode or an out-of-range value, naming the key (``task_settings.chat.positive``
+            for a per-task one) and the valid values.
 
     Example:
         >>> from densetune.data.records import Doc, Example
@@ -137,6 +210,9 @@ class GroupSelector:
         >>> group = GroupSelector(n_passages=3, negative="cycle").select(ex, epoch=0, index=0)
         >>> [d.id for d in group.docs]
         ['d1', 'd2', 'd3']
+        >>> multi = GroupSelector(8, use_train_config=True, instruction="llm-embedder")  # LLM-Embedder recipe
+        >>> multi.settings_for("chat")["positive"]
+        'teacher'
     """
 
     def __init__(
@@ -150,6 +226,10 @@ class GroupSelector:
         stable_distill: bool = False,
         seed: int = 42,
         eval_negative_size: int | None = None,
+        max_samples: int | None = None,
+        task_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        use_train_config: bool | str = False,
+        instruction: str | None = None,
     ):
         if not _is_int(n_passages) or n_passages < 1:
             raise ConfigError(
@@ -174,6 +254,10 @@ class GroupSelector:
                 "teacher_scores_margin",
                 f"expected >= 0 (max - min of the scores), got {teacher_scores_margin}",
             )
+        if not isinstance(stable_distill, bool):
+            raise ConfigError("stable_distill", f"expected true or false, got {stable_distill!r}")
+        if max_samples is not None and (not _is_int(max_samples) or max_samples < 1):
+            raise ConfigError("max_samples", f"expected an integer >= 1 or null, got {max_samples!r}")
         if not _is_int(seed):
             raise ConfigError("seed", f"expected an integer, got {seed!r}")
         if eval_negative_size is not None and (not _is_int(eval_negative_size) or eval_negative_size < 0):
@@ -201,11 +285,154 @@ class GroupSelector:
             or teacher_scores_min is not None
             or teacher_scores_margin is not None
         )
+        self.max_samples = max_samples
+        self.instruction = _instruction_set(instruction)
+        self.use_train_config = train_config_name(use_train_config)
+        # One plain selector per task with its own settings; they count into this selector's stats.
+        self._task_selectors: dict[str, GroupSelector] = {}
+        self._task_max_samples: dict[str, int | None] = {}
+        # The keys each task sets in task_settings: an error names task_settings or use_train_config by them.
+        self._explicit: dict[str, set[str]] = {}
+        for task, settings in self._task_table(task_settings).items():
+            self._add_task(task, settings)
 
     @property
     def group_size(self) -> int:
         """Documents per group: 1 + :attr:`num_negatives`."""
         return 1 + self.num_negatives
+
+    # -- per-task settings and instructions ---------------------------------------------------------
+
+    def _own_settings(self) -> dict[str, Any]:
+        return {
+            "positive": self.positive,
+            "negative": self.negative,
+            "teacher_scores_min": self.teacher_scores_min,
+            "teacher_scores_margin": self.teacher_scores_margin,
+            "stable_distill": self.stable_distill,
+            "max_samples": self.max_samples,
+        }
+
+    def _task_table(self, task_settings: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+        """``{task: settings}``: TASK_CONFIG's (with ``use_train_config``) overlaid with ``task_settings``."""
+        table: dict[str, dict[str, Any]] = {}
+        if self.use_train_config is not None:
+            table = train_config_selection(self.use_train_config)
+        if task_settings is None:
+            return table
+        if not isinstance(task_settings, Mapping):
+            raise ConfigError(
+                "task_settings", f"expected a mapping {{task: {{setting: value}}}}, got {task_settings!r}"
+            )
+        for task, settings in task_settings.items():
+            key = f"task_settings.{task}"
+            if settings is None:
+                settings = {}
+            if not isinstance(settings, Mapping):
+                raise ConfigError(key, f"expected a mapping of settings (may be empty), got {settings!r}")
+            unknown = sorted(set(settings) - set(TASK_SETTING_KEYS))
+            if unknown:
+                raise ConfigError(
+                    key, f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(TASK_SETTING_KEYS)}"
+                )
+            table[str(task)] = {**table.get(str(task), {}), **settings}
+            self._explicit[str(task)] = set(settings)
+        return table
+
+    def _add_task(self, task: str, settings: Mapping[str, Any]) -> None:
+        merged = {**self._own_settings(), **settings}
+        max_samples = merged.pop("max_samples")
+        try:
+            selector = GroupSelector(
+                self.n_passages,
+                seed=self.seed,
+                eval_negative_size=self.eval_negative_size,
+                max_samples=max_samples,
+                **merged,
+            )
+        except ConfigError as err:
+            explicit = err.key in self._explicit.get(task, ()) or self.use_train_config is None
+            origin = "task_settings" if explicit else f"use_train_config ({self.use_train_config})"
+            raise ConfigError(f"{origin}.{task}.{err.key}", err.message) from None
+        selector.stats = self.stats  # the same dict: the dataset resets and reads it in place
+        self._task_selectors[task] = selector
+        self._task_max_samples[task] = max_samples
+
+    def _selector_for(self, task: str) -> GroupSelector:
+        selector = self._task_selectors.get(task)
+        if selector is not None:
+            return selector
+        if self.use_train_config is not None:
+            raise ConfigError(
+                "use_train_config",
+                f"TASK_CONFIG[{self.use_train_config!r}] has no training settings for task {task!r} (known: "
+                f"{', '.join(sorted(self._task_selectors))}); add task_settings.{task} (may be {{}}) to train "
+                "it with the selector's own settings",
+            )
+        return self
+
+    def settings_for(self, task: str) -> dict[str, Any]:
+        """The selection settings ``task`` is trained with (:data:`TASK_SETTING_KEYS`).
+
+        Raises:
+            ConfigError: with ``use_train_config``, a task that has no settings anywhere.
+        """
+        return self._selector_for(task)._own_settings()
+
+    def check_tasks(self, tasks: Iterable[str]) -> None:
+        """Fail before training when a task has no settings (``use_train_config``) or no instruction.
+
+        Raises:
+            ConfigError: naming the task, the known ones, and the fix.
+        """
+        for task in sorted(set(tasks)):
+            self._selector_for(task)
+            self._instructions_for(task)
+
+    @property
+    def can_drop(self) -> bool:
+        """Whether :meth:`select` can drop an Example under some task's settings (no negatives or a teacher
+        filter), so a dataset must scan its Examples once to know its size."""
+        return any(s._drops() for s in (self, *self._task_selectors.values()))
+
+    def _drops(self) -> bool:
+        empty_drops = self.negative not in _NEMO_NEGATIVE_MODES and self.num_negatives > 0
+        return empty_drops or self.teacher_scores_min is not None or self.teacher_scores_margin is not None
+
+    def max_samples_for(self, task: str) -> int | None:
+        """The most groups of ``task`` to keep (``max_samples`` of the task, else the selector's), or None."""
+        return self._task_max_samples.get(task, self.max_samples)
+
+    def _instructions_for(self, task: str) -> dict[str, str] | None:
+        if self.instruction is None:
+            return None
+        table = TASK_CONFIG[self.instruction]["instruction"]
+        if not isinstance(table, defaultdict) and task not in table:
+            raise ConfigError(
+                "instruction",
+                f"TASK_CONFIG[{self.instruction!r}] has no instruction for task {task!r} (known: "
+                f"{', '.join(table)}); the task is an LLM-Embedder file's parent directory or its 'task' field",
+            )
+        return table[task]
+
+    def format(self, group: Group) -> Group:
+        """``group`` as the model sees it: the task's instructions prepended (with ``instruction``).
+
+        LLM-Embedder joining: ``instruction["query"] + query`` and ``instruction["key"] + document`` for every
+        document, no separator (each instruction carries its trailing space). A document is rendered with
+        :func:`~densetune.data.corpus.doc_text` first (title included). Call it once document texts are
+        resolved; without ``instruction`` the group is returned as is.
+        """
+        instructions = self._instructions_for(group.task)
+        if instructions is None:
+            return group
+        key = instructions["key"]
+        docs = [
+            dataclasses.replace(d, text=apply_instruction(doc_text(d), key), title="") for d in group.docs
+        ]
+        return dataclasses.replace(
+            group, query=apply_instruction(group.query, instructions["query"]), docs=docs
+        )
 
     def select(self, example: Example, epoch: int, index: int) -> Group | None:
         """The group of ``example`` (item ``index`` of its dataset) for ``epoch``, or None when filtered out.
@@ -224,6 +451,9 @@ class GroupSelector:
             DataError: no positive to choose, no negatives under ``cycle``/``pool``, or teacher scores that
                 do not match the documents; the message names ``example.source`` and the field.
         """
+        selector = self._selector_for(example.task) if self._task_selectors else self
+        if selector is not self:
+            return selector.select(example, epoch, index)
         rng = random.Random(derive_seed(self.seed, "select", epoch, index))
         if example.history:
             positives: list[Doc] = []
@@ -459,3 +689,14 @@ def _doc_key(doc: Doc) -> tuple[str, str]:
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _instruction_set(name: str | None) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or "instruction" not in TASK_CONFIG.get(name, {}):
+        raise ConfigError(
+            "instruction",
+            f"expected null or one of {', '.join(TASK_CONFIG)} (a TASK_CONFIG name), got {name!r}",
+        )
+    return name

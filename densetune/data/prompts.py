@@ -246,6 +246,24 @@ instructions (bge and e5 the same for any task).
 """
 
 
+def train_config_name(value: bool | str | None) -> str | None:
+    """``use_train_config`` as a TASK_CONFIG name (True means ``"llm-embedder"``), or None when off.
+
+    Raises:
+        ConfigError: a value that is neither a bool nor a TASK_CONFIG name with a ``training`` section.
+    """
+    if value is False or value is None:
+        return None
+    name = "llm-embedder" if value is True else value
+    if not isinstance(name, str) or "training" not in TASK_CONFIG.get(name, {}):
+        names = [n for n, c in TASK_CONFIG.items() if "training" in c]
+        raise ConfigError(
+            "use_train_config",
+            f"expected true, false or a TASK_CONFIG name ({', '.join(names)}), got {value!r}",
+        )
+    return name
+
+
 def task_instruction(task: str, config: str = "llm-embedder") -> dict[str, str]:
     """``TASK_CONFIG[config]["instruction"][task]``, with an error that lists the valid names.
 

@@ -182,6 +182,8 @@ class _Report:
     short_batches: int = 0
     short_examples: int = 0
     note: str = ""
+    # Global batches of the tasks that do not use global_batch (SameTaskBatchSampler's batch_size_by_task).
+    task_sizes: str = ""
 
     def fit_to_ranks(self, batch: np.ndarray, donors: np.ndarray) -> np.ndarray:
         """Make a kept smaller global batch split evenly over the ranks (rule 2 of the module docstring).
@@ -208,7 +210,9 @@ class _Report:
 
     def log(self, sampler: str, epoch: int) -> None:
         head = f"{sampler}, epoch {epoch}:"
-        shape = f"global batch = batch_size x {self.world_size} rank(s) = {self.global_batch}"
+        shape = (
+            f"global batch = batch_size x {self.world_size} rank(s) = {self.global_batch}{self.task_sizes}"
+        )
         if self.dropped_batches:
             logger.warning(
                 "%s dropped %d incomplete global batch(es) holding %d of %d examples (drop_last=True; %s)%s. "
@@ -217,9 +221,9 @@ class _Report:
             )  # fmt: skip
         if self.dropped_tasks:
             logger.warning(
-                "%s dropped %d task(s) smaller than one global batch of %d, %d examples in all "
+                "%s dropped %d task(s) smaller than one global batch of %d%s, %d examples in all "
                 "(small_task='drop'): %s. Pass small_task='keep' to train on them as smaller batches.",
-                head, len(self.dropped_tasks), self.global_batch, sum(self.dropped_tasks.values()),
+                head, len(self.dropped_tasks), self.global_batch, self.task_sizes, sum(self.dropped_tasks.values()),
                 _name_counts(self.dropped_tasks),
             )  # fmt: skip
         if self.tiny_tasks:
@@ -964,6 +968,13 @@ class SameTaskBatchSampler(Sampler[list[int]]):
       warning; a task with fewer examples than ranks is dropped with a warning. It is never filled by
       repeating examples of the task: a repeated example would be its own in-batch false negative.
 
+    Per-task batch sizes (``batch_size_by_task``): a task listed there is cut into global batches of
+    ``batch_size_by_task[task] * world_size`` instead of ``batch_size * world_size`` (BGE-EN-ICL trains its
+    symmetric tasks with ``symmetric_batch_size``, retrieval with the training batch size). Every rule above
+    applies per task with that task's size; each step's batch still comes from one task, so every rank's
+    slice of a step has the same size. ``len``, resume and sharding are unchanged: the plan holds each
+    batch's own size.
+
     Args:
         tasks: the task name of each example (any hashable; names sort by ``str``).
         batch_size: examples per rank per step.
@@ -973,13 +984,23 @@ class SameTaskBatchSampler(Sampler[list[int]]):
         small_task: one of :data:`SMALL_TASK_POLICIES`, for tasks smaller than one global batch.
         keys: optional per-example keys as in :class:`NoDuplicatesBatchSampler`: batches are then also free
             of duplicate keys (packed within each task). Needs an ``"epoch*"`` organize.
+        batch_size_by_task: ``{task name: examples per rank per step}`` for tasks that do not use
+            ``batch_size`` (names as ``str(task)``, e.g. the file stems of FlagEmbedding data). Per rank, like
+            ``batch_size``: the seed's global ``symmetric_batch_size`` of 128 on 8 GPUs is 16 here.
         rank: this rank (default from torch.distributed, else 0).
         world_size: number of ranks (default from torch.distributed, else 1).
 
     Raises:
         ValueError: an unknown ``organize`` / ``small_task``, ``keys`` with ``organize="random"`` or of
-            another length than ``tasks``, a size below its minimum, or ``rank`` outside ``[0, world_size)``.
+            another length than ``tasks``, a ``batch_size_by_task`` name that is no task (naming the tasks), a
+            size below its minimum, or ``rank`` outside ``[0, world_size)``.
         TypeError: a task name or key is not hashable.
+
+    Example:
+        >>> tasks = ["msmarco"] * 40 + ["sts"] * 40
+        >>> sampler = SameTaskBatchSampler(tasks, 4, batch_size_by_task={"sts": 8}, seed=0)
+        >>> sorted({(tasks[b[0]], len(b)) for b in sampler})
+        [('msmarco', 4), ('sts', 8)]
     """
 
     def __init__(
@@ -992,6 +1013,7 @@ class SameTaskBatchSampler(Sampler[list[int]]):
         drop_last: bool = True,
         small_task: str = "keep",
         keys: Keys | None = None,
+        batch_size_by_task: Mapping[str, int] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
     ):
@@ -1014,6 +1036,11 @@ class SameTaskBatchSampler(Sampler[list[int]]):
         counts = np.bincount(codes, minlength=len(names))
         self._members = np.split(np.argsort(codes, kind="stable"), np.cumsum(counts)[:-1])
         self.num_examples = len(codes)
+        self.batch_size_by_task = self._check_task_sizes(batch_size_by_task)
+        # Global batch of each task (in task_names order): its per-rank size times the ranks.
+        self._sizes = [
+            self.batch_size_by_task.get(name, self.batch_size) * self.world_size for name in self.task_names
+        ]
 
         self._packer: _KeyPacker | None = None
         digest_parts = [codes]
@@ -1046,9 +1073,29 @@ class SameTaskBatchSampler(Sampler[list[int]]):
             "no_duplicates": keys is not None,
             "data_digest": _digest(*digest_parts),
         }
+        if self.batch_size_by_task:
+            # Only when set, so states saved before this option existed still load.
+            config["batch_size_by_task"] = dict(sorted(self.batch_size_by_task.items()))
         self._epochs = _ShardedEpochs(
             type(self).__name__, self._plan, rank=self.rank, world_size=self.world_size, config=config
         )
+
+    def _check_task_sizes(self, sizes: Mapping[str, int] | None) -> dict[str, int]:
+        """``batch_size_by_task`` as ``{task name: size}``, every name a task and every size >= 1."""
+        if sizes is None:
+            return {}
+        if not isinstance(sizes, Mapping):
+            raise ValueError(f"batch_size_by_task must map task names to batch sizes, got {sizes!r}")
+        out = {
+            str(name): _check_int(f"batch_size_by_task[{name!r}]", size, 1) for name, size in sizes.items()
+        }
+        unknown = sorted(set(out) - set(self.task_names))
+        if unknown:
+            raise ValueError(
+                f"batch_size_by_task: {', '.join(map(repr, unknown))} is not a task of the data; its tasks are "
+                f"{', '.join(map(repr, self.task_names[:20]))}{' ...' if len(self.task_names) > 20 else ''}"
+            )
+        return out
 
     @classmethod
     def from_index_ranges(
@@ -1079,9 +1126,9 @@ class SameTaskBatchSampler(Sampler[list[int]]):
 
     def _task_batches(self, rng: np.random.Generator, report: _Report) -> list[list[np.ndarray]]:
         """Each task shuffled and cut into kept global batches (drop_last / small_task applied)."""
-        size, world = self.global_batch_size, self.world_size
+        world = self.world_size
         per_task: list[list[np.ndarray]] = []
-        for name, members in zip(self.task_names, self._members):
+        for name, members, size in zip(self.task_names, self._members, self._sizes):
             members = rng.permutation(members)
             n = len(members)
             small = n < size
@@ -1110,11 +1157,13 @@ class SameTaskBatchSampler(Sampler[list[int]]):
         return per_task
 
     def _random_plan(self, epoch: int, report: _Report) -> _Plan:
-        size, world = self.global_batch_size, self.world_size
+        world = self.world_size
         sizes = np.array([len(m) for m in self._members], dtype=np.int64)
-        take = np.minimum(sizes, size) // world * world
+        take = np.minimum(sizes, self._sizes) // world * world
         steps = 0
-        for t, (name, n, k) in enumerate(zip(self.task_names, sizes.tolist(), take.tolist())):
+        for t, (name, n, k, size) in enumerate(
+            zip(self.task_names, sizes.tolist(), take.tolist(), self._sizes)
+        ):
             if n < size and self.small_task == "drop":
                 report.dropped_tasks[name] = n
                 take[t] = 0
@@ -1133,13 +1182,20 @@ class SameTaskBatchSampler(Sampler[list[int]]):
                 batches.append(self._members[t][rng.choice(int(sizes[t]), size=int(take[t]), replace=False)])
         return _Plan.from_batches(batches)
 
-    def _plan(self, epoch: int) -> tuple[_Plan, _Report]:
+    def _report(self) -> _Report:
         report = _Report(self.num_examples, self.global_batch_size, self.world_size)
+        if self.batch_size_by_task:
+            sizes = {name: size * self.world_size for name, size in self.batch_size_by_task.items()}
+            report.task_sizes = f" (batch_size_by_task: {_name_counts(sizes)})"
+        return report
+
+    def _plan(self, epoch: int) -> tuple[_Plan, _Report]:
+        report = self._report()
         if self.organize == "random":
             return self._random_plan(epoch, report), report
         if self.organize == "epoch-static":
             if self._static is None:
-                static_report = _Report(self.num_examples, self.global_batch_size, self.world_size)
+                static_report = self._report()
                 static_report.note = " (epoch-static: the same examples every epoch)"
                 self._static = (self._task_batches(_rng(self.seed, _STATIC), static_report), static_report)
             per_task, report = self._static

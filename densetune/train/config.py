@@ -155,7 +155,10 @@ class LossConfig:
         distillation: ``_target_`` node for the distillation loss (needs teacher scores in the data), or null.
         distillation_weight: weight of the distillation term (skipped for batches without teacher scores).
         task_weights: per-task weights for same-task batches,
-            ``{task: {contrastive_weight: w, distill_weight: w}}`` (LLM-Embedder mixes tasks so).
+            ``{task: {contrastive_weight, distill_weight, teacher_temperature, student_temperature,
+            distill_kind}}`` (LLM-Embedder mixes tasks so); they override ``use_train_config``'s values.
+        use_train_config: ``true`` (= ``llm-embedder``) or a TASK_CONFIG name: each task's loss settings
+            from ``TASK_CONFIG[name]["training"]``, as the LLM-Embedder seed's ``use_train_config`` does.
         reranker: ``_target_`` node of the cross-encoder loss
             (:class:`~densetune.models.crossencoder.RerankerLoss`: listwise CE over each group, optional BCE
             and distillation from teacher scores); used only when the model is a cross-encoder.
@@ -166,6 +169,7 @@ class LossConfig:
     distillation: dict | None = field(default=None, metadata={"component": DEFAULT_DISTILLATION})
     distillation_weight: float = 1.0
     task_weights: dict = field(default_factory=dict)
+    use_train_config: bool | str = False
     reranker: dict | None = _node(DEFAULT_RERANKER)
 
 
@@ -493,6 +497,12 @@ def _check_values(cfg: RecipeConfig) -> None:
     if not cfg.data.train:
         raise ConfigError("data.train", "required: a list of training files or directories")
     _check_loss_kind(cfg)
+    from densetune.data.prompts import train_config_name
+
+    try:
+        train_config_name(cfg.loss.use_train_config)
+    except ConfigError as err:
+        raise ConfigError("loss.use_train_config", err.message) from None
     if cfg.eval.rerank_run is not None and not Path(cfg.eval.rerank_run).is_file():
         raise ConfigError(
             "eval.rerank_run", f"expected a TREC run file; {cfg.eval.rerank_run!r} is not a file"

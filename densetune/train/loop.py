@@ -280,8 +280,13 @@ class TrainRecipe:
             cache_dir=dcfg.cache_dir,
             split=self.cfg.eval.dev_split,
         )
+        # dev groups read as training groups do: the same task instructions, if any
         selector = GroupSelector(
-            self.cfg.eval.dev_n_passages, positive="first", negative="cycle", seed=self.cfg.seed
+            self.cfg.eval.dev_n_passages,
+            positive="first",
+            negative="cycle",
+            seed=self.cfg.seed,
+            instruction=getattr(self.selector, "instruction", None),
         )
         dataset = RetrievalTrainDataset(store, selector)
         batches = BatchSampler(SequentialSampler(dataset), self.cfg.eval.batch_size, drop_last=False)

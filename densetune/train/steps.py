@@ -95,6 +95,8 @@ class EmbeddingStep:
             "contrastive_weight": lcfg.contrastive_weight,
             "distillation": lcfg.distillation,
             "distillation_weight": lcfg.distillation_weight,
+            **({"task_weights": lcfg.task_weights} if lcfg.task_weights else {}),
+            **({"use_train_config": lcfg.use_train_config} if lcfg.use_train_config else {}),
         }
 
 
@@ -170,6 +172,7 @@ def build_step(cfg: Any, model: nn.Module, autocast: Autocast) -> EmbeddingStep 
         contrastive_weight=lcfg.contrastive_weight,
         distill_weight=lcfg.distillation_weight,
         task_weights=lcfg.task_weights or None,
+        use_train_config=lcfg.use_train_config,
     )
     return EmbeddingStep(objective, autocast, cfg.train.grad_cache_chunk_size)
 

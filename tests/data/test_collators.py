@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 
@@ -506,4 +507,129 @@ def test_same_embed_requires_eos(minilm_tokenizer):
     if minilm_tokenizer.eos_token_id is None:
         with pytest.raises(ValueError, match="eos_token"):
             SameEmbedCollator(minilm_tokenizer)
-    SameEmbedCollator(minilm_tokenizer, append_eos=False, padding_side="right")
+    SameEmbedCollator(minilm_tokenizer, append_eos=False, padding_side="right", use_special_tokens=False)
+
+
+# -- SameEmbedCollator(output="train"): the batch densetune train feeds to the model and the loss ------------
+
+
+def test_same_embed_train_output_is_the_bi_encoder_batch(icl_tokenizer):
+    groups = [dataclasses.replace(g, task="faq") for g in icl_groups(4, group_size=3, scores=True)]
+    seed = SameEmbedCollator(icl_tokenizer, query_max_len=128, passage_max_len=32, seed=5)(groups)
+    out = SameEmbedCollator(icl_tokenizer, query_max_len=128, passage_max_len=32, seed=5, output="train")(
+        groups
+    )
+    assert set(out) == {
+        "q_input_ids", "q_attention_mask", "d_input_ids", "d_attention_mask", "labels", "passage_doc_ids",
+        "teacher_scores", "task",
+    }  # fmt: skip
+    # The same tokens as the seed's dict, under the bi-encoder names.
+    assert torch.equal(out["q_input_ids"], seed["query"]["input_ids"])
+    assert torch.equal(out["d_attention_mask"], seed["passage"]["attention_mask"])
+    assert out["d_input_ids"].shape[0] == 4 * 3 and torch.equal(
+        out["labels"], torch.zeros(4, dtype=torch.long)
+    )
+    assert out["teacher_scores"].shape == (4, 3) and out["teacher_scores"][:, 0].eq(1.0).all()
+    ids = [d.id for g in groups for d in g.docs]
+    assert out["passage_doc_ids"].tolist() == [md5_int63(i) for i in ids]
+    assert out["task"] == "faq"
+    from densetune.losses import loss_inputs
+
+    kwargs = loss_inputs(out)
+    assert kwargs["n_passages"] == 3 and "in_batch_negatives" not in kwargs
+
+
+@pytest.mark.parametrize(
+    ("type", "in_batch"),
+    [
+        ("retrieval", None),
+        ("symmetric_sts", None),
+        ("symmetric_clustering", False),
+        ("symmetric_class", False),
+        ("only_1neg", None),
+    ],
+)
+def test_same_embed_train_output_marks_no_in_batch_types(icl_tokenizer, type, in_batch):
+    collate = SameEmbedCollator(icl_tokenizer, query_max_len=96, passage_max_len=32, output="train")
+    out = collate(icl_groups(3, type=type))
+    # Present only where the seed says "not in-batch": elsewhere the loss's own setting applies.
+    assert out.get("in_batch_negatives") is in_batch
+    assert "task" not in out  # the groups name no task
+
+
+def test_same_embed_train_output_from_the_seeds_tuple(icl_tokenizer):
+    collate = SameEmbedCollator(icl_tokenizer, query_max_len=64, passage_max_len=64, output="train")
+    q = {"input_ids": [[1, 2, 3], [4]], "attention_mask": [[1, 1, 1], [1]]}
+    p = {"input_ids": [[5, 6], [7], [8, 9, 10], [11]], "attention_mask": [[1, 1], [1], [1, 1, 1], [1]]}
+    out = collate([(q, p, ["not in-batch"], [0.9, 0.1, 0.8, 0.2])])
+    assert out["q_input_ids"].shape == (2, 8) and out["d_input_ids"].shape == (4, 8)
+    assert out["q_input_ids"][1, -1].item() == 4 and out["in_batch_negatives"] is False
+    torch.testing.assert_close(out["teacher_scores"], torch.tensor([[0.9, 0.1], [0.8, 0.2]]))
+    assert "passage_doc_ids" not in out  # pre-tokenised input carries no document ids
+
+
+def test_same_embed_group_size_by_type_cuts_each_type(icl_tokenizer):
+    sizes = {"retrieval": 4, "symmetric_sts": 2, "only_1neg": 2}
+    collate = SameEmbedCollator(
+        icl_tokenizer, query_max_len=96, passage_max_len=32, output="train", group_size_by_type=sizes
+    )
+    for type, expected in (("retrieval", 4), ("symmetric_sts", 2), ("only_1neg", 2), ("symmetric_class", 5)):
+        groups = icl_groups(3, group_size=5, type=type, scores=True)
+        out = collate(groups)
+        assert out["d_input_ids"].shape[0] == 3 * expected, type
+        assert out["teacher_scores"].shape == (3, expected)
+        trimmed = collate.trim_groups(groups)
+        assert [d.id for d in trimmed[0].docs] == [d.id for d in groups[0].docs[:expected]]  # positive first
+        assert len(collate.texts(groups)[1]) == 3 * expected
+    # A cap: groups already smaller than their type's size keep every document.
+    assert collate(icl_groups(3, group_size=3))["d_input_ids"].shape[0] == 9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"output": "tensors"}, "output must be one of 'seed', 'train'"),
+        ({"output": "train", "sub_batch_size": 2}, "grad_cache_chunk_size"),
+        ({"group_size_by_type": {"classification": 4}}, "unknown type 'classification'; valid: retrieval"),
+        ({"group_size_by_type": {"symmetric_sts": 0}}, r"group_size_by_type\['symmetric_sts'\] must be"),
+        ({"group_size_by_type": [4]}, "must map Example types"),
+    ],
+)
+def test_same_embed_rejects_bad_settings(icl_tokenizer, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SameEmbedCollator(icl_tokenizer, **kwargs)
+
+
+def test_same_embed_needs_the_special_tokens_in_the_tokenizer(decoder_tokenizer):
+    # Without them "<instruct>" would be several ordinary tokens: the prompt layout the model learns breaks.
+    with pytest.raises(ValueError, match="splits <instruct>, <query>, <response> into several tokens"):
+        SameEmbedCollator(decoder_tokenizer)
+    SameEmbedCollator(decoder_tokenizer, use_special_tokens=False)
+
+
+def test_symmetric_class_loss_ignores_other_groups_passages(icl_tokenizer):
+    """End to end with the loss: a class batch scores each query against its own group only."""
+    import inspect
+
+    from densetune.losses import ContrastiveLoss, loss_inputs
+
+    if "in_batch_negatives" not in inspect.signature(ContrastiveLoss.forward).parameters:
+        pytest.skip("densetune.losses does not take in_batch_negatives per batch yet")
+    collate = SameEmbedCollator(icl_tokenizer, query_max_len=96, passage_max_len=32, output="train")
+    batch = collate(icl_groups(3, group_size=3, type="symmetric_class"))
+    kwargs = loss_inputs(batch)
+    assert kwargs["in_batch_negatives"] is False
+    torch.manual_seed(0)
+    q = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    p = torch.nn.functional.normalize(torch.randn(9, 16), dim=-1)
+    loss_fn = ContrastiveLoss(temperature=0.05, in_batch_negatives=True)
+    own = ContrastiveLoss(temperature=0.05, in_batch_negatives=False)
+    torch.testing.assert_close(loss_fn(q, p, **kwargs), own(q, p, **{**kwargs, "in_batch_negatives": None}))
+    # The other groups' passages moved onto query 0 change nothing for it: they are not its negatives.
+    moved = p.clone()
+    moved[3:] = q[0]
+    torch.testing.assert_close(loss_fn.per_query(q, moved, **kwargs)[0], loss_fn.per_query(q, p, **kwargs)[0])
+    # Without the mark the same batch does use them.
+    del batch["in_batch_negatives"]
+    kwargs = loss_inputs(batch)
+    assert loss_fn.per_query(q, moved, **kwargs)[0] > loss_fn.per_query(q, p, **kwargs)[0] + 1.0

@@ -461,3 +461,178 @@ def test_selection_properties(case):
         assert group.scores is None
     # Deterministic: a fresh selector (another worker, rank or resumed run) picks the same group.
     assert ids(GroupSelector(**kwargs).select(ex, epoch, index)) == ids(group)
+
+
+# -- per-task settings (LLM-Embedder use_train_config), instructions, and the dataset's caps --------------
+
+
+def test_task_settings_select_each_task_with_its_own_modes():
+    sel = GroupSelector(
+        n_passages=3,
+        negative="first",
+        task_settings={"chat": {"positive": "teacher"}, "qa": {"negative": "teacher-"}},
+    )
+    scored = {"pos_scores": [0.1], "neg_scores": [0.2, 0.9, 0.3]}
+    # chat: the teacher's best document becomes the positive; negatives stay "first" (the selector's own).
+    assert ids(sel.select(example(task="chat", **scored), 0, 0)) == ["n1", "n0", "n2"]
+    # qa: positive "first" (own), negatives the lowest-scored.
+    assert ids(sel.select(example(task="qa", **scored), 0, 0)) == ["p0", "n0", "n2"]
+    # any other task: the selector's own settings.
+    assert ids(sel.select(example(task="tool", **scored), 0, 0)) == ["p0", "n0", "n1"]
+    assert sel.stats["selected"] == 3  # per-task selection counts into the selector's own stats
+    assert (
+        sel.settings_for("chat")["positive"] == "teacher" and sel.settings_for("tool")["positive"] == "first"
+    )
+
+
+def test_use_train_config_takes_task_config_and_explicit_settings_win():
+    from densetune.data.groups import train_config_selection
+    from densetune.data.prompts import TASK_CONFIG
+
+    sel = GroupSelector(8, use_train_config=True, task_settings={"lrlm": {"max_samples": 50}})
+    for task, entry in TASK_CONFIG["llm-embedder"]["training"].items():
+        settings = sel.settings_for(task)
+        assert settings["positive"] == entry["select_positive"]
+        assert settings["negative"] == entry["select_negative"]
+        assert settings["teacher_scores_margin"] == entry["teacher_scores_margin"]
+        assert settings["stable_distill"] == entry["stable_distill"]
+    assert sel.max_samples_for("lrlm") == 50  # TASK_CONFIG says 10000; task_settings wins
+    assert train_config_selection()["lrlm"]["max_samples"] == 10000
+    assert sel.max_samples_for("qa") is None and sel.can_drop
+    # Every task without settings is an error naming the task and the fix, not a silent default.
+    with pytest.raises(ConfigError, match=r"task 'news'.*task_settings\.news \(may be \{\}\)"):
+        sel.check_tasks(["qa", "news"])
+    with pytest.raises(ConfigError, match="task 'news'"):
+        sel.select(example(task="news"), 0, 0)
+    GroupSelector(8, use_train_config=True, task_settings={"news": {}}).check_tasks(["qa", "news"])
+
+
+def test_history_rows_of_a_teacher_task_pick_the_teacher_argmax():
+    sel = GroupSelector(3, use_train_config=True)
+    row = Example(
+        query_id="c1",
+        query="A: the beagle walks nicely now. B:",
+        history=docs("h0", "h1", "h2", "h3"),
+        negatives=docs("h0", "h1", "h2", "h3"),
+        neg_scores=[0.2, 0.9, 0.1, 0.5],
+        task="chat",
+    )
+    group = sel.select(row, 0, 0)
+    assert group.docs[0].id == "h1" and group.scores[0] == 0.9
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key", "words"),
+    [
+        ({"task_settings": {"chat": {"positive": "best"}}}, "task_settings.chat.positive", "teacher-pos"),
+        ({"task_settings": {"chat": {"postive": "teacher"}}}, "task_settings.chat", "valid: positive"),
+        ({"task_settings": {"chat": "teacher"}}, "task_settings.chat", "a mapping"),
+        ({"task_settings": {"lrlm": {"max_samples": 0}}}, "task_settings.lrlm.max_samples", ">= 1"),
+        (
+            {"task_settings": {"qa": {"stable_distill": "yes"}}},
+            "task_settings.qa.stable_distill",
+            "true or false",
+        ),
+        ({"use_train_config": "bge"}, "use_train_config", "llm-embedder"),
+        ({"use_train_config": 1.5}, "use_train_config", "TASK_CONFIG name"),
+        ({"instruction": "llm"}, "instruction", "llm-embedder, bge, e5, instructor"),
+        ({"max_samples": -3}, "max_samples", ">= 1"),
+    ],
+)
+def test_per_task_options_are_validated_naming_the_key(kwargs, key, words):
+    with pytest.raises(ConfigError) as err:
+        GroupSelector(8, **kwargs)
+    assert err.value.key == key and words in str(err.value)
+
+
+def test_format_prepends_task_instructions_without_separator():
+    from densetune.data.prompts import TASK_CONFIG
+
+    sel = GroupSelector(3, negative="first", instruction="llm-embedder")
+    ex = example(task="tool")
+    ex.positives[0].title = "Calculator"
+    group = sel.format(sel.select(ex, 0, 0))
+    inst = TASK_CONFIG["llm-embedder"]["instruction"]["tool"]
+    assert group.query == inst["query"] + "what is bm25"
+    assert [d.text for d in group.docs] == [
+        inst["key"] + "Calculator text of p0",  # the title is rendered into the text, as doc_text does
+        inst["key"] + "text of n0",
+        inst["key"] + "text of n1",
+    ]
+    assert [d.id for d in group.docs] == ["p0", "n0", "n1"] and group.docs[0].title == ""
+    with pytest.raises(ConfigError, match="no instruction for task 'news'"):
+        sel.check_tasks(["news"])
+    plain = GroupSelector(3, negative="first")
+    raw = plain.select(example(task="tool"), 0, 0)
+    assert plain.format(raw) is raw
+
+
+def _llm_rows(path, task: str, n: int, flat: tuple[int, ...] = ()) -> None:
+    """n LLM-Embedder rows for ``task`` (its directory name); rows in ``flat`` get teacher scores within 0.05."""
+    rows = []
+    for i in range(n):
+        scores = [0.5, 0.52, 0.51] if i in flat else [0.9, 0.2, 0.4]
+        rows.append(
+            {
+                "query": f"{task} query {i}",
+                "pos": [f"{task} pos {i}"],
+                "neg": [f"{task} neg {i}.{j}" for j in range(2)],
+                "teacher_scores": scores,
+            }
+        )
+    path = path / task / "train.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def test_dataset_caps_each_task_and_reports_per_task_counts(tmp_path, caplog):
+    from densetune.data.dataset import RetrievalTrainDataset
+    from densetune.data.store import load_examples
+
+    _llm_rows(tmp_path, "lrlm", 12, flat=(0, 5))
+    _llm_rows(tmp_path, "qa", 6)
+    store = load_examples([tmp_path / "lrlm", tmp_path / "qa"], cache_dir=tmp_path / "cache")
+    sel = GroupSelector(3, use_train_config=True, task_settings={"lrlm": {"max_samples": 7}})
+    with caplog.at_level(logging.WARNING, logger="densetune.data"):
+        dataset = RetrievalTrainDataset(store, sel)
+    # lrlm: 2 flat rows fail teacher_scores_margin 0.1, then the last 7 of the 10 left are kept (seed order).
+    assert dataset.task_report["lrlm"] == {
+        "examples": 12,
+        "kept": 7,
+        "filtered_min": 0,
+        "filtered_margin": 2,
+        "no_negatives": 0,
+        "capped": 3,
+    }
+    assert dataset.task_report["qa"]["kept"] == 6 and dataset.capped == {"lrlm": 3}
+    assert dataset.report == {
+        "examples": 18,
+        "kept": 13,
+        "filtered_min": 0,
+        "filtered_margin": 2,
+        "no_negatives": 0,
+    }
+    # The last 7 lrlm rows that passed the filter (rows 0 and 5 were dropped), then qa.
+    assert [dataset[i].query for i in range(8)] == [f"lrlm query {i}" for i in (4, 6, 7, 8, 9, 10, 11)] + [
+        "qa query 0"
+    ]
+    text = caplog.text
+    assert "task 'lrlm': kept the last 7 of its 10 training groups and left out 3 (max_samples=7" in text
+    assert "left out 2 of 18 training examples (filtered_margin: 2); by task: lrlm: filtered_margin 2" in text
+
+
+def test_dataset_applies_instructions_after_resolving_documents(tmp_path):
+    """Corpus-id documents have no text until resolved: the instruction must come after, not before."""
+    from densetune.data.dataset import RetrievalTrainDataset
+    from densetune.data.prompts import TASK_CONFIG
+    from densetune.data.store import load_examples
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    store = load_examples(os.path.join(repo, "examples", "corpus_id", "train.json"), cache_dir=tmp_path)
+    dataset = RetrievalTrainDataset(store, GroupSelector(2, negative="cycle", instruction="e5"))
+    group = dataset[0]
+    inst = TASK_CONFIG["e5"]["instruction"]["wiki"]
+    assert group.query == inst["query"] + "When did the Berlin Wall fall?"
+    assert all(d.text.startswith("passage: ") and len(d.text) > len("passage: ") + 10 for d in group.docs)
+    with pytest.raises(ConfigError, match="no instruction for task 'wiki'"):
+        RetrievalTrainDataset(store, GroupSelector(2, negative="cycle", instruction="llm-embedder"))

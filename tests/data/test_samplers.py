@@ -308,6 +308,63 @@ def test_same_task_batch_count_matches_the_seed():
         assert len(sampler) == 37 // 8 + 20 // 8 == len(list(sampler))
 
 
+@FAST
+@given(
+    sizes=st.lists(st.integers(1, 50), min_size=1, max_size=5),
+    task_batch=st.lists(st.integers(1, 8), min_size=5, max_size=5),
+    batch_size=st.integers(1, 6),
+    world_size=st.integers(1, 3),
+    organize=st.sampled_from(ORGANIZE_METHODS),
+    drop_last=st.booleans(),
+    small_task=st.sampled_from(["keep", "drop"]),
+    seed=st.integers(0, 100),
+)
+def test_same_task_batch_size_by_task_invariants(
+    sizes, task_batch, batch_size, world_size, organize, drop_last, small_task, seed
+):
+    tasks = [f"t{t}" for t, size in enumerate(sizes) for _ in range(size)]
+    by_task = {f"t{t}": task_batch[t] for t in range(0, len(sizes), 2)}  # every other task has its own size
+
+    def make(**kw):
+        return SameTaskBatchSampler(
+            tasks, batch_size, seed=seed, organize=organize, drop_last=drop_last, small_task=small_task,
+            batch_size_by_task=by_task, **kw,
+        )  # fmt: skip
+
+    batches = global_batches(all_ranks(make, world_size))  # exact len, equal rank slices
+    for batch in batches:
+        names = {tasks[i] for i in batch}
+        assert len(names) == 1, "a global batch mixes tasks"
+        size = by_task.get(names.pop(), batch_size) * world_size
+        assert len(batch) <= size + world_size - 1
+    if organize == "random":
+        return
+    check_accounting(make(rank=0, world_size=world_size), batches, len(tasks))
+    if (
+        drop_last and small_task == "drop"
+    ):  # the seed's rule, per task: floor(n / its global batch) full batches
+        expected = sum(n // (by_task.get(f"t{t}", batch_size) * world_size) for t, n in enumerate(sizes))
+        assert len(batches) == expected
+        assert all(len(b) == by_task.get(tasks[b[0]], batch_size) * world_size for b in batches)
+
+
+def test_same_task_batch_size_by_task_names_tasks_and_resumes_only_with_the_same_sizes():
+    tasks = ["msmarco"] * 40 + ["sts"] * 40
+    sampler = SameTaskBatchSampler(tasks, 4, batch_size_by_task={"sts": 8}, seed=0)
+    assert sorted({(tasks[b[0]], len(b)) for b in sampler}) == [("msmarco", 4), ("sts", 8)]
+    assert len(sampler) == 40 // 4 + 40 // 8
+    with pytest.raises(ValueError, match="'stss' is not a task of the data; its tasks are 'msmarco', 'sts'"):
+        SameTaskBatchSampler(tasks, 4, batch_size_by_task={"stss": 8})
+    with pytest.raises(ValueError, match=r"batch_size_by_task\['sts'\] must be an integer >= 1"):
+        SameTaskBatchSampler(tasks, 4, batch_size_by_task={"sts": 0})
+    with pytest.raises(ValueError, match="batch_size_by_task: saved"):
+        SameTaskBatchSampler(tasks, 4, batch_size_by_task={"sts": 16}).load_state_dict(sampler.state_dict())
+    # A state saved without per-task sizes still loads into a sampler without them.
+    plain = SameTaskBatchSampler(tasks, 4).state_dict()
+    assert "batch_size_by_task" not in plain["config"]
+    SameTaskBatchSampler(tasks, 4).load_state_dict(plain)
+
+
 def test_same_task_from_index_ranges():
     sampler = SameTaskBatchSampler.from_index_ranges({"qa": (0, 12), "chat": (12, 20)}, 4, drop_last=False)
     assert sampler.task_names == ["chat", "qa"]
@@ -335,6 +392,9 @@ def make_samplers(world_size: int = 1, rank: int = 0) -> dict[str, object]:
         "same-task": SameTaskBatchSampler(tasks, 8, drop_last=False, **common),
         "same-task-random": SameTaskBatchSampler(tasks, 8, organize="random", **common),
         "same-task-no-dup": SameTaskBatchSampler(tasks, 8, organize="epoch-random", keys=keys, **common),
+        "same-task-sizes": SameTaskBatchSampler(
+            tasks, 8, drop_last=False, batch_size_by_task={"t1": 3, "t2": 12}, **common
+        ),
     }
 
 
@@ -387,7 +447,7 @@ def test_state_dict_resumes_mid_epoch(kind, stop):
     assert list(resumed) == full_epoch(make_samplers(2, 1)[kind], 3)
 
 
-@pytest.mark.parametrize("kind", ["random", "no-dup", "same-task", "same-task-no-dup"])
+@pytest.mark.parametrize("kind", ["random", "no-dup", "same-task", "same-task-no-dup", "same-task-sizes"])
 def test_stateful_dataloader_resumes_mid_epoch(kind):
     from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -481,6 +541,11 @@ def test_warns_for_small_tasks_dropped_or_trimmed(caplog):
         list(SameTaskBatchSampler(tasks, 4, small_task="drop"))
     assert "dropped 2 task(s) smaller than one global batch of 4, 4 examples in all" in caplog.text
     assert "'small' (3)" in caplog.text and "small_task='keep'" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="densetune.data.samplers"):
+        list(SameTaskBatchSampler(tasks, 4, small_task="drop", batch_size_by_task={"big": 32}))
+    assert "smaller than one global batch of 4 (batch_size_by_task: 'big' (32)), 24 examples" in caplog.text
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="densetune.data.samplers"):

@@ -243,3 +243,144 @@ def test_loss_inputs_reads_the_batch():
     assert torch.equal(kwargs["passage_doc_ids"], torch.arange(6))
     with pytest.raises(ValueError, match="multiple"):
         loss_inputs({"q_input_ids": torch.zeros(4, 1), "d_input_ids": torch.zeros(6, 1)})
+
+
+# -- batch-level in-batch switch, per-task temperatures and kinds, TASK_CONFIG defaults ------------------
+
+
+def test_batch_can_switch_in_batch_negatives_off_and_on():
+    own_only = (_ce([9.0, 5.0], 0) + _ce([8.0, 3.0], 0)) / 2  # temperature 0.1, each query vs its own group
+    in_batch = (_ce([9.0, 5.0, 2.0, 6.0], 0) + _ce([1.0, 5.0, 8.0, 3.0], 2)) / 2
+    with_negatives = ContrastiveLoss(temperature=0.1)
+    assert with_negatives(Q, P, n_passages=2).item() == pytest.approx(in_batch, rel=1e-5)
+    assert with_negatives(Q, P, n_passages=2, in_batch_negatives=False).item() == pytest.approx(
+        own_only, rel=1e-5
+    )
+    without = ContrastiveLoss(temperature=0.1, in_batch_negatives=False)
+    assert without(Q, P, n_passages=2, in_batch_negatives=True).item() == pytest.approx(in_batch, rel=1e-5)
+    assert without(Q, P, n_passages=2, in_batch_negatives=None).item() == pytest.approx(own_only, rel=1e-5)
+    # Through the objective and loss_inputs, as the training loop calls it.
+    batch = {"q_input_ids": torch.zeros(2, 3), "d_input_ids": torch.zeros(4, 3), "in_batch_negatives": False}
+    objective = RetrievalObjective(with_negatives)
+    assert objective(Q, P, **loss_inputs(batch)).item() == pytest.approx(own_only, rel=1e-5)
+
+
+def test_loss_inputs_reads_the_in_batch_switch():
+    batch = {"q_input_ids": torch.zeros(2, 3), "d_input_ids": torch.zeros(4, 3)}
+    assert "in_batch_negatives" not in loss_inputs(batch)
+    assert loss_inputs({**batch, "in_batch_negatives": False})["in_batch_negatives"] is False
+    assert loss_inputs({**batch, "in_batch_negatives": torch.tensor(True)})["in_batch_negatives"] is True
+    with pytest.raises(ValueError, match="in_batch_negatives"):
+        loss_inputs({**batch, "in_batch_negatives": "not in-batch"})
+
+
+def _kl(student: list[float], teacher: list[float], t_teacher: float, t_student: float) -> float:
+    """KL(softmax(teacher / t) || softmax(student / t')) by hand."""
+    p = [math.exp(v / t_teacher) for v in teacher]
+    p = [v / sum(p) for v in p]
+    log_z = math.log(sum(math.exp(v / t_student) for v in student))
+    return sum(pi * (math.log(pi) - (s / t_student - log_z)) for pi, s in zip(p, student))
+
+
+def test_per_task_teacher_and_student_temperatures():
+    teacher = torch.tensor([[1.0, 0.8], [0.2, 0.6]])
+    objective = RetrievalObjective(
+        ContrastiveLoss(temperature=0.5),
+        DistillationLoss("kl", teacher_temperature=1.0, student_temperature=0.5),
+        task_weights={
+            "chat": {"contrastive_weight": 0, "teacher_temperature": 0.1},
+            "lrlm": {"contrastive_weight": 0, "student_temperature": 0.2},
+        },
+    )
+    own = [[0.9, 0.5], [0.8, 0.3]]  # Q @ each query's own group
+    for task, t_teacher, t_student in (("chat", 0.1, 0.5), ("lrlm", 1.0, 0.2)):
+        expected = sum(_kl(s, t, t_teacher, t_student) for s, t in zip(own, teacher.tolist())) / 2
+        loss = objective(Q, P, n_passages=2, teacher_scores=teacher, task=task)
+        assert loss.item() == pytest.approx(expected, rel=1e-5), task
+    assert objective.settings_for("chat")["teacher_temperature"] == 0.1
+    assert objective.settings_for("qa")["teacher_temperature"] == 1.0  # no entry: the loss's own setting
+
+
+def test_per_task_stable_distill_scores_against_the_whole_batch():
+    teacher = torch.tensor([[1.0, 0.2], [0.4, 0.9]])
+    listwise = DistillationLoss("stable_distill", teacher_temperature=1.0, student_temperature=0.5)
+    objective = RetrievalObjective(
+        ContrastiveLoss(temperature=0.5),
+        DistillationLoss("kl", student_temperature=0.5),
+        task_weights={"qa": {"contrastive_weight": 0, "distill_kind": "stable_distill"}},
+    )
+    in_batch = listwise(
+        Q @ P.T, teacher, group_start=torch.tensor([0, 2])
+    )  # LLM-Embedder: other groups compete
+    torch.testing.assert_close(objective(Q, P, n_passages=2, teacher_scores=teacher, task="qa"), in_batch)
+    own = listwise(torch.stack([Q[0] @ P[:2].T, Q[1] @ P[2:].T]), teacher)
+    qa_own = objective(Q, P, n_passages=2, teacher_scores=teacher, task="qa", in_batch_negatives=False)
+    torch.testing.assert_close(qa_own, own)
+    assert in_batch.item() > own.item()
+
+
+def test_use_train_config_reads_task_config_and_task_weights_override_it():
+    from densetune.data.prompts import TASK_CONFIG
+    from densetune.losses import train_config_loss
+
+    contrastive, distill = ContrastiveLoss(0.01), DistillationLoss("kl", 1.0, 0.01)
+    objective = RetrievalObjective(
+        contrastive,
+        distill,
+        contrastive_weight=0.2,
+        use_train_config=True,
+        task_weights={"chat": {"teacher_temperature": 0.5}},
+    )
+    for task, entry in TASK_CONFIG["llm-embedder"]["training"].items():
+        settings = objective.settings_for(task)
+        assert settings["contrastive_weight"] == entry.get("contrastive_weight", 0.2), task
+        assert settings["distill_weight"] == entry.get("distill_weight", 1.0), task
+        assert settings["distill_kind"] == ("stable_distill" if entry["stable_distill"] else "kl"), task
+    assert (
+        objective.settings_for("chat")["teacher_temperature"] == 0.5
+    )  # explicit wins over TASK_CONFIG's 0.1
+    assert objective.settings_for("lrlm")["teacher_temperature"] == 0.1
+    assert train_config_loss()["qa"] == {"contrastive_weight": 0, "distill_kind": "stable_distill"}
+    # Without a distillation loss TASK_CONFIG's temperatures have nothing to apply to; the weights still do.
+    contrastive_only = RetrievalObjective(contrastive, use_train_config="llm-embedder")
+    assert contrastive_only.task_weights["chat"] == {"contrastive_weight": 0, "distill_weight": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("task_weights", "key", "words"),
+    [
+        ({"chat": {"teacher_temperature": 0}}, "task_weights.chat.teacher_temperature", "> 0"),
+        ({"chat": {"student_temperature": "hot"}}, "task_weights.chat.student_temperature", "a number"),
+        ({"chat": {"distill_weight": -1}}, "task_weights.chat.distill_weight", ">= 0"),
+        (
+            {"chat": {"distill_kind": "mse"}},
+            "task_weights.chat.distill_kind",
+            "kl, stable_distill, margin_mse",
+        ),
+        ({"chat": {"temperature": 0.1}}, "task_weights.chat", "teacher_temperature"),
+        ({"chat": 0.5}, "task_weights.chat", "a mapping"),
+    ],
+)
+def test_per_task_loss_settings_are_validated_naming_the_key(task_weights, key, words):
+    from densetune.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        RetrievalObjective(ContrastiveLoss(), DistillationLoss(), task_weights=task_weights)
+    assert err.value.key == key and words in str(err.value)
+
+
+def test_per_task_distillation_setting_without_a_distillation_loss_is_an_error():
+    from densetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"task_weights\.chat\.teacher_temperature: .*loss\.distillation"):
+        RetrievalObjective(ContrastiveLoss(), task_weights={"chat": {"teacher_temperature": 0.1}})
+    with pytest.raises(ConfigError, match="use_train_config"):
+        RetrievalObjective(ContrastiveLoss(), use_train_config="e5")
+
+
+def test_batches_without_a_task_warn_once_when_tasks_have_settings(caplog):
+    objective = RetrievalObjective(ContrastiveLoss(0.5), task_weights={"chat": {"contrastive_weight": 2.0}})
+    with caplog.at_level("WARNING", logger="densetune.losses"):
+        objective(Q, P, n_passages=2)
+        objective(Q, P, n_passages=2)
+    assert caplog.text.count("came without a task") == 1

@@ -204,7 +204,7 @@ def scifact_groups(scifact: Path, path: Path, n_queries: int, n_negatives: int, 
 
 def test_minilm_reranker_learns_scifact_groups(minilm_path, scifact_dir, tmp_path):
     """The real MiniLM as a cross-encoder (fresh head): a few steps lift dev accuracy on SciFact groups."""
-    data = scifact_groups(scifact_dir, tmp_path / "train.jsonl", 48, 3)
+    data = scifact_groups(scifact_dir, tmp_path / "train.jsonl", 32, 3)
     out = tmp_path / "out"
     cfg = reranker_recipe(
         minilm_path,
@@ -213,7 +213,7 @@ def test_minilm_reranker_learns_scifact_groups(minilm_path, scifact_dir, tmp_pat
         train={"max_steps": 6, "batch_size": 8, "log_every": 1},
         data={"selector": {"n_passages": 4, "positive": "first", "negative": "first"}},
     )
-    cfg["model"]["kwargs"] = {"max_length": 128}
+    cfg["model"]["kwargs"] = {"max_length": 96}
     cfg["optim"] = {"lr": 1e-4, "warmup_steps": 1}
     cfg["eval"] = {"dev": [str(data)], "dev_n_passages": 4, "at_start": True, "batch_size": 16}
     cfg["output"].update(save_model=True)

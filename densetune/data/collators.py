@@ -94,6 +94,7 @@ def group_to_features(group: Group) -> dict[str, Any]:
         "task": group.task,
         "type": group.type,
         "prompt": group.prompt,
+        "category": group.category,
     }
 
 
@@ -102,7 +103,7 @@ def feature_to_group(feature: Group | Mapping[str, Any]) -> Group:
 
     Accepted keys: ``question`` or ``query``; ``doc_text`` or ``key`` or ``docs`` (texts or :class:`Doc`);
     optional ``doc_id``, ``doc_image``, ``teacher_scores`` (or ``scores``), ``query_id``, ``task``, ``type``,
-    ``prompt``, ``query_instruction``, ``passage_instruction``.
+    ``prompt``, ``category``, ``query_instruction``, ``passage_instruction``.
 
     Raises:
         ValueError: no query or no documents, naming the keys found.
@@ -137,6 +138,7 @@ def feature_to_group(feature: Group | Mapping[str, Any]) -> Group:
         task=str(feature.get("task", "") or ""),
         type=str(feature.get("type", "retrieval") or "retrieval"),
         prompt=str(feature.get("prompt", "") or ""),
+        category=str(feature.get("category", "") or ""),
         query_instruction=str(feature.get("query_instruction", "") or ""),
         passage_instruction=str(feature.get("passage_instruction", "") or ""),
     )
@@ -716,8 +718,10 @@ class SameEmbedCollator:
     The seed's own input, one pre-tokenised ``(queries, passages, messages, scores)`` tuple per step (its
     ``SameDatasetTrainDataset``), is also accepted and only padded.
 
-    Differences from the seed, on purpose: clustering examples pair a query with its positive text (the
-    seed paired it with the row's ``category`` label, a field densetune's records do not keep); texts are cut
+    In-context examples of clustering rows pair the query with the row's ``category`` label when it has one
+    (as the seed does), else with its positive text.
+
+    Differences from the seed, on purpose: texts are cut
     on token boundaries of the original string (the seed decoded token ids, re-spacing some texts); the
     tokenizer must hold the special tokens when ``use_special_tokens`` (the seed split them silently).
 
@@ -866,7 +870,14 @@ class SameEmbedCollator:
         kind = types[0]
         reserve = 1 if self.append_eos else 0
         use_examples = self.retrieval_use_examples or any(t in kind for t in ("clustering", "sts", "class"))
-        pairs = [(g.query, doc_text(g.docs[0])) for g in groups] if use_examples else []
+        # A clustering example answers with its row's category label when the data gives one (FlagEmbedding's
+        # pairing), else with its positive text.
+        clustering = "clustering" in kind
+        pairs = (
+            [(g.query, g.category if clustering and g.category else doc_text(g.docs[0])) for g in groups]
+            if use_examples
+            else []
+        )
         rng = random.Random(derive_seed(self.seed, "icl", *[g.query_id or g.query for g in groups]))
         queries = []
         for i, g in enumerate(groups):

@@ -4,16 +4,16 @@ Output formats and what each cannot carry (left out, with a warning giving count
 
 - ``inline`` (NeMo Automodel inline JSONL): ``question_id``, ``query``, ``pos_doc``/``neg_doc`` as strings,
   or ``{"text", "id", "title", "image", ...extra}`` objects when a document has more than text. Loses
-  teacher scores, type, prompt, instructions, history, answers; task becomes the file stem.
+  teacher scores, type, prompt, category, instructions, history, answers; task becomes the file stem.
 - ``flag`` (FlagEmbedding JSONL): ``query``, ``pos``, ``neg`` (documents rendered with
   :func:`~densetune.data.corpus.doc_text`, title + text), ``pos_scores``, ``neg_scores``, ``prompt``,
-  ``type``. Loses query and document ids, separate titles, instructions, history, answers.
+  ``type``, ``category``. Loses query and document ids, separate titles, instructions, history, answers.
 - ``tevatron`` (JSONL): ``query_id``, ``query``, ``positive_passages``/``negative_passages`` of
-  ``{docid, title, text}``. Loses scores, type, prompt, instructions, history, answers.
+  ``{docid, title, text}``. Loses scores, type, prompt, category, instructions, history, answers.
 - ``corpus-id`` (NeMo Automodel corpus-id JSON): ``OUT`` plus one corpus directory per corpus beside it
   (``merlin_metadata.json`` + ``corpus.parquet`` with ``id, text, title, image``), holding the documents the
   examples use. Inline examples go to a corpus named after their task. Loses scores, type, prompt,
-  history, answers, and document ``extra`` fields.
+  category, history, answers, and document ``extra`` fields.
 
 Examples without a positive (LLM-Embedder history rows) cannot be written in any of these formats and are
 counted and left out.
@@ -51,6 +51,7 @@ _LOST = {
         "neg_scores",
         "type",
         "prompt",
+        "category",
         "query_instruction",
         "passage_instruction",
         "history",
@@ -62,12 +63,13 @@ _LOST = {
         "neg_scores",
         "type",
         "prompt",
+        "category",
         "query_instruction",
         "passage_instruction",
         "history",
         "answers",
     ),
-    "corpus-id": ("pos_scores", "neg_scores", "type", "prompt", "history", "answers"),
+    "corpus-id": ("pos_scores", "neg_scores", "type", "prompt", "category", "history", "answers"),
 }
 
 
@@ -135,6 +137,8 @@ def _flag_record(ex: Example) -> dict[str, Any]:
         rec["neg_scores"] = ex.neg_scores
     if ex.prompt:
         rec["prompt"] = ex.prompt
+    if ex.category:
+        rec["category"] = ex.category
     if ex.type != "retrieval":
         rec["type"] = ex.type
     return rec

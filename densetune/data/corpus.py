@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 from densetune.data.records import INLINE_CORPUS_ID, Doc
 from densetune.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: examples carry `category`
 MERLIN_METADATA = "merlin_metadata.json"
 CORPUS_SUFFIXES = (".parquet", ".jsonl", ".json")
 # Arrow record batches are written up to this many bytes, so a column is a handful of chunks and a

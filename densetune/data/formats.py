@@ -628,6 +628,7 @@ def _flag(rec: _Rec, task: str) -> Example:
         task=task,
         type=kind,
         prompt=rec.string("prompt", required=False),
+        category=rec.string("category", required=False),
         source=rec.source,
     )
 

@@ -505,6 +505,7 @@ class GroupSelector:
             task=example.task,
             type=example.type,
             prompt=example.prompt,
+            category=example.category,
             query_instruction=example.query_instruction,
             passage_instruction=example.passage_instruction,
         )

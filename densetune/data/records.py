@@ -44,6 +44,7 @@ class Example:
         task: dataset or task name (LLM-Embedder task, NeMo corpus, parent directory, ...).
         type: one of :data:`EXAMPLE_TYPES`.
         prompt: task instruction (BGE-EN-ICL ``prompt``), or "".
+        category: the row's label for clustering / classification data (BGE-EN-ICL ``category``), or "".
         query_instruction / passage_instruction: dataset instructions from corpus metadata, or "".
         corpus_id: corpus the document ids refer to, or ``"__inline__"``.
         history: LLM-Embedder history rows (become negatives with teacher scores), or [].
@@ -60,6 +61,7 @@ class Example:
     task: str = ""
     type: str = "retrieval"
     prompt: str = ""
+    category: str = ""
     query_instruction: str = ""
     passage_instruction: str = ""
     corpus_id: str = INLINE_CORPUS_ID
@@ -77,7 +79,7 @@ class Group:
         query_id: id of the query.
         docs: ``[positive, negative_1, ...]``, texts resolved.
         scores: teacher scores aligned with ``docs``, or None.
-        task, type, prompt, query_instruction, passage_instruction: copied from the Example.
+        task, type, prompt, category, query_instruction, passage_instruction: copied from the Example.
     """
 
     query: str
@@ -87,6 +89,7 @@ class Group:
     task: str = ""
     type: str = "retrieval"
     prompt: str = ""
+    category: str = ""
     query_instruction: str = ""
     passage_instruction: str = ""
 

@@ -211,6 +211,7 @@ def _examples(draw, fmt: str) -> list[Example]:
             )
             ex.type = draw(st.sampled_from(["retrieval", "symmetric_sts", "only_1neg"]))
             ex.prompt = draw(_text)
+            ex.category = draw(_text)
             ex.query_id = f"data.jsonl:{i}"
         out.append(ex)
     return out
@@ -297,3 +298,46 @@ def test_cli_bad_arguments_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["convert", "a", "b", "--to", "csv"])
     assert info.value.code == 2
+
+
+def test_category_survives_reading_the_store_grouping_and_flag_output(tmp_path, minilm_tokenizer):
+    """BGE-EN-ICL's ``category`` is data: read, cached, grouped, written back, and used by ICL examples."""
+    from densetune.data.collators import SameEmbedCollator
+    from densetune.data.dataset import RetrievalTrainDataset
+    from densetune.data.groups import GroupSelector
+    from densetune.data.store import load_examples
+
+    rows = [
+        {
+            "query": f"headline {i}",
+            "pos": [f"other headline {i}"],
+            "neg": [f"far {i}"],
+            "type": "symmetric_clustering",
+            "category": label,
+        }  # fmt: skip
+        for i, label in enumerate(["sports", "politics", "sports"])
+    ]
+    src = tmp_path / "clustering.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert [ex.category for ex in iter_examples(src)] == ["sports", "politics", "sports"]
+
+    store = load_examples([src], cache_dir=tmp_path / "cache")
+    groups = [g for g in RetrievalTrainDataset(store, GroupSelector(2, negative="first"))]
+    assert [g.category for g in groups] == ["sports", "politics", "sports"]
+
+    out = roundtrip(list(iter_examples(src)), tmp_path / "out.jsonl", "flag")
+    assert [ex.category for ex in out] == ["sports", "politics", "sports"]
+
+    collate = SameEmbedCollator(
+        minilm_tokenizer,
+        use_special_tokens=False,
+        append_eos=False,
+        max_examples=2,
+        query_max_len=256,
+        seed=0,
+    )
+    queries, _ = collate.texts(groups)
+    with_examples = [q for q in queries if q.count("Response:") > 1]
+    assert with_examples, queries
+    for q in with_examples:  # each example answers with a category label, never the positive text
+        assert "other headline" not in q and ("sports" in q or "politics" in q)

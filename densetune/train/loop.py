@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -28,6 +27,14 @@ from densetune.train import checkpoint as ckpt
 from densetune.train.config import RecipeConfig, diff_configs, model_loader_kwargs, save_config
 from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_curves
 from densetune.train.optim import build_optimizer, build_scheduler, lr_factor, warmup_steps
+from densetune.train.sharding import (
+    apply_fsdp,
+    gather_objects,
+    init_distributed,
+    load_model_state,
+    pick_device,
+    trainable_state,
+)
 from densetune.train.steps import EmbeddingStep, RerankerStep, build_step, group_metrics, is_reranker
 
 Batch = dict[str, Any]
@@ -52,9 +59,9 @@ class TrainRecipe:
         self.cfg = cfg
         self.out_dir = Path(cfg.output.dir)
         self.ckpt_root = self.out_dir / "checkpoints"
-        self.rank, self.world_size, self.local_rank = _init_distributed(cfg.train.device)
+        self.rank, self.world_size, self.local_rank = init_distributed(cfg.train.device)
         self.is_main = self.rank == 0
-        self.device = _pick_device(cfg.train.device, self.local_rank)
+        self.device = pick_device(cfg.train.device, self.local_rank)
         if cfg.train.fsdp and self.world_size < 2:
             # FSDP2 runs on GPUs (nccl) and on CPUs (gloo) alike; it only needs processes to shard over.
             raise ConfigError(
@@ -182,7 +189,7 @@ class TrainRecipe:
             sum(p.numel() for p in raw.parameters()),
         )
         if self.cfg.train.fsdp:
-            self.model = _apply_fsdp(raw, bf16=self.use_bf16)
+            self.model = apply_fsdp(raw, bf16=self.use_bf16)
         elif self.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 raw,
@@ -311,7 +318,7 @@ class TrainRecipe:
     def _load_checkpoint(self, path: Path) -> None:
         """Restore weights, optimizer, schedule position, this rank's data position and RNG states."""
         _, model_state, optim_state, trainer_state = ckpt.load_checkpoint(path)
-        _load_model_state(
+        load_model_state(
             self.model if self.cfg.train.fsdp else self.raw_model, model_state, self.cfg.train.fsdp
         )
         if self.cfg.train.fsdp:
@@ -522,7 +529,7 @@ class TrainRecipe:
         """Write a checkpoint of the current step (rank 0 writes; every rank contributes its RNG and data
         position), then prune to ``train.keep_last``."""
         self._flush_window()  # the log then holds every step the checkpoint holds
-        model_state = _trainable_state(
+        model_state = trainable_state(
             self.model if self.cfg.train.fsdp else self.raw_model, self.trainable_names
         )
         if self.cfg.train.fsdp:
@@ -536,7 +543,7 @@ class TrainRecipe:
         # At an epoch boundary the position is "start of the next epoch": no loader state to restore.
         loader_state = self.loader.state_dict() if self.state.batches_in_epoch else None
         local = {"loader": loader_state, "rng": ckpt.capture_rng()}
-        gathered = _gather_objects(local, self.world_size)
+        gathered = gather_objects(local, self.world_size)
         path = None
         if self.is_main:
             trainer_state = {
@@ -607,7 +614,7 @@ class TrainRecipe:
         }
         model = self.raw_model
         if self.cfg.train.fsdp:
-            full = _trainable_state(self.model, None)
+            full = trainable_state(self.model, None)
             if not self.is_main:
                 dist.barrier()
                 return out
@@ -733,31 +740,6 @@ class _Window:
         self.tokens += tokens
 
 
-def _init_distributed(device: str) -> tuple[int, int, int]:
-    """Join the process group torchrun describes (env vars), gloo on CPU and nccl on GPU; else (0, 1, 0)."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1, 0
-    if int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1, int(os.environ.get("LOCAL_RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local_rank
-
-
-def _pick_device(device: str, local_rank: int) -> torch.device:
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError(
-                "train.device", "cuda was asked for but no GPU is visible; use train.device=cpu"
-            )
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -806,72 +788,3 @@ def _freeze_unused(model: nn.Module, probe: torch.Tensor) -> list[str]:
             unused.append(name)
         param.grad = None
     return unused
-
-
-def _gather_objects(obj: Any, world_size: int) -> list[Any]:
-    if world_size == 1:
-        return [obj]
-    out: list[Any] = [None] * world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _trainable_state(model: nn.Module, names: set[str] | None) -> dict[str, torch.Tensor]:
-    """Parameters by name (only ``names`` when given), full tensors on CPU; gathers FSDP2 shards."""
-    out = {}
-    for name, param in model.named_parameters():
-        if names is not None and name not in names:
-            continue
-        t = param.detach()
-        if hasattr(t, "full_tensor"):  # FSDP2 DTensor: every rank takes part in the gather
-            t = t.full_tensor()
-        out[name] = t.cpu()
-    return out
-
-
-def _load_model_state(model: nn.Module, tensors: dict[str, torch.Tensor], fsdp: bool) -> None:
-    """Copy checkpoint tensors into the model's parameters (sharding them again under FSDP2)."""
-    params = dict(model.named_parameters())
-    unknown = sorted(set(tensors) - set(params))
-    if unknown:
-        raise ConfigError("resume", f"the checkpoint has weights this model lacks: {', '.join(unknown[:5])}")
-    with torch.no_grad():
-        for name, value in tensors.items():
-            param = params[name]
-            if fsdp and hasattr(param, "device_mesh"):
-                from torch.distributed.tensor import distribute_tensor
-
-                value = distribute_tensor(value.to(param.dtype), param.device_mesh, param.placements)
-                param.copy_(value)
-            else:
-                param.copy_(value.to(param.device, param.dtype))
-
-
-def _apply_fsdp(model: nn.Module, bf16: bool) -> nn.Module:
-    """FSDP2: shard each repeated transformer block, then the root (parameters, grads, optimizer state)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    mp = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if bf16
-        else MixedPrecisionPolicy()
-    )
-    for block in _repeated_blocks(model):
-        fully_shard(block, mp_policy=mp)
-    fully_shard(model, mp_policy=mp)
-    return model
-
-
-def _repeated_blocks(model: nn.Module) -> list[nn.Module]:
-    """Children of the outermost ModuleLists of >1 same-typed modules: the transformer layers of any
-    backbone (of each tower). Lists nested inside a chosen layer are skipped: FSDP2 wraps bottom-up
-    units, and one unit per layer is the usual granularity."""
-    blocks: list[nn.Module] = []
-    inside: set[int] = set()
-    for module in model.modules():  # pre-order: outer lists come before the lists inside their layers
-        if id(module) in inside:
-            continue
-        if isinstance(module, nn.ModuleList) and len(module) > 1 and len({type(m) for m in module}) == 1:
-            blocks.extend(module)
-            inside.update(id(m) for block in module for m in block.modules())
-    return blocks

@@ -113,13 +113,18 @@ def test_queries_have_the_icl_layout_with_examples_from_the_same_batch(run):
             assert 0 <= len(examples) <= collator.max_examples
             example_counts.append(len(examples))
             for block in examples:
-                # {prompted example query, cut}\n<response>{its positive, cut}: another group of this batch.
+                # {prompted example query, cut}\n<response>{its answer, cut}: another group of this batch. The
+                # answer is the positive, or for clustering rows with a label, the row's category.
                 assert block.startswith(head) and block.count("\n<response>") == 1, block
                 query_part, passage_part = block[len(head) :].split("\n<response>")
+                labelled = "clustering" in kind
                 owners = [
                     j
                     for j, other in enumerate(groups)
-                    if other.query.startswith(query_part) and other.docs[0].text.startswith(passage_part)
+                    if other.query.startswith(query_part)
+                    and (other.category if labelled and other.category else other.docs[0].text).startswith(
+                        passage_part
+                    )
                 ]
                 assert owners and i not in owners, (kind, block)
     assert max(example_counts) >= 1  # 0..5 examples per query: some queries got examples

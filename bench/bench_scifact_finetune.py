@@ -55,7 +55,8 @@ def densetune_mine(args: argparse.Namespace, out: Path) -> tuple[Path, dict]:
     """Mine a pool of hard negatives per train query with the base model; reuse an earlier identical run."""
     from densetune.retrieval.mine import MiningConfig, mine
 
-    mined = out / f"densetune_mined_pool{args.pool}_m{args.margin}_r{args.range_max}.jsonl"
+    fill = "" if args.fill == "none" else f"_fill{args.fill}"
+    mined = out / f"densetune_mined_pool{args.pool}_m{args.margin}_r{args.range_max}{fill}.jsonl"
     stats_file = Path(f"{mined}.mine.json")
     if mined.is_file() and stats_file.is_file():
         print(f"[densetune] reusing mined negatives {mined}")
@@ -74,9 +75,11 @@ def densetune_mine(args: argparse.Namespace, out: Path) -> tuple[Path, dict]:
             relative_margin=args.margin,
             sampling="top",
             seed=args.seed,
+            fill=args.fill,
         ),
         split="train",
-        # a query whose every candidate scores within the margin of its positive has no safe negative
+        # a query whose every candidate scores within the margin of its positive has no safe negative:
+        # dropped, unless --fill random tops it up with random corpus documents
         drop_empty=True,
         max_length=args.max_len,
         device=None if args.device == "auto" else args.device,
@@ -287,6 +290,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     dt.add_argument("--pool", type=int, default=20, help="mined negatives per query to draw from")
     dt.add_argument("--margin", type=float, default=0.05, help="relative margin (0.05 = 95%% of positive)")
     dt.add_argument("--range-max", type=int, default=100, help="mine from the top N of the base model")
+    dt.add_argument(
+        "--fill",
+        choices=("none", "random"),
+        default="none",
+        help="random: keep queries the margin leaves without negatives, with random corpus negatives",
+    )
     dt.add_argument("--temperature", type=float, default=0.05, help="0.05 = the peer's scale 20")
     dt.add_argument("--no-mask", action="store_true", help="turn false-negative masking off")
     args = parser.parse_args(argv)

@@ -17,6 +17,11 @@ Selection, for each query (all rules vectorised over blocks of queries, see :fun
 5. Sampling: ``top`` takes the best ``num_negatives`` survivors; ``random`` draws them uniformly from all
    survivors with a generator seeded by ``(seed, query index)`` (reproducible, independent of batching),
    and returns them in rank order. Queries with fewer survivors get fewer negatives (counted).
+6. Fill (``fill="random"``, off by default): a query left short (typically one whose positive the model
+   ranks low, so every nearby candidate is within the margin) is topped up with documents drawn uniformly
+   from the corpus that pass every rule but the rank window and are not among its top ``range_max``
+   candidates (seeded by ``(seed, query index)``), appended after the mined ones. Easy negatives, but the
+   query stays in training instead of being dropped; counted as ``filled``.
 
 Defaults (:class:`MiningConfig`) follow NV-Retriever / NeMo Automodel's recipe: 15 negatives from the top
 100, relative margin 0.05, sampling top.
@@ -47,6 +52,8 @@ from densetune.errors import DataError, DensetuneError
 from densetune.retrieval.search import SearchConfig, search
 
 SAMPLING = ("top", "random")
+FILL = ("none", "random")
+_FILL_TRIES = 8  # random draws per missing negative before a query is left short
 SKIP_REASONS = (
     "positive",
     "query_text",
@@ -74,7 +81,9 @@ class MiningConfig:
             (None: off; 0.05 = NV-Retriever TopK-PercPos).
         max_score / min_score: drop candidates scoring above / below (None: off).
         sampling: ``top`` (hardest first) or ``random`` (uniform among the survivors, seeded).
-        seed: seed for ``random`` sampling.
+        seed: seed for ``random`` sampling and ``fill``.
+        fill: ``none`` (a query keeps however many negatives survived) or ``random`` (top up short queries
+            with random corpus documents outside the candidates, see the module docstring).
     """
 
     num_negatives: int = 15
@@ -86,6 +95,7 @@ class MiningConfig:
     min_score: float | None = None
     sampling: str = "top"
     seed: int = 42
+    fill: str = "none"
 
     def __post_init__(self):
         if self.num_negatives < 1:
@@ -108,6 +118,8 @@ class MiningConfig:
             raise DensetuneError(
                 f"min_score {self.min_score} is above max_score {self.max_score}: nothing could pass"
             )
+        if self.fill not in FILL:
+            raise DensetuneError(f"unknown fill {self.fill!r}; expected one of {', '.join(FILL)}")
         if self.sampling not in SAMPLING:
             raise DensetuneError(f"unknown sampling {self.sampling!r}; expected one of {', '.join(SAMPLING)}")
 
@@ -126,6 +138,8 @@ class MiningStats:
         negatives: negatives chosen in total.
         short_queries: queries that got fewer than ``requested``.
         empty_queries: queries that got none.
+        filled_queries / filled: queries topped up by ``fill="random"``, and the documents added (the
+            other counts are taken after filling).
         skipped: candidates skipped, by reason (:data:`SKIP_REASONS`), each counted under its first reason.
         positive_scores / negative_scores: scores of the positives and of the chosen negatives.
     """
@@ -135,6 +149,8 @@ class MiningStats:
     negatives: int = 0
     short_queries: int = 0
     empty_queries: int = 0
+    filled_queries: int = 0
+    filled: int = 0
     skipped: Counter = field(default_factory=Counter)
     positive_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     negative_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -147,6 +163,8 @@ class MiningStats:
             "negatives": self.negatives,
             "short_queries": self.short_queries,
             "empty_queries": self.empty_queries,
+            "filled_queries": self.filled_queries,
+            "filled": self.filled,
             "skipped": {r: int(self.skipped.get(r, 0)) for r in SKIP_REASONS},
             "positive_scores": _quantiles(self.positive_scores),
             "negative_scores": _quantiles(self.negative_scores),
@@ -157,7 +175,12 @@ class MiningStats:
         avg = self.negatives / self.queries if self.queries else 0.0
         lines = [
             f"mined {self.queries} queries: {self.requested} negatives requested, {avg:.2f} on average; "
-            f"{self.short_queries} queries got fewer ({self.empty_queries} got none)",
+            f"{self.short_queries} queries got fewer ({self.empty_queries} got none)"
+            + (
+                f"; {self.filled_queries} short queries topped up with {self.filled} random corpus negatives"
+                if self.filled_queries
+                else ""
+            ),
             "skipped candidates: "
             + ", ".join(f"{r.replace('_', ' ')} {self.skipped.get(r, 0)}" for r in SKIP_REASONS),
             f"{'scores':<10} {'n':>8} "
@@ -413,6 +436,9 @@ def mine_hard_negatives(
         )
         rows.extend(r)
         scores.extend(s)
+    if config.fill == "random":
+        _fill_random(rows, scores, config, query_emb, doc_emb, doc_canon, cand_rows, positive_rows, floor,
+                     search_config.normalize, doc_keys, qkeys, positive_keys, stats)  # fmt: skip
     got = np.array([len(r) for r in rows], dtype=np.int64)
     stats.negatives = int(got.sum())
     stats.short_queries = int((got < config.num_negatives).sum())
@@ -420,6 +446,74 @@ def mine_hard_negatives(
     stats.positive_scores = np.concatenate(pos_scores) if pos_scores else np.zeros(0, np.float32)
     stats.negative_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
     return MinedNegatives(rows, scores, pos_scores, stats)
+
+
+def _fill_random(
+    rows, scores, config, query_emb, doc_emb, doc_canon, cand_rows, positive_rows, floor, normalize,
+    doc_keys, query_keys, positive_keys, stats,
+) -> None:  # fmt: skip
+    """Top up short queries in place with random corpus rows (module docstring, step 6), scored by the model.
+
+    A drawn document must pass what a mined one passes except the rank window: not a positive, the query's
+    text, a repeat or an earlier-ranked candidate (ranks below ``range_max``), and the score filters.
+    """
+    n_docs = doc_emb.shape[0]
+    keys = None
+    if doc_keys is not None:
+        keys = np.asarray(doc_keys, dtype=np.int64)
+        keys = keys[:, None] if keys.ndim == 1 else keys
+    for i, chosen in enumerate(rows):
+        missing = config.num_negatives - len(chosen)
+        if missing <= 0:
+            continue
+        banned = {int(doc_canon[r]) for r in chosen}
+        banned |= {int(doc_canon[r]) for r in cand_rows[i][: config.range_max] if r >= 0}
+        banned |= {int(doc_canon[r]) for r in positive_rows[i] if r >= 0}
+        bad_keys: set[int] = set()
+        if keys is not None:
+            bad_keys |= {int(k) for k in (positive_keys[i] if positive_keys is not None else [])}
+            if query_keys is not None:
+                bad_keys.add(int(query_keys[i]))
+            bad_keys |= {int(keys[r, 0]) for r in chosen}
+        q = _f32(query_emb[i : i + 1])[0]
+        if normalize:
+            q = q / max(float(np.linalg.norm(q)), 1e-12)
+        rng = np.random.default_rng([config.seed, i, 1])
+        added: list[int] = []
+        added_scores: list[float] = []
+        for r in rng.integers(0, n_docs, size=missing * _FILL_TRIES):
+            canon = int(doc_canon[r])
+            if canon in banned or (keys is not None and bad_keys.intersection(keys[canon].tolist())):
+                continue
+            banned.add(canon)
+            d = _f32(doc_emb[canon : canon + 1])[0]
+            if normalize:
+                d = d / max(float(np.linalg.norm(d)), 1e-12)
+            score = float(d @ q)
+            if not _passes_score_filters(score, float(floor[i]), config):
+                continue
+            if keys is not None:
+                bad_keys.add(int(keys[canon, 0]))
+            added.append(canon)
+            added_scores.append(score)
+            if len(added) == missing:
+                break
+        if added:
+            rows[i] = np.concatenate([chosen, np.array(added, dtype=np.int64)])
+            scores[i] = np.concatenate([scores[i], np.array(added_scores, dtype=np.float32)])
+            stats.filled_queries += 1
+            stats.filled += len(added)
+
+
+def _passes_score_filters(score: float, floor: float, config: MiningConfig) -> bool:
+    """The score rules of step 4 for one document (a NaN floor, unknown positive score, disables margins)."""
+    if config.absolute_margin is not None and score > floor - config.absolute_margin:
+        return False
+    if config.relative_margin is not None and score > floor - abs(floor) * config.relative_margin:
+        return False
+    if config.max_score is not None and score > config.max_score:
+        return False
+    return config.min_score is None or score >= config.min_score
 
 
 def _positive_scores(query_emb, doc_emb, positive_rows, given, normalize: bool) -> list[np.ndarray]:
@@ -746,6 +840,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--seed", type=int, default=d.seed, help=f"seed of random sampling (default: {d.seed})"
     )
     parser.add_argument(
+        "--fill",
+        choices=FILL,
+        default=d.fill,
+        help="top up queries left short with random corpus documents (default: none)",
+    )
+    parser.add_argument(
         "--with-scores", action="store_true", help="write pos_scores/neg_scores (teacher scores)"
     )
     parser.add_argument("--drop-empty", action="store_true", help="leave out examples that got no negative")
@@ -771,6 +871,7 @@ def main(args: argparse.Namespace) -> int:
         min_score=args.min_score,
         sampling=args.sampling,
         seed=args.seed,
+        fill=args.fill,
     )
     if args.with_scores and args.format != "flag":
         print(f"note: the {args.format} format cannot carry scores; use --format flag to keep them")

@@ -59,6 +59,31 @@ def test_rank_window():
     assert mined.stats.short_queries == 1 and mined.stats.empty_queries == 0
 
 
+def test_fill_random_tops_up_short_queries_outside_the_candidates():
+    """Query 0's positive scores low, so the margin leaves it nothing; fill=random keeps it in training with
+    documents from outside its candidates, seeded, scored by the model, after any mined ones."""
+    hard = [0.3, 0.299, 0.298, 0.297]  # q0d0 positive; every other q0 doc within 5% of it
+    easy = [1.0, 0.8, 0.7, 0.6, 0.5, 0.4]  # q1: plenty of negatives
+    q, d, ids = arrays([hard, easy])
+    cfg = dict(num_negatives=2, range_max=3, relative_margin=0.05)
+    positives = [["q0d0"], ["q1d0"]]
+    plain = mine_hard_negatives(q, positives, d, ids, MiningConfig(**cfg))
+    assert plain.stats.empty_queries == 1 and plain.stats.filled == 0
+    mined = mine_hard_negatives(q, positives, d, ids, MiningConfig(**cfg, fill="random", seed=3))
+    got = names(mined, ids)
+    assert len(got) == 2 and len(set(got)) == 2
+    retrieved = {"q0d0", "q0d1", "q0d2", "q0d3"}  # q0's top candidates (every q0 doc) are never a fill
+    assert not set(got) & retrieved and all(n.startswith("q1") for n in got)
+    np.testing.assert_allclose(mined.scores[0], 0.0)  # q1 documents score 0 for query 0
+    assert names(mined, ids, 1) == names(plain, ids, 1)  # queries that were not short are untouched
+    assert (mined.stats.filled_queries, mined.stats.filled, mined.stats.empty_queries) == (1, 2, 0)
+    assert "topped up with 2 random corpus negatives" in mined.stats.summary()
+    again = mine_hard_negatives(q, positives, d, ids, MiningConfig(**cfg, fill="random", seed=3))
+    assert names(again, ids) == got
+    with pytest.raises(DensetuneError, match="fill"):
+        MiningConfig(fill="bm25")
+
+
 def test_absolute_margin():
     scores = [0.8, 0.75, 0.71, 0.7, 0.65, 0.5]
     mined, ids = run(MiningConfig(num_negatives=3, absolute_margin=0.1, relative_margin=None), scores)

@@ -6,7 +6,8 @@ Steps (each writes plain files under ``--out``, so any one can be inspected or r
    :mod:`densetune.data.pydocs` (built once, deterministic for a Python version).
 2. baseline: encode the corpus and the test queries with the base model, search, evaluate.
 3. mine: hard negatives for the train queries from the baseline's corpus embeddings (top 100, positive-aware
-   relative margin 0.05 as NV-Retriever, a pool of ``--pool`` per query).
+   relative margin 0.05 as NV-Retriever, a pool of ``--pool`` per query); a query the margin leaves short
+   is topped up with random corpus negatives (``--fill random``, the default), so every train query trains.
 4. train: contrastive fine-tuning with in-batch + hard negatives, false-negative masking, negatives re-drawn
    from the mined pool each epoch, no duplicate document in a batch.
 5. evaluate the fine-tuned model on the same test queries and write ``report.md`` with PNG plots.
@@ -88,6 +89,7 @@ def run_quickstart(
     batch_size: int = 16,
     negatives: int = 3,
     pool: int = 15,
+    fill: str = "random",
     lr: float = 5e-5,
     max_length: int = 96,
     seed: int = 42,
@@ -135,11 +137,12 @@ def run_quickstart(
         corpus_embeddings=out / "baseline",
         fmt="flag",
         config=MiningConfig(
-            num_negatives=pool, range_max=100, relative_margin=0.05, sampling="top", seed=seed
+            num_negatives=pool, range_max=100, relative_margin=0.05, sampling="top", seed=seed, fill=fill
         ),
         split="train",
         # a query whose every candidate scores too close to its positive gets no negative: leave it out
-        # (counted in the mining summary) rather than fail the group selection later
+        # (counted in the mining summary) rather than fail the group selection later; with fill="random"
+        # it is kept with random corpus negatives instead
         drop_empty=True,
         max_length=max_length,
         device=dev,
@@ -328,6 +331,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool", type=int, default=15, help="mined negatives per query to draw from")
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--max-length", type=int, default=96, help="passage token limit")
+    parser.add_argument(
+        "--fill",
+        choices=("none", "random"),
+        default="random",
+        help="random (default): keep train queries the mining margin leaves short, with random corpus "
+        "negatives; none: leave out those that got no negative",
+    )
     parser.add_argument("--seed", type=int, default=42)
 
 
@@ -346,6 +356,7 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         negatives=args.negatives,
         pool=args.pool,
+        fill=args.fill,
         lr=args.lr,
         max_length=args.max_length,
         seed=args.seed,

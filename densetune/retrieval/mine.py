@@ -303,15 +303,10 @@ def select_negatives(
     eligible = filled & (reason == 0)
     rank = np.cumsum(eligible, axis=1) - 1
     mark((rank < config.range_min) | (rank >= config.range_max), "rank_window")
-    floor = np.asarray(positive_floor, dtype=np.float64)[:, None]
-    if config.absolute_margin is not None:
-        mark(cand_scores > floor - config.absolute_margin, "absolute_margin")
-    if config.relative_margin is not None:
-        mark(cand_scores > floor - np.abs(floor) * config.relative_margin, "relative_margin")
-    if config.max_score is not None:
-        mark(cand_scores > config.max_score, "max_score")
-    if config.min_score is not None:
-        mark(cand_scores < config.min_score, "min_score")
+    for mask, name in _score_rules(
+        cand_scores, np.asarray(positive_floor, dtype=np.float64)[:, None], config
+    ):
+        mark(mask, name)
 
     survivors = filled & (reason == 0)
     counts = np.bincount(reason[filled].ravel(), minlength=len(SKIP_REASONS) + 1)
@@ -329,6 +324,21 @@ def select_negatives(
         out_rows.append(cand_rows[i, cols].astype(np.int64))
         out_scores.append(cand_scores[i, cols].astype(np.float32))
     return out_rows, out_scores
+
+
+def _score_rules(scores: np.ndarray, floor: np.ndarray, config: MiningConfig) -> list[tuple[np.ndarray, str]]:
+    """Step 4's score filters as ``(mask of documents it drops, reason)``, in order; ``floor`` broadcasts
+    against ``scores`` (the query's lowest positive score; NaN disables the margins)."""
+    rules = []
+    if config.absolute_margin is not None:
+        rules.append((scores > floor - config.absolute_margin, "absolute_margin"))
+    if config.relative_margin is not None:
+        rules.append((scores > floor - np.abs(floor) * config.relative_margin, "relative_margin"))
+    if config.max_score is not None:
+        rules.append((scores > config.max_score, "max_score"))
+    if config.min_score is not None:
+        rules.append((scores < config.min_score, "min_score"))
+    return rules
 
 
 def _repeats(values: np.ndarray) -> np.ndarray:
@@ -475,9 +485,6 @@ def _fill_random(
             if query_keys is not None:
                 bad_keys.add(int(query_keys[i]))
             bad_keys |= {int(keys[r, 0]) for r in chosen}
-        q = _f32(query_emb[i : i + 1])[0]
-        if normalize:
-            q = q / max(float(np.linalg.norm(q)), 1e-12)
         rng = np.random.default_rng([config.seed, i, 1])
         added: list[int] = []
         added_scores: list[float] = []
@@ -486,11 +493,8 @@ def _fill_random(
             if canon in banned or (keys is not None and bad_keys.intersection(keys[canon].tolist())):
                 continue
             banned.add(canon)
-            d = _f32(doc_emb[canon : canon + 1])[0]
-            if normalize:
-                d = d / max(float(np.linalg.norm(d)), 1e-12)
-            score = float(d @ q)
-            if not _passes_score_filters(score, float(floor[i]), config):
+            score = float(_similarity(query_emb[i], doc_emb[canon : canon + 1], normalize)[0])
+            if any(bool(mask) for mask, _ in _score_rules(np.float64(score), np.float64(floor[i]), config)):
                 continue
             if keys is not None:
                 bad_keys.add(int(keys[canon, 0]))
@@ -505,17 +509,6 @@ def _fill_random(
             stats.filled += len(added)
 
 
-def _passes_score_filters(score: float, floor: float, config: MiningConfig) -> bool:
-    """The score rules of step 4 for one document (a NaN floor, unknown positive score, disables margins)."""
-    if config.absolute_margin is not None and score > floor - config.absolute_margin:
-        return False
-    if config.relative_margin is not None and score > floor - abs(floor) * config.relative_margin:
-        return False
-    if config.max_score is not None and score > config.max_score:
-        return False
-    return config.min_score is None or score >= config.min_score
-
-
 def _positive_scores(query_emb, doc_emb, positive_rows, given, normalize: bool) -> list[np.ndarray]:
     if given is not None:
         return [np.asarray(s, dtype=np.float32).reshape(-1) for s in given]
@@ -524,14 +517,20 @@ def _positive_scores(query_emb, doc_emb, positive_rows, given, normalize: bool) 
         s = np.full(len(rows), np.nan, dtype=np.float32)
         found = [j for j, r in enumerate(rows) if r >= 0]
         if found:
-            q = _f32(query_emb[i : i + 1])
-            d = _f32(doc_emb[np.array([rows[j] for j in found])])
-            if normalize:
-                q = q / max(float(np.linalg.norm(q)), 1e-12)
-                d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
-            s[found] = (d @ q[0]).astype(np.float32)
+            s[found] = _similarity(query_emb[i], doc_emb[np.array([rows[j] for j in found])], normalize)
         out.append(s)
     return out
+
+
+def _similarity(query, docs, normalize: bool) -> np.ndarray:
+    """Scores [n] of one query [H] against documents [n, H], as the search scores them (cosine when
+    ``normalize``, else inner product), in float32."""
+    q = _f32(query).reshape(-1)
+    d = _f32(docs)
+    if normalize:
+        q = q / max(float(np.linalg.norm(q)), 1e-12)
+        d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    return (d @ q).astype(np.float32)
 
 
 def _f32(x) -> np.ndarray:
@@ -767,11 +766,7 @@ def _example_positive_scores(
                 if (i, j) in where
                 else np.asarray(doc_emb[row_of[p.id]], dtype=np.float32)
             )
-            q = query_emb[i]
-            if normalize:
-                q = q / max(float(np.linalg.norm(q)), 1e-12)
-                vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
-            s[j] = float(np.dot(q, vec))
+            s[j] = _similarity(query_emb[i], vec[None, :], normalize)[0]
         scores.append(s)
     return scores
 

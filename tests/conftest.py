@@ -91,3 +91,8 @@ def shared_dataset(name: str) -> Path:
 @pytest.fixture(scope="session")
 def scifact_dir() -> Path:
     return shared_dataset("scifact")
+
+
+@pytest.fixture(scope="session")
+def nfcorpus_dir() -> Path:
+    return shared_dataset("nfcorpus")

@@ -7,7 +7,8 @@ Output formats and what each cannot carry (left out, with a warning giving count
   teacher scores, type, prompt, category, instructions, history, answers; task becomes the file stem.
 - ``flag`` (FlagEmbedding JSONL): ``query``, ``pos``, ``neg`` (documents rendered with
   :func:`~densetune.data.corpus.doc_text`, title + text), ``pos_scores``, ``neg_scores``, ``prompt``,
-  ``type``, ``category``. Loses query and document ids, separate titles, instructions, history, answers.
+  ``type``, ``category``. Loses query and document ids, separate titles, document ``extra`` fields,
+  instructions, history, answers.
 - ``tevatron`` (JSONL): ``query_id``, ``query``, ``positive_passages``/``negative_passages`` of
   ``{docid, title, text}``. Loses scores, type, prompt, category, instructions, history, answers.
 - ``corpus-id`` (NeMo Automodel corpus-id JSON): ``OUT`` plus one corpus directory per corpus beside it
@@ -71,6 +72,9 @@ _LOST = {
     ),
     "corpus-id": ("pos_scores", "neg_scores", "type", "prompt", "category", "history", "answers"),
 }
+
+# formats whose documents are plain text or fixed columns: a document's other fields cannot go along
+_DOC_EXTRA_LOST = ("flag", "corpus-id")
 
 
 def _is_set(example: Example, name: str) -> bool:
@@ -262,6 +266,8 @@ def _count(ex: Example, fmt: str, counts: Counter) -> bool:
     for name in _LOST[fmt]:
         if _is_set(ex, name):
             counts[name] += 1
+    if fmt in _DOC_EXTRA_LOST and any(d.extra for d in (*ex.positives, *ex.negatives)):
+        counts["document extra fields"] += 1
     return True
 
 

@@ -33,16 +33,30 @@ import pyarrow.parquet as pq
 from densetune.data.records import INLINE_CORPUS_ID, Doc
 from densetune.errors import DataError
 
-CACHE_VERSION = 2  # 2: examples carry `category`
+CACHE_VERSION = 3  # 2: examples carry `category`; 3: corpus rows keep their other fields in `extra`
 MERLIN_METADATA = "merlin_metadata.json"
 CORPUS_SUFFIXES = (".parquet", ".jsonl", ".json")
 # Arrow record batches are written up to this many bytes, so a column is a handful of chunks and a
 # take() over it is a few vectorised calls (pyarrow's own ChunkedArray.take is slow with many chunks).
 _BATCH_BYTES = 64 << 20
 _READ_ROWS = 65536  # rows per batch read from a corpus source
-_DOC_SCHEMA = pa.schema(
-    [("id", pa.string()), ("text", pa.string()), ("title", pa.string()), ("image", pa.string())]
-)
+# Every document table (corpora and the documents of inline training data): ``extra`` holds the source
+# row's other fields as a JSON object ("" when it has none), so nothing a corpus row carries is lost.
+DOC_SCHEMA = pa.schema([(name, pa.string()) for name in ("id", "text", "title", "image", "extra")])
+_ID_KEYS = ("_id", "id", "docid", "doc_id")
+_TEXT_KEYS = ("text", "contents")
+
+
+def extra_json(fields: dict[str, Any]) -> str:
+    """A row's other fields as the ``extra`` column's JSON text; "" when none carries a value.
+
+    Fields that are null or an empty object / list / string (BEIR's ``"metadata": {}``) carry nothing and
+    are not kept; values JSON cannot hold (dates, bytes from Parquet) are kept as their string form.
+    """
+    kept = {
+        k: v for k, v in fields.items() if v is not None and not (isinstance(v, (dict, list, str)) and not v)
+    }
+    return json.dumps(kept, ensure_ascii=False, default=str) if kept else ""
 
 
 def doc_text(doc: Doc) -> str:
@@ -409,7 +423,7 @@ class Corpus:
         metadata: the corpus' ``merlin_metadata.json`` (``class``, ``corpus_id``, and optionally
             ``query_instruction``, ``passage_instruction``, ``task_type``); ``{}`` for other sources.
         path: the directory or file it was read from.
-        table: the Arrow table (``id``, ``text``, ``title``, ``image`` and, for inline documents, ``extra``).
+        table: the Arrow table (``id``, ``text``, ``title``, ``image``, ``extra``: :data:`DOC_SCHEMA`).
 
     Example:
         >>> corpus = load_corpus("examples/corpus_id/wiki")
@@ -523,7 +537,7 @@ class Corpus:
         n = len(rows)
         titles = cols["title"].take(rows) if self._has("title") else [""] * n
         images = cols["image"].take(rows) if self._has("image") else [""] * n
-        if "extra" in cols:
+        if self._has("extra"):
             extras = [json.loads(e) if e else {} for e in cols["extra"].take(rows)]
             return [
                 Doc(id=a, text=b, title=c, image=d, extra=e)
@@ -610,7 +624,7 @@ def _normalise_batch(
     names = batch.schema.names
     errors: list[DataError] = []
     id_name = next((n for n in ("id", "_id", "docid", "doc_id") if n in names), None)
-    text_name = next((n for n in ("text", "contents") if n in names), None)
+    text_name = next((n for n in _TEXT_KEYS if n in names), None)
     if id_name is None or text_name is None:
         missing = "id" if id_name is None else "text"
         raise DataError(
@@ -650,7 +664,12 @@ def _normalise_batch(
                     )
             col = col.fill_null("")
         cols[out] = col
-    return pa.table(cols, schema=_DOC_SCHEMA), errors
+    others = [n for n in names if n not in (id_name, text_name, "title", "image")]
+    if others:
+        cols["extra"] = pa.array([extra_json(row) for row in table.select(others).to_pylist()], pa.string())
+    else:
+        cols["extra"] = pa.array([""] * table.num_rows, type=pa.string())
+    return pa.table(cols, schema=DOC_SCHEMA), errors
 
 
 def _parquet_batches(path: Path, errors: list[DataError]) -> Iterator[pa.Table]:
@@ -678,7 +697,7 @@ def _jsonl_batches(path: Path, errors: list[DataError]) -> Iterator[pa.Table]:
         records: Iterable[tuple[int | str, Any]] = ((f"record {i}", r) for i, r in enumerate(rows))
     else:
         records = ((n, x) for n, x in iter_text_lines(path))
-    buf: dict[str, list[str]] = {"id": [], "text": [], "title": [], "image": []}
+    buf: dict[str, list[str]] = {name: [] for name in DOC_SCHEMA.names}
     for where, item in records:
         if isinstance(item, DataError):
             errors.append(item)
@@ -692,24 +711,26 @@ def _jsonl_batches(path: Path, errors: list[DataError]) -> Iterator[pa.Table]:
         row = _check_doc_row(item, path, where, errors)
         if row is None:
             continue
-        for k, v in zip(("id", "text", "title", "image"), row):
+        for k, v in zip(DOC_SCHEMA.names, row):
             buf[k].append(v)
         if len(buf["id"]) >= _READ_ROWS:
-            yield pa.table(buf, schema=_DOC_SCHEMA)
+            yield pa.table(buf, schema=DOC_SCHEMA)
             buf = {k: [] for k in buf}
     if buf["id"]:
-        yield pa.table(buf, schema=_DOC_SCHEMA)
+        yield pa.table(buf, schema=DOC_SCHEMA)
 
 
 def _check_doc_row(
     item: Any, path: Path, where: int | str, errors: list[DataError]
-) -> tuple[str, str, str, str] | None:
+) -> tuple[str, str, str, str, str] | None:
+    """``(id, text, title, image, extra JSON)`` of one JSON corpus row, or None after recording its error."""
     if not isinstance(item, dict):
         errors.append(
             DataError(f"got {jtype(item)}; expected a document object with id and text", path, where)
         )
         return None
-    doc_id = next((item[k] for k in ("_id", "id", "docid", "doc_id") if k in item), None)
+    id_key = next((k for k in _ID_KEYS if k in item), None)
+    doc_id = item[id_key] if id_key is not None else None
     if doc_id is None or isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
         what = "missing" if doc_id is None else f"got {jtype(doc_id)}"
         errors.append(
@@ -721,7 +742,8 @@ def _check_doc_row(
             )
         )
         return None
-    text = item.get("text", item.get("contents"))
+    text_key = next((k for k in _TEXT_KEYS if k in item), "text")
+    text = item.get(text_key)
     if not isinstance(text, str):
         what = "missing" if text is None and "text" not in item else f"got {jtype(text)}"
         errors.append(DataError(f"{what}; expected the document text as a string", path, where, "text"))
@@ -732,7 +754,8 @@ def _check_doc_row(
         if not isinstance(value, str):
             errors.append(DataError(f"got {jtype(value)}; expected a string", path, where, name))
             return None
-    return str(doc_id), text, title, image
+    extra = extra_json({k: v for k, v in item.items() if k not in (id_key, text_key, "title", "image")})
+    return str(doc_id), text, title, image, extra
 
 
 class ArrowWriter:
@@ -802,7 +825,8 @@ def load_corpus(
         corpus_id: id for sources without metadata (default: BEIR directory name or file stem).
 
     Returns:
-        The :class:`Corpus`. Only ``id``, ``text``, ``title`` and ``image`` are kept from corpus rows.
+        The :class:`Corpus`. A row's fields other than id, text, title and image (BEIR ``metadata``,
+        extra Parquet columns) are kept in each :class:`Doc`'s ``extra`` (see :func:`extra_json`).
 
     Raises:
         DataError: missing/bad ``merlin_metadata.json``, missing columns, bad rows (every bad row is listed
@@ -834,7 +858,7 @@ def _convert_corpus(files: _CorpusFiles, out: Path) -> None:
         for f in files.data_files:
             yield from (_parquet_batches(f, errors) if f.suffix == ".parquet" else _jsonl_batches(f, errors))
 
-    n = write_table(out / "docs.arrow", batches(), _DOC_SCHEMA)
+    n = write_table(out / "docs.arrow", batches(), DOC_SCHEMA)
     table = open_table(out / "docs.arrow")
     index, duplicates = IdIndex.build(_Column(table.column("id")))
     source = files.data_files[0] if len(files.data_files) == 1 else files.path

@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 
 from densetune.data import beir
 from densetune.data.corpus import (
+    DOC_SCHEMA,
     ArrowWriter,
     Corpus,
     cache_key,
@@ -69,7 +70,6 @@ EXAMPLE_SCHEMA = pa.schema(
         ("answers", pa.list_(pa.string())),
     ]
 )
-INLINE_DOC_SCHEMA = pa.schema([(name, pa.string()) for name in ("id", "text", "title", "image", "extra")])
 _MAX_STORED_ERRORS = 1000
 COLUMNS = (*_STRING_COLUMNS, "line", "source", "n_pos", "n_neg", "n_history", "pos_ids", "neg_ids")
 
@@ -334,7 +334,7 @@ def _list_array(arrays: list[np.ndarray]) -> pa.ListArray:
 def _chunk_tables(chunk: Any, inline_start: int) -> tuple[pa.Table, pa.Table]:
     """Arrow tables (examples, inline documents) for one chunk; inline rows are numbered from ``inline_start``."""
     examples = chunk.examples
-    docs: dict[str, list[str]] = {name: [] for name in INLINE_DOC_SCHEMA.names}
+    docs: dict[str, list[str]] = {name: [] for name in DOC_SCHEMA.names}
     rows_by_list: list[list[np.ndarray]] = [[], [], []]
     next_row = inline_start
     for ex, rows in zip(examples, chunk.rows):
@@ -363,13 +363,13 @@ def _chunk_tables(chunk: Any, inline_start: int) -> tuple[pa.Table, pa.Table]:
     cols["pos_scores"] = [ex.pos_scores for ex in examples]
     cols["neg_scores"] = [ex.neg_scores for ex in examples]
     cols["answers"] = [ex.answers for ex in examples]
-    return pa.table(cols, schema=EXAMPLE_SCHEMA), pa.table(docs, schema=INLINE_DOC_SCHEMA)
+    return pa.table(cols, schema=EXAMPLE_SCHEMA), pa.table(docs, schema=DOC_SCHEMA)
 
 
 def _build_entry(path: Path, split: str, skip_invalid: bool, root: Path, out: Path, rel: str) -> None:
     stats = ReadStats()
     examples = ArrowWriter(out / "examples.arrow", EXAMPLE_SCHEMA)
-    inline = ArrowWriter(out / "docs.arrow", INLINE_DOC_SCHEMA)
+    inline = ArrowWriter(out / "docs.arrow", DOC_SCHEMA)
     corpora: dict[str, Corpus] = {}
     try:
         for chunk in iter_chunks(path, split=split, skip_invalid=skip_invalid, stats=stats, cache_dir=root):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 from pathlib import Path
@@ -341,3 +342,16 @@ def test_category_survives_reading_the_store_grouping_and_flag_output(tmp_path, 
     assert with_examples, queries
     for q in with_examples:  # each example answers with a category label, never the positive text
         assert "other headline" not in q and ("sports" in q or "politics" in q)
+
+
+def test_nfcorpus_document_metadata_survives_tevatron_and_is_counted_by_flag(nfcorpus_dir, tmp_path, caplog):
+    """Real BEIR data: NFCorpus documents carry ``metadata.url``; it reaches tevatron output, flag says it drops it."""
+    examples = list(itertools.islice(iter_examples(nfcorpus_dir, split="dev"), 20))
+    doc = examples[0].positives[0]
+    assert doc.extra["metadata"]["url"].startswith("http")
+    got = roundtrip(examples, tmp_path / "t.jsonl", "tevatron")
+    assert got[0].positives[0].extra == doc.extra
+    with caplog.at_level(logging.WARNING, logger="densetune.data"):
+        write_examples(examples, tmp_path / "f.jsonl", "flag")
+    with_extra = sum(any(d.extra for d in (*e.positives, *e.negatives)) for e in examples)
+    assert with_extra > 0 and f"document extra fields ({with_extra} examples)" in caplog.text

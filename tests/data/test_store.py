@@ -201,10 +201,39 @@ def test_corpus_parquet_and_int_ids(tmp_path, cache):
     path = tmp_path / "c.parquet"
     pq.write_table(pa.table({"id": [10, 20, 30], "text": ["a", "b", "c"], "other": [1, 2, 3]}), path)
     corpus = load_corpus(path, cache_dir=cache)
-    assert corpus.corpus_id == "c" and corpus.get("20") == Doc(id="20", text="b")
+    assert corpus.corpus_id == "c" and corpus.get("20") == Doc(id="20", text="b", extra={"other": 2})
     pq.write_table(pa.table({"id": ["1"], "body": ["x"]}), path)
     with pytest.raises(DataError, match=r"c\.parquet: text: no 'text' column \(columns: id, body\)"):
         load_corpus(path, cache_dir=cache)
+
+
+def test_corpus_rows_keep_their_other_fields(tmp_path, cache):
+    """BEIR ``metadata`` and any other row fields or Parquet columns reach Doc.extra; empty ones carry nothing."""
+    rows = [
+        {"_id": "1", "title": "T", "text": "x", "metadata": {"url": "http://a"}, "year": 1999},
+        {"_id": "2", "text": "y", "metadata": {}, "tags": [], "note": None},
+        {"docid": "3", "contents": "z", "id": "alt-3", "text": "w"},
+    ]
+    corpus = load_corpus(write_jsonl(tmp_path / "beir" / "corpus.jsonl", rows), cache_dir=cache)
+    assert corpus.get("1") == Doc(
+        id="1", text="x", title="T", extra={"metadata": {"url": "http://a"}, "year": 1999}
+    )
+    assert corpus.get("2") == Doc(id="2", text="y")
+    # the id and text fields used are the first present of _id/id/docid/doc_id and text/contents
+    assert corpus.get("alt-3") == Doc(id="alt-3", text="w", extra={"docid": "3", "contents": "z"})
+
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "text": ["p", "q"],
+            "url": ["u1", None],
+            "stamp": pa.array([0, 86_400_000_000], pa.timestamp("us")),
+        }
+    )
+    pq.write_table(table, tmp_path / "c.parquet")
+    corpus = load_corpus(tmp_path / "c.parquet", cache_dir=cache)
+    assert corpus.get("a").extra == {"url": "u1", "stamp": "1970-01-01 00:00:00"}
+    assert corpus.get("b").extra == {"stamp": "1970-01-02 00:00:00"}
 
 
 def test_corpus_large_lookup_and_many_chunks(tmp_path, cache, monkeypatch):

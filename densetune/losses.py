@@ -161,7 +161,17 @@ def contrastive_loss_from_scores(
     return F.cross_entropy(logits, targets, reduction="none")
 
 
-class ContrastiveLoss(nn.Module):
+class _ConfiguredLoss(nn.Module):
+    """A loss whose settings are one dict: the model card shows it, ``repr`` prints it."""
+
+    def get_config_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.get_config_dict().items())
+
+
+class ContrastiveLoss(_ConfiguredLoss):
     """InfoNCE over each query's positive, its hard negatives and (optionally) every other passage.
 
     For query i the candidate columns are its own group ``[positive, neg_1, ..., neg_{n-1}]`` and, with
@@ -241,9 +251,6 @@ class ContrastiveLoss(nn.Module):
             "cross_device": self.cross_device,
         }
 
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.get_config_dict().items())
-
     def per_query(
         self,
         q: Tensor,
@@ -315,7 +322,7 @@ class ContrastiveLoss(nn.Module):
         return _reduce(losses, self.cross_device)
 
 
-class DistillationLoss(nn.Module):
+class DistillationLoss(_ConfiguredLoss):
     """Distil a teacher's scores over each query's group ``[positive, neg_1, ..., neg_{n-1}]``.
 
     Args:
@@ -371,9 +378,6 @@ class DistillationLoss(nn.Module):
             "teacher_temperature": self.teacher_temperature,
             "student_temperature": self.student_temperature,
         }
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.get_config_dict().items())
 
     def per_query(
         self, student_scores: Tensor, teacher_scores: Tensor, *, group_start: Tensor | None = None

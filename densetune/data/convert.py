@@ -45,31 +45,22 @@ logger = logging.getLogger("densetune.data")
 
 WRITE_FORMATS = ("inline", "corpus-id", "flag", "tevatron")
 _CORPUS_SCHEMA = pa.schema([(n, pa.string()) for n in ("id", "text", "title", "image")])
-# what each format cannot carry: (Example attribute, test that it is set, description)
+# what each format cannot carry (Example attributes; a warning counts the examples that had them set)
+_PASSAGE_FORMATS_LOSE = (
+    "pos_scores",
+    "neg_scores",
+    "type",
+    "prompt",
+    "category",
+    "query_instruction",
+    "passage_instruction",
+    "history",
+    "answers",
+)
 _LOST = {
-    "inline": (
-        "pos_scores",
-        "neg_scores",
-        "type",
-        "prompt",
-        "category",
-        "query_instruction",
-        "passage_instruction",
-        "history",
-        "answers",
-    ),
+    "inline": _PASSAGE_FORMATS_LOSE,
+    "tevatron": _PASSAGE_FORMATS_LOSE,
     "flag": ("query_instruction", "passage_instruction", "history", "answers"),
-    "tevatron": (
-        "pos_scores",
-        "neg_scores",
-        "type",
-        "prompt",
-        "category",
-        "query_instruction",
-        "passage_instruction",
-        "history",
-        "answers",
-    ),
     "corpus-id": ("pos_scores", "neg_scores", "type", "prompt", "category", "history", "answers"),
 }
 

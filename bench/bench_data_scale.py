@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import Clock
 
 
 def peak_rss_mb() -> float:
@@ -98,9 +99,8 @@ def main() -> None:
         from densetune.data.store import load_examples
 
         rss_start = peak_rss_mb()
-        t0, c0 = time.perf_counter(), time.process_time()
-        store = load_examples(root / "train.json", cache_dir=cache)
-        cold_s, cold_cpu = time.perf_counter() - t0, time.process_time() - c0
+        with Clock() as cold:
+            store = load_examples(root / "train.json", cache_dir=cache)
         rss_cold = peak_rss_mb()
         del store
 
@@ -108,13 +108,13 @@ def main() -> None:
         store = load_examples(root / "train.json", cache_dir=cache)
         warm_s = time.perf_counter() - t0
 
-        t0, c0 = time.perf_counter(), time.process_time()
         n = docs = chars = 0
-        for ex in store.iter(resolve=True, batch_size=args.batch_size):
-            n += 1
-            docs += len(ex.positives) + len(ex.negatives)
-            chars += len(ex.positives[0].text) + sum(len(d.text) for d in ex.negatives)
-        iter_s, iter_cpu = time.perf_counter() - t0, time.process_time() - c0
+        with Clock() as iterate:
+            for ex in store.iter(resolve=True, batch_size=args.batch_size):
+                n += 1
+                docs += len(ex.positives) + len(ex.negatives)
+                chars += len(ex.positives[0].text) + sum(len(d.text) for d in ex.negatives)
+        iter_s = iterate.wall
         assert n == len(store) == args.examples and docs == n * (1 + args.negatives) and chars > 0
 
         sample = np.random.default_rng(1).integers(0, len(store), size=2000).tolist()
@@ -131,11 +131,11 @@ def main() -> None:
             ),
             ("input files on disk", f"{size_mb:,.0f} MB (generated in {gen_s:.1f} s)"),
             ("Arrow cache on disk", f"{cache_mb:,.0f} MB"),
-            ("load, cold (convert + index + cache)", f"{cold_s:.1f} s wall, {cold_cpu:.1f} s CPU"),
+            ("load, cold (convert + index + cache)", f"{cold.wall:.1f} s wall, {cold.cpu:.1f} s CPU"),
             ("load, cache hit", f"{warm_s:.3f} s"),
             (
                 "iterate all, texts resolved",
-                f"{iter_s:.1f} s wall ({iter_cpu:.1f} s CPU) = {n / iter_s:,.0f} examples/s ({docs / iter_s:,.0f} docs/s)",
+                f"{iter_s:.1f} s wall ({iterate.cpu:.1f} s CPU) = {n / iter_s:,.0f} examples/s ({docs / iter_s:,.0f} docs/s)",
             ),
             ("random access store.resolve(store[i])", f"{random_s * 1e3:.2f} ms per example"),
             ("peak RSS before loading (imports)", f"{rss_start:,.0f} MB"),

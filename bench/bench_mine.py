@@ -29,45 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-class PeakAnon:
-    """Samples RssAnon in a thread; ``peak_mb`` after ``stop()``."""
-
-    def __init__(self, every: float = 0.02):
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
-        self._thread.start()
-
-    def _run(self, every: float) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _status_kb("RssAnon"))
-            time.sleep(every)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _status_kb("RssAnon"))
-        return self.peak / 1024
-
+from bench_common import PeakAnon, print_header, print_machine, run_child, status_kb
 
 # ------------------------------------------------------------------------------------------------ data
 
@@ -162,7 +128,7 @@ def run_one(directory: Path, method: str, passages: int, threads: int | None) ->
         "passages": passages,
         "queries": len(queries),
         "seconds": elapsed,
-        "peak_rss_mb": _status_kb("VmHWM") / 1024,
+        "peak_rss_mb": status_kb("VmHWM") / 1024,
         "peak_anon_mb": anon,
         "negatives_per_query": mined.stats.negatives / len(queries),
         "threads": torch.get_num_threads(),
@@ -170,22 +136,15 @@ def run_one(directory: Path, method: str, passages: int, threads: int | None) ->
 
 
 def spawn(directory: Path, method: str, passages: int, threads: int | None) -> dict:
-    cmd = [
-        sys.executable,
+    return run_child(
         __file__,
-        "--dir",
-        str(directory),
-        "--child",
+        directory,
         method,
+        threads,
         "--child-passages",
         str(passages),
-    ]
-    if threads:
-        cmd += ["--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    if out.returncode != 0:
-        raise SystemExit(f"{method} on {passages} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        what=f"{method} on {passages}",
+    )
 
 
 def main() -> None:
@@ -210,7 +169,7 @@ def main() -> None:
     print(
         f"data: {directory} ({args.passages} x {args.dim} float16, {args.queries} queries), {time.perf_counter() - t:.0f}s"
     )
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    print_machine()
     rows = [spawn(directory, "naive", args.baseline_passages, args.threads)]
     rows.append(spawn(directory, "chunked", args.baseline_passages, args.threads))
     if not args.skip_large and args.passages > args.baseline_passages:
@@ -222,8 +181,7 @@ def main() -> None:
 
     print()
     header = f"{'method':<20} {'passages':>10} {'queries':>8} {'time s':>8} {'peak RSS MB':>12} {'peak anon MB':>13} {'neg/query':>10}"
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     names = {"naive": "naive full matrix", "chunked": "densetune chunked"}
     for r in rows:
         print(

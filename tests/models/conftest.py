@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import save_tiny_bert, save_tiny_llama
 
 
 @pytest.fixture(autouse=True)
@@ -18,44 +19,10 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_llama_dir(smollm2_dir, tmp_path_factory) -> str:
     """Random 2-layer Llama (hidden 32) with SmolLM2's real tokenizer: decoder features in milliseconds."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
-
-    out = tmp_path_factory.mktemp("tiny_llama")
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), smollm2_dir)
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(minilm_path, tmp_path_factory) -> str:
     """Random 2-layer BERT (hidden 32, dropout 0.1) with MiniLM's real WordPiece tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("tiny_bert")
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), minilm_path, heads=4)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import save_tiny_bert, save_tiny_llama
 
 from densetune.data.records import Doc, Group
 from densetune.models.crossencoder import (
@@ -30,23 +31,7 @@ PASSAGES = [
 
 def make_tiny_encoder(out: Path, tokenizer_dir: str, *, head: bool = True) -> str:
     """2-layer hidden-32 random BERT (seeded) with the MiniLM tokenizer; ``head=False``: no reranker head."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(config) if head else BertModel(config)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_tiny_bert(out, tokenizer_dir, num_labels=1, head="classifier" if head else "pooler")
 
 
 @pytest.fixture(scope="module")
@@ -62,26 +47,14 @@ def tiny_encoder(tiny_encoder_dir) -> CrossEncoder:
 @pytest.fixture(scope="module")
 def tiny_decoder_dir(tmp_path_factory, smollm2_dir) -> str:
     """A 2-layer hidden-32 random Llama with the SmolLM2 tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+    return save_tiny_llama(
+        tmp_path_factory.mktemp("tiny_llama"),
+        smollm2_dir,
+        max_positions=256,
+        causal_lm=True,
+        pad_token=False,
         tie_word_embeddings=True,
     )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("tiny_llama")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
 
 
 def groups(n: int = 3, scores: bool = False) -> list[Group]:

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from tiny_models import save_tiny_bert
 
 
 class StubEncoder:
@@ -102,23 +103,7 @@ def beir_dir(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="module")
 def reranker_dir(tmp_path_factory, minilm_path) -> str:
     """A 2-layer hidden-32 random BERT reranker (seeded) with the MiniLM tokenizer (score and rerank tests)."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("reranker")
-    BertForSequenceClassification(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_tiny_bert(tmp_path_factory.mktemp("reranker"), minilm_path, num_labels=1, head="classifier")
 
 
 @pytest.fixture(autouse=True)

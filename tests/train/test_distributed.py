@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from transformers import BertConfig, BertModel
+from tiny_models import tiny_biencoder
 
 from densetune.losses import ContrastiveLoss, DistillationLoss, RetrievalObjective, loss_inputs
-from densetune.models.biencoder import BiEncoder, BiEncoderConfig
+from densetune.models.biencoder import BiEncoder
 
 N_QUERIES, N_PASSAGES = 6, 3
 
@@ -32,18 +32,7 @@ SCENARIOS = {
 
 
 def tiny_bert() -> BiEncoder:
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        hidden_dropout_prob=0.0,  # k ranks draw other dropout masks than one process would
-        attention_probs_dropout_prob=0.0,
-    )
-    return BiEncoder(BertModel(config), tokenizer=None, config=BiEncoderConfig(pooling="mean"))
+    return tiny_biencoder(dropout=0.0)  # k ranks draw other dropout masks than one process would
 
 
 def global_batch() -> dict:

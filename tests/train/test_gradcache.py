@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from tiny_models import tiny_biencoder
 
 from densetune.losses import ContrastiveLoss, DistillationLoss, RetrievalObjective, loss_inputs
-from densetune.models.biencoder import BiEncoder, BiEncoderConfig
+from densetune.models.biencoder import BiEncoder
 from densetune.train.gradcache import _plan, grad_cache_step
 
 
@@ -20,18 +20,7 @@ def one_thread():
 
 
 def tiny_bert(dropout: float, seed: int = 0) -> BiEncoder:
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    return BiEncoder(BertModel(config), tokenizer=None, config=BiEncoderConfig(pooling="mean"))
+    return tiny_biencoder(dropout=dropout, seed=seed)
 
 
 def random_batch(n_queries: int = 6, n_passages: int = 3, seed: int = 1) -> dict:

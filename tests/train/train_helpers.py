@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from tiny_models import save_tiny_bert
 
 WORDS = (
     "protein cell gene cancer virus vaccine brain heart drug dose trial mouse blood liver immune "
@@ -17,24 +18,7 @@ WORDS = (
 
 def make_tiny_bert(out: Path, tokenizer_dir: str, dropout: float) -> str:
     """A 2-layer, hidden-32 random BERT saved with the MiniLM tokenizer (seeded: the same every time)."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        hidden_dropout_prob=dropout,
-        attention_probs_dropout_prob=dropout,
-    )
-    torch.manual_seed(0)
-    BertModel(config, add_pooling_layer=False).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return str(out)
+    return save_tiny_bert(out, tokenizer_dir, dropout=dropout, head="none")
 
 
 def make_inline_data(path: Path, n_records: int, n_negatives: int = 4, seed: int = 0) -> Path:

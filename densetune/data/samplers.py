@@ -208,6 +208,25 @@ class _Report:
         self.trimmed_examples += len(batch) - keep
         return batch[:keep]
 
+    def last_batch(self, tail: np.ndarray, donors: np.ndarray, drop: bool) -> np.ndarray:
+        """The incomplete last global batch of a pool cut into equal batches: dropped or fitted to the ranks.
+
+        Args:
+            tail: the examples left over after the pool's full global batches (may be empty).
+            donors: the pool's examples in full batches, best pads first (see :meth:`fit_to_ranks`).
+            drop: drop a non-empty ``tail`` (counted as one dropped batch) instead of keeping it.
+
+        Returns:
+            The batch to keep: ``tail`` fitted to the ranks, or empty when ``tail`` is empty or dropped.
+        """
+        if not len(tail):
+            return tail
+        if drop:
+            self.dropped_batches += 1
+            self.dropped_batch_examples += len(tail)
+            return tail[:0]
+        return self.fit_to_ranks(tail, donors)
+
     def log(self, sampler: str, epoch: int) -> None:
         head = f"{sampler}, epoch {epoch}:"
         shape = (
@@ -623,7 +642,63 @@ def _no_duplicate_batches(
 # Samplers
 
 
-class RandomBatchSampler(Sampler[list[int]]):
+class _ShardedBatchSampler(Sampler[list[int]]):
+    """The settings and the sampler protocol every sampler here shares; epochs are kept by a held _ShardedEpochs.
+
+    A subclass's ``__init__`` checks its leading arguments, calls ``super().__init__(batch_size, seed)``,
+    checks the rest, then calls :meth:`_shard` (rank and world size) and ends with :meth:`_start_epochs`; it
+    plans an epoch in :meth:`_plan`. The order of the checks decides which error a call with several bad
+    arguments gets, so each subclass keeps its own.
+    """
+
+    def __init__(self, batch_size: int, seed: int):
+        super().__init__()
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        self.seed = _check_int("seed", seed, 0)
+
+    def _shard(self, rank: int | None, world_size: int | None) -> None:
+        """Resolve this rank and the number of ranks; the global batch is ``batch_size`` per rank."""
+        self.rank, self.world_size = _resolve_rank(rank, world_size)
+        self.global_batch_size = self.batch_size * self.world_size
+
+    def _start_epochs(self, config: dict[str, Any]) -> None:
+        """Hold the epoch bookkeeping; ``config`` is every setting and data digest the plan depends on."""
+        self._epochs = _ShardedEpochs(
+            type(self).__name__, self._plan, rank=self.rank, world_size=self.world_size, config=config
+        )
+
+    def _plan(self, epoch: int) -> tuple[_Plan, _Report]:
+        """The global batches of ``epoch`` and what planning them dropped or repeated."""
+        raise NotImplementedError
+
+    @property
+    def epoch(self) -> int:
+        return self._epochs.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch the next iteration plans (keeps a loaded resume position for the same epoch)."""
+        self._epochs.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return self._epochs.iterate()
+
+    def __len__(self) -> int:
+        return len(self._epochs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, batches yielded so far this epoch, and the settings they depend on (same on all ranks)."""
+        return self._epochs.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Resume: the next iteration yields the batches of the saved epoch not yet yielded.
+
+        Raises:
+            ValueError: the state is not this sampler's, or was built with other settings or data.
+        """
+        self._epochs.load_state_dict(state_dict)
+
+
+class RandomBatchSampler(_ShardedBatchSampler):
     """Shuffled batches over ``range(num_examples)``, sharded over ranks.
 
     Each epoch is a permutation from ``(seed, epoch)`` cut into global batches of ``batch_size * world_size``;
@@ -658,13 +733,10 @@ class RandomBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         world_size: int | None = None,
     ):
-        super().__init__()
         self.num_examples = _check_int("num_examples", num_examples, 0)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
+        super().__init__(batch_size, seed)
         self.drop_last = bool(drop_last)
-        self.rank, self.world_size = _resolve_rank(rank, world_size)
-        self.global_batch_size = self.batch_size * self.world_size
+        self._shard(rank, world_size)
         config = {
             "num_examples": self.num_examples,
             "batch_size": self.batch_size,
@@ -672,51 +744,18 @@ class RandomBatchSampler(Sampler[list[int]]):
             "seed": self.seed,
             "drop_last": self.drop_last,
         }
-        self._epochs = _ShardedEpochs(
-            type(self).__name__, self._plan, rank=self.rank, world_size=self.world_size, config=config
-        )
+        self._start_epochs(config)
 
     def _plan(self, epoch: int) -> tuple[_Plan, _Report]:
         n, size = self.num_examples, self.global_batch_size
         report = _Report(n, size, self.world_size)
         perm = _rng(self.seed, epoch, _SHUFFLE).permutation(n)
         cut = n - n % size
-        tail = perm[cut:]
-        if len(tail) and self.drop_last:
-            report.dropped_batches, report.dropped_batch_examples = 1, len(tail)
-            tail = tail[:0]
-        elif len(tail):
-            tail = report.fit_to_ranks(tail, perm[:cut])
+        tail = report.last_batch(perm[cut:], perm[:cut], self.drop_last)
         return _Plan.uniform(perm[:cut].reshape(-1, size), tail), report
 
-    @property
-    def epoch(self) -> int:
-        return self._epochs.epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch the next iteration plans (keeps a loaded resume position for the same epoch)."""
-        self._epochs.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return self._epochs.iterate()
-
-    def __len__(self) -> int:
-        return len(self._epochs)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Epoch, batches yielded so far this epoch, and the settings they depend on (same on all ranks)."""
-        return self._epochs.state_dict()
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Resume: the next iteration yields the batches of the saved epoch not yet yielded.
-
-        Raises:
-            ValueError: the state is not this sampler's, or was built with other settings or data.
-        """
-        self._epochs.load_state_dict(state_dict)
-
-
-class LengthBucketBatchSampler(Sampler[list[int]]):
+class LengthBucketBatchSampler(_ShardedBatchSampler):
     """Shuffled batches of similar lengths (less padding), sharded over ranks.
 
     Each epoch: shuffle all indices; cut the permutation into mega-buckets of
@@ -749,16 +788,13 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         world_size: int | None = None,
     ):
-        super().__init__()
         self.lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
         if len(self.lengths) and self.lengths.min() < 0:
             raise ValueError(f"lengths must be >= 0; lengths[{int(np.argmin(self.lengths))}] is negative")
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
+        super().__init__(batch_size, seed)
         self.bucket_size_multiplier = _check_int("bucket_size_multiplier", bucket_size_multiplier, 1)
         self.drop_last = bool(drop_last)
-        self.rank, self.world_size = _resolve_rank(rank, world_size)
-        self.global_batch_size = self.batch_size * self.world_size
+        self._shard(rank, world_size)
         config = {
             "num_examples": len(self.lengths),
             "batch_size": self.batch_size,
@@ -768,9 +804,7 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
             "drop_last": self.drop_last,
             "data_digest": _digest(self.lengths),
         }
-        self._epochs = _ShardedEpochs(
-            type(self).__name__, self._plan, rank=self.rank, world_size=self.world_size, config=config
-        )
+        self._start_epochs(config)
 
     def _plan(self, epoch: int) -> tuple[_Plan, _Report]:
         n, size = len(self.lengths), self.global_batch_size
@@ -781,44 +815,13 @@ class LengthBucketBatchSampler(Sampler[list[int]]):
         ordered = perm[np.lexsort((self.lengths[perm], bucket))]
         cut = n - n % size
         full = ordered[:cut].reshape(-1, size)[rng.permutation(cut // size)]
-        tail = ordered[cut:]
-        if len(tail) and self.drop_last:
-            report.dropped_batches, report.dropped_batch_examples = 1, len(tail)
-            tail = tail[:0]
-        elif len(tail):
-            # Pad with the tail's neighbours in length: the examples just before it in sorted order.
-            tail = report.fit_to_ranks(tail, ordered[:cut][::-1])
+        # Pad with the tail's neighbours in length: the examples just before it in sorted order.
+        tail = report.last_batch(ordered[cut:], ordered[:cut][::-1], self.drop_last)
         # The smaller batch takes a random place among the shuffled full ones.
         return _Plan.uniform(full, tail, int(rng.integers(len(full) + 1))), report
 
-    @property
-    def epoch(self) -> int:
-        return self._epochs.epoch
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch the next iteration plans (keeps a loaded resume position for the same epoch)."""
-        self._epochs.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return self._epochs.iterate()
-
-    def __len__(self) -> int:
-        return len(self._epochs)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Epoch, batches yielded so far this epoch, and the settings they depend on (same on all ranks)."""
-        return self._epochs.state_dict()
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Resume: the next iteration yields the batches of the saved epoch not yet yielded.
-
-        Raises:
-            ValueError: the state is not this sampler's, or was built with other settings or data.
-        """
-        self._epochs.load_state_dict(state_dict)
-
-
-class NoDuplicatesBatchSampler(Sampler[list[int]]):
+class NoDuplicatesBatchSampler(_ShardedBatchSampler):
     """Shuffled batches in which no key (document id, text hash, query) appears in two examples.
 
     With in-batch negatives, an example whose positive or negative also belongs to another example of the
@@ -867,12 +870,9 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         world_size: int | None = None,
     ):
-        super().__init__()
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
+        super().__init__(batch_size, seed)
         self.drop_last = bool(drop_last)
-        self.rank, self.world_size = _resolve_rank(rank, world_size)
-        self.global_batch_size = self.batch_size * self.world_size
+        self._shard(rank, world_size)
         self._packer = _KeyPacker.from_keys(keys)
         self.num_examples = self._packer.num_examples
         config = {
@@ -883,9 +883,7 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
             "drop_last": self.drop_last,
             "data_digest": self._packer.digest(),
         }
-        self._epochs = _ShardedEpochs(
-            type(self).__name__, self._plan, rank=self.rank, world_size=self.world_size, config=config
-        )
+        self._start_epochs(config)
         _warn_hot_key(type(self).__name__, self._packer, self.num_examples, self.global_batch_size, self.rank)
 
     def _plan(self, epoch: int) -> tuple[_Plan, _Report]:
@@ -895,32 +893,6 @@ class NoDuplicatesBatchSampler(Sampler[list[int]]):
             self._packer, order, self.global_batch_size, not self.drop_last, report
         )
         return _Plan.from_batches(batches), report
-
-    @property
-    def epoch(self) -> int:
-        return self._epochs.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch the next iteration plans (keeps a loaded resume position for the same epoch)."""
-        self._epochs.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return self._epochs.iterate()
-
-    def __len__(self) -> int:
-        return len(self._epochs)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Epoch, batches yielded so far this epoch, and the settings they depend on (same on all ranks)."""
-        return self._epochs.state_dict()
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Resume: the next iteration yields the batches of the saved epoch not yet yielded.
-
-        Raises:
-            ValueError: the state is not this sampler's, or was built with other settings or data.
-        """
-        self._epochs.load_state_dict(state_dict)
 
 
 def _warn_hot_key(sampler: str, packer: _KeyPacker, num_examples: int, global_batch: int, rank: int) -> None:
@@ -935,7 +907,7 @@ def _warn_hot_key(sampler: str, packer: _KeyPacker, num_examples: int, global_ba
         )  # fmt: skip
 
 
-class SameTaskBatchSampler(Sampler[list[int]]):
+class SameTaskBatchSampler(_ShardedBatchSampler):
     """Batches in which every example of a global batch comes from one task (dataset), sharded over ranks.
 
     The densetune form of LLM-Embedder's ``SameDatasetTrainDataset`` and FlagEmbedding's
@@ -1017,14 +989,11 @@ class SameTaskBatchSampler(Sampler[list[int]]):
         rank: int | None = None,
         world_size: int | None = None,
     ):
-        super().__init__()
-        self.batch_size = _check_int("batch_size", batch_size, 1)
-        self.seed = _check_int("seed", seed, 0)
+        super().__init__(batch_size, seed)
         self.organize = _check_choice("organize", organize, ORGANIZE_METHODS)
         self.drop_last = bool(drop_last)
         self.small_task = _check_choice("small_task", small_task, SMALL_TASK_POLICIES)
-        self.rank, self.world_size = _resolve_rank(rank, world_size)
-        self.global_batch_size = self.batch_size * self.world_size
+        self._shard(rank, world_size)
 
         codes, names = _factorize(tasks)
         # Task t is names[t]; sort the names so that the task order does not depend on the file order.
@@ -1076,9 +1045,7 @@ class SameTaskBatchSampler(Sampler[list[int]]):
         if self.batch_size_by_task:
             # Only when set, so states saved before this option existed still load.
             config["batch_size_by_task"] = dict(sorted(self.batch_size_by_task.items()))
-        self._epochs = _ShardedEpochs(
-            type(self).__name__, self._plan, rank=self.rank, world_size=self.world_size, config=config
-        )
+        self._start_epochs(config)
 
     def _check_task_sizes(self, sizes: Mapping[str, int] | None) -> dict[str, int]:
         """``batch_size_by_task`` as ``{task name: size}``, every name a task and every size >= 1."""
@@ -1146,13 +1113,11 @@ class SameTaskBatchSampler(Sampler[list[int]]):
                 continue
             cut = n - n % size
             batches = list(members[:cut].reshape(-1, size))
-            tail = members[cut:]
-            if len(tail) and not small and self.drop_last:
-                report.dropped_batches += 1
-                report.dropped_batch_examples += len(tail)
-            elif len(tail):
-                # Pads come from the task's own full batches; a small task has none, so it is trimmed.
-                batches.append(report.fit_to_ranks(tail, members[:cut]))
+            # Pads come from the task's own full batches; a small task has none, so it is trimmed. A small
+            # task is kept or dropped by small_task (above), not by drop_last.
+            tail = report.last_batch(members[cut:], members[:cut], self.drop_last and not small)
+            if len(tail):
+                batches.append(tail)
             per_task.append(batches)
         return per_task
 
@@ -1206,34 +1171,6 @@ class SameTaskBatchSampler(Sampler[list[int]]):
             return _Plan.from_batches(_interleave_by_remaining(per_task, order_rng)), report
         batches = [b for task in per_task for b in task]
         return _Plan.from_batches([batches[i] for i in order_rng.permutation(len(batches))]), report
-
-    # --- the sampler protocol
-
-    @property
-    def epoch(self) -> int:
-        return self._epochs.epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch the next iteration plans (keeps a loaded resume position for the same epoch)."""
-        self._epochs.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return self._epochs.iterate()
-
-    def __len__(self) -> int:
-        return len(self._epochs)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Epoch, batches yielded so far this epoch, and the settings they depend on (same on all ranks)."""
-        return self._epochs.state_dict()
-
-    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Resume: the next iteration yields the batches of the saved epoch not yet yielded.
-
-        Raises:
-            ValueError: the state is not this sampler's, or was built with other settings or data.
-        """
-        self._epochs.load_state_dict(state_dict)
 
 
 def _interleave_by_remaining(per_task: list[list[np.ndarray]], rng: np.random.Generator) -> list[np.ndarray]:

@@ -229,38 +229,56 @@ def test_no_duplicates_packs_a_large_epoch():
 # SameTaskBatchSampler
 
 
+# What both SameTaskBatchSampler property tests draw.
+SAME_TASK_SETTINGS = {
+    "sizes": st.lists(st.integers(1, 50), min_size=1, max_size=5),
+    "batch_size": st.integers(1, 6),
+    "world_size": st.integers(1, 3),
+    "organize": st.sampled_from(ORGANIZE_METHODS),
+    "drop_last": st.booleans(),
+    "small_task": st.sampled_from(["keep", "drop"]),
+    "seed": st.integers(0, 100),
+}
+
+
+def same_task_epoch(
+    sizes: list[int], batch_size: int, world_size: int, by_task: dict[str, int] | None = None, **options
+) -> tuple[list[str], Callable[..., SameTaskBatchSampler], list[list[int]]]:
+    """Tasks ``t0, t1, ...`` of ``sizes`` examples, a factory of samplers over them, and one epoch's batches.
+
+    The epoch's global batches are checked: the DDP contract, one task each, and at most the task's global
+    batch plus ``world_size - 1`` pads.
+    """
+    tasks = [f"t{t}" for t, size in enumerate(sizes) for _ in range(size)]
+
+    def make(**kw):
+        return SameTaskBatchSampler(tasks, batch_size, batch_size_by_task=by_task, **options, **kw)
+
+    batches = global_batches(all_ranks(make, world_size))
+    for batch in batches:
+        names = {tasks[i] for i in batch}
+        assert len(names) == 1, "a global batch mixes tasks"
+        assert len(batch) <= (by_task or {}).get(names.pop(), batch_size) * world_size + world_size - 1
+    return tasks, make, batches
+
+
 @FAST
-@given(
-    sizes=st.lists(st.integers(1, 50), min_size=1, max_size=5),
-    batch_size=st.integers(1, 6),
-    world_size=st.integers(1, 3),
-    organize=st.sampled_from(ORGANIZE_METHODS),
-    drop_last=st.booleans(),
-    small_task=st.sampled_from(["keep", "drop"]),
-    no_duplicates=st.booleans(),
-    seed=st.integers(0, 100),
-)
+@given(**SAME_TASK_SETTINGS, no_duplicates=st.booleans())
 def test_same_task_invariants(
     sizes, batch_size, world_size, organize, drop_last, small_task, no_duplicates, seed
 ):
-    tasks = [f"t{t}" for t, size in enumerate(sizes) for _ in range(size)]
     rng = np.random.default_rng(seed)
-    keys = [[int(k) for k in rng.integers(0, 25, size=2)] for _ in tasks] if no_duplicates else None
+    keys = (
+        [[int(k) for k in rng.integers(0, 25, size=2)] for _ in range(sum(sizes))] if no_duplicates else None
+    )
     if keys is not None and organize == "random":
         return
-
-    def make(**kw):
-        return SameTaskBatchSampler(
-            tasks, batch_size, seed=seed, organize=organize, drop_last=drop_last, small_task=small_task,
-            keys=keys, **kw,
-        )  # fmt: skip
-
-    batches = global_batches(all_ranks(make, world_size))
-    size = batch_size * world_size
-    for batch in batches:
-        assert len({tasks[i] for i in batch}) == 1, "a global batch mixes tasks"
-        assert len(batch) <= size + world_size - 1
-        if keys is not None:
+    tasks, make, batches = same_task_epoch(
+        sizes, batch_size, world_size, seed=seed, organize=organize, drop_last=drop_last,
+        small_task=small_task, keys=keys,
+    )  # fmt: skip
+    if keys is not None:
+        for batch in batches:
             assert_no_shared_keys(batch, keys)
     if organize == "random":
         return
@@ -309,34 +327,15 @@ def test_same_task_batch_count_matches_the_seed():
 
 
 @FAST
-@given(
-    sizes=st.lists(st.integers(1, 50), min_size=1, max_size=5),
-    task_batch=st.lists(st.integers(1, 8), min_size=5, max_size=5),
-    batch_size=st.integers(1, 6),
-    world_size=st.integers(1, 3),
-    organize=st.sampled_from(ORGANIZE_METHODS),
-    drop_last=st.booleans(),
-    small_task=st.sampled_from(["keep", "drop"]),
-    seed=st.integers(0, 100),
-)
+@given(**SAME_TASK_SETTINGS, task_batch=st.lists(st.integers(1, 8), min_size=5, max_size=5))
 def test_same_task_batch_size_by_task_invariants(
     sizes, task_batch, batch_size, world_size, organize, drop_last, small_task, seed
 ):
-    tasks = [f"t{t}" for t, size in enumerate(sizes) for _ in range(size)]
     by_task = {f"t{t}": task_batch[t] for t in range(0, len(sizes), 2)}  # every other task has its own size
-
-    def make(**kw):
-        return SameTaskBatchSampler(
-            tasks, batch_size, seed=seed, organize=organize, drop_last=drop_last, small_task=small_task,
-            batch_size_by_task=by_task, **kw,
-        )  # fmt: skip
-
-    batches = global_batches(all_ranks(make, world_size))  # exact len, equal rank slices
-    for batch in batches:
-        names = {tasks[i] for i in batch}
-        assert len(names) == 1, "a global batch mixes tasks"
-        size = by_task.get(names.pop(), batch_size) * world_size
-        assert len(batch) <= size + world_size - 1
+    tasks, make, batches = same_task_epoch(
+        sizes, batch_size, world_size, by_task, seed=seed, organize=organize, drop_last=drop_last,
+        small_task=small_task,
+    )  # fmt: skip
     if organize == "random":
         return
     check_accounting(make(rank=0, world_size=world_size), batches, len(tasks))

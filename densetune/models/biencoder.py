@@ -53,7 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from densetune.models.lora import apply_lora, is_peft_model, merged_state_dict
+from densetune.models import loading
+from densetune.models.inference import map_longest_first
+from densetune.models.lora import apply_lora, unwrap_peft
 from densetune.models.pooling import (
     from_sentence_transformers,
     pool,
@@ -122,7 +124,7 @@ class BiEncoder(nn.Module):
         self.passage_encoder = passage_encoder
         self.tokenizer = tokenizer
         for tower in self.towers().values():
-            pooler = getattr(self._unwrapped(tower), "pooler", None)
+            pooler = getattr(unwrap_peft(tower), "pooler", None)
             if isinstance(pooler, nn.Module):
                 # BERT's pooler output is unused by embedding pooling: frozen, it holds no gradient that DDP
                 # would wait for (and it stays as loaded, so the export is complete).
@@ -135,11 +137,7 @@ class BiEncoder(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return int(self._backbone_config(self.encoder).hidden_size)
-
-    @staticmethod
-    def _backbone_config(encoder: nn.Module):
-        return encoder.get_base_model().config if is_peft_model(encoder) else encoder.config
+        return int(unwrap_peft(self.encoder).config.hidden_size)
 
     def towers(self) -> dict[str, nn.Module]:
         """{"query_encoder": ..., "passage_encoder": ...}; one entry when the backbone is shared."""
@@ -159,7 +157,7 @@ class BiEncoder(nn.Module):
         """Token ids [N, L] -> embeddings [N, H] (float32, L2-normalised when ``config.normalize``)."""
         encoder = self.encoder if (is_query or self.passage_encoder is None) else self.passage_encoder
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None and _takes_token_type_ids(self._unwrapped(encoder)):
+        if token_type_ids is not None and _takes_token_type_ids(unwrap_peft(encoder)):
             inputs["token_type_ids"] = token_type_ids
         hidden = encoder(**inputs).last_hidden_state  # [N, L, H]
         embeddings = pool(hidden, attention_mask, self.config.pooling).float()  # [N, H]
@@ -172,22 +170,18 @@ class BiEncoder(nn.Module):
 
         Queries are encoded before passages (gradient caching replays this order).
         """
-        q = p = None
-        if "q_input_ids" in batch:
-            q = self.encode(
-                batch["q_input_ids"],
-                batch["q_attention_mask"],
-                is_query=True,
-                token_type_ids=batch.get("q_token_type_ids"),
-            )
-        if "d_input_ids" in batch:
-            p = self.encode(
-                batch["d_input_ids"],
-                batch["d_attention_mask"],
-                is_query=False,
-                token_type_ids=batch.get("d_token_type_ids"),
-            )
+        q = self._encode_inputs(batch, "q_", is_query=True) if "q_input_ids" in batch else None
+        p = self._encode_inputs(batch, "d_", is_query=False) if "d_input_ids" in batch else None
         return q, p
+
+    def _encode_inputs(self, inputs: Mapping[str, Tensor], prefix: str = "", *, is_query: bool) -> Tensor:
+        """:meth:`encode` of ``{prefix}input_ids``, ``{prefix}attention_mask`` (+ ``{prefix}token_type_ids``)."""
+        return self.encode(
+            inputs[f"{prefix}input_ids"],
+            inputs[f"{prefix}attention_mask"],
+            is_query=is_query,
+            token_type_ids=inputs.get(f"{prefix}token_type_ids"),
+        )
 
     def format_text(self, text: str, *, is_query: bool) -> str:
         """Apply the query / passage prefix (``prefix + separator + text`` when the prefix is non-empty)."""
@@ -238,37 +232,21 @@ class BiEncoder(nn.Module):
         if device is not None:
             self.to(device)
         device = self.device
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
-        was_training = self.training
-        self.eval()
-        try:
-            starts = range(0, len(order), batch_size)
-            if show_progress:
-                from tqdm.auto import tqdm
 
-                starts = tqdm(starts, desc="encode", unit="batch")
-            for start in starts:
-                index = order[start : start + batch_size]
-                encoded = self.tokenize([texts[i] for i in index], is_query=is_query, max_length=max_length)
-                encoded = {k: v.to(device) for k, v in encoded.items()}
-                embeddings = self.encode(
-                    encoded["input_ids"],
-                    encoded["attention_mask"],
-                    is_query=is_query,
-                    token_type_ids=encoded.get("token_type_ids"),
-                )
-                out[torch.tensor(index, dtype=torch.long)] = embeddings.float().cpu()
-        finally:
-            self.train(was_training)
-        return out
+        def step(index: list[int]) -> Tensor:
+            encoded = self.tokenize([texts[i] for i in index], is_query=is_query, max_length=max_length)
+            return self._encode_inputs({k: v.to(device) for k, v in encoded.items()}, is_query=is_query)
+
+        out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
+        return map_longest_first(
+            self, [len(t) for t in texts], batch_size, step, out, desc="encode", show_progress=show_progress
+        )
 
     # ------------------------------------------------------------------ training helpers
     def gradient_checkpointing_enable(self) -> None:
         """Recompute activations in backward (non-reentrant, so it composes with LoRA and grad caching)."""
         for tower in self.towers().values():
-            base = tower.get_base_model() if is_peft_model(tower) else tower
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            loading.enable_gradient_checkpointing(tower)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -320,15 +298,10 @@ class BiEncoder(nn.Module):
             ValueError: for invalid option values, naming the valid ones.
         """
         import transformers
-        from transformers import AutoTokenizer
 
         path = str(name_or_path)
         saved = _read_folder_settings(path)
-        tokenizer = (
-            AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
-            if gguf_file
-            else AutoTokenizer.from_pretrained(path)
-        )
+        tokenizer = loading.load_tokenizer(path, gguf_file)
         separate_saved = not saved.get("shared", True)
         query_path = os.path.join(path, QUERY_TOWER) if separate_saved else path
         encoder = _load_backbone(
@@ -339,7 +312,7 @@ class BiEncoder(nn.Module):
             saved,
             tokenizer,
             encoder.config,
-            base_model=f"{path}/{gguf_file}" if gguf_file else path,
+            base_model=loading.source_name(path, gguf_file),
             pooling=pooling,
             normalize=normalize,
             query_prefix=query_prefix,
@@ -354,7 +327,7 @@ class BiEncoder(nn.Module):
             raise ValueError(
                 f"bidirectional=True needs transformers >= 5 (config.is_causal); found {transformers.__version__}"
             )
-        if settings.bidirectional and not _is_decoder_only(encoder.config):
+        if settings.bidirectional and not loading.is_decoder_only(encoder.config):
             raise ValueError(
                 "bidirectional=True applies to decoder-only backbones; "
                 f"{type(encoder).__name__} already attends both ways"
@@ -373,7 +346,7 @@ class BiEncoder(nn.Module):
         for tower in towers:
             _prepare_backbone(tower, tokenizer, settings)
             if gradient_checkpointing:
-                tower.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                loading.enable_gradient_checkpointing(tower)
             if lora is not None:
                 # Rows of tokens added now start untrained: let LoRA train them (only those rows).
                 tower = apply_lora(tower, lora, trainable_token_ids=added_token_ids or None)
@@ -401,18 +374,14 @@ class BiEncoder(nn.Module):
         out = Path(save_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, tower in self.towers().items():
-            target = out if self.passage_encoder is None else out / name
-            base = tower.get_base_model() if is_peft_model(tower) else tower
-            base.save_pretrained(target, state_dict=merged_state_dict(tower), safe_serialization=True)
+            loading.save_backbone(tower, out if self.passage_encoder is None else out / name)
         self.tokenizer.save_pretrained(out)
-        _write_json(out / CONFIG_NAME, asdict(self.config))
+        loading.write_json(out / CONFIG_NAME, asdict(self.config))
         if self.passage_encoder is None:
             self._write_sentence_transformers_files(out)
         (out / "README.md").write_text(self._model_card(model_card or {}), encoding="utf-8")
 
     def _write_sentence_transformers_files(self, out: Path) -> None:
-        import transformers
-
         modules = [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
@@ -427,9 +396,9 @@ class BiEncoder(nn.Module):
                 }
             )
             (out / "2_Normalize").mkdir(exist_ok=True)
-        _write_json(out / "modules.json", modules)
+        loading.write_json(out / "modules.json", modules)
         # sentence-transformers has one length limit: the passage one (queries are usually shorter).
-        _write_json(
+        loading.write_json(
             out / "sentence_bert_config.json",
             {"max_seq_length": self.config.max_passage_len, "do_lower_case": False},
         )
@@ -445,11 +414,11 @@ class BiEncoder(nn.Module):
         ):
             pooling[key] = mode == st_mode
         (out / "1_Pooling").mkdir(exist_ok=True)
-        _write_json(out / "1_Pooling" / "config.json", pooling)
-        _write_json(
+        loading.write_json(out / "1_Pooling" / "config.json", pooling)
+        loading.write_json(
             out / "config_sentence_transformers.json",
             {
-                "__version__": {"transformers": transformers.__version__, "pytorch": torch.__version__},
+                "__version__": loading.st_versions(),
                 "prompts": {
                     "query": self.format_text("", is_query=True),
                     "document": self.format_text("", is_query=False),
@@ -461,57 +430,41 @@ class BiEncoder(nn.Module):
 
     def _model_card(self, extra: Mapping[str, Any]) -> str:
         cfg = self.config
-        backbone = self._backbone_config(self.encoder)
-        lines = [
-            "---",
-            f"base_model: {json.dumps(cfg.base_model)}",
-            "library_name: sentence-transformers",
-            "pipeline_tag: sentence-similarity",
-            "tags: [sentence-transformers, feature-extraction, densetune]",
-            "---",
-            "",
-            "# densetune bi-encoder",
-            "",
-            "## Model",
-            "",
-            "| setting | value |",
-            "|---|---|",
-            f"| base model | `{cfg.base_model}` |",
-            f"| architecture | {type(self._unwrapped(self.encoder)).__name__} ({backbone.model_type}) |",
-            f"| embedding dimensions | {self.embedding_dim} |",
-            f"| pooling | {cfg.pooling} |",
-            f"| normalized | {cfg.normalize} |",
-            f"| similarity | {'cosine' if cfg.normalize else 'dot product'} |",
-            f"| towers | {'shared' if self.passage_encoder is None else 'separate query / passage'} |",
-            f"| max query / passage tokens | {cfg.max_query_len} / {cfg.max_passage_len} |",
-            f"| query prefix | {json.dumps(self.format_text('', is_query=True))} |",
-            f"| passage prefix | {json.dumps(self.format_text('', is_query=False))} |",
+        backbone = unwrap_peft(self.encoder)
+        settings: list[tuple[str, Any]] = [
+            ("architecture", f"{type(backbone).__name__} ({backbone.config.model_type})"),
+            ("embedding dimensions", self.embedding_dim),
+            ("pooling", cfg.pooling),
+            ("normalized", cfg.normalize),
+            ("similarity", "cosine" if cfg.normalize else "dot product"),
+            ("towers", "shared" if self.passage_encoder is None else "separate query / passage"),
+            ("max query / passage tokens", f"{cfg.max_query_len} / {cfg.max_passage_len}"),
+            ("query prefix", json.dumps(self.format_text("", is_query=True))),
+            ("passage prefix", json.dumps(self.format_text("", is_query=False))),
         ]
         if cfg.add_eos:
-            lines.append("| EOS appended | True |")
+            settings.append(("EOS appended", True))
         if cfg.bidirectional:
-            lines.append("| attention | bidirectional |")
+            settings.append(("attention", "bidirectional"))
         if cfg.special_tokens:
-            lines.append(f"| added tokens | {', '.join(cfg.special_tokens)} |")
-        if self.passage_encoder is None:
-            lines += [
-                "",
-                "## Usage",
-                "",
-                "```python",
-                "from sentence_transformers import SentenceTransformer",
-                "model = SentenceTransformer('PATH')",
-                "q = model.encode(['a question'], prompt_name='query')",
-                "d = model.encode(['a passage'], prompt_name='document')",
-                "```",
-            ]
-        for section, content in extra.items():
-            lines += ["", f"## {str(section).replace('_', ' ').capitalize()}", "", *_markdown(content)]
-        return "\n".join(lines) + "\n"
-
-    @staticmethod
-    def _unwrapped(tower: nn.Module) -> nn.Module:
-        return tower.get_base_model() if is_peft_model(tower) else tower
+            settings.append(("added tokens", ", ".join(cfg.special_tokens)))
+        usage = [
+            "from sentence_transformers import SentenceTransformer",
+            "model = SentenceTransformer('PATH')",
+            "q = model.encode(['a question'], prompt_name='query')",
+            "d = model.encode(['a passage'], prompt_name='document')",
+        ]
+        return loading.render_model_card(
+            base_model=cfg.base_model,
+            library_name="sentence-transformers",
+            pipeline_tag="sentence-similarity",
+            tags=["sentence-transformers", "feature-extraction", "densetune"],
+            title="densetune bi-encoder",
+            settings=settings,
+            # separate towers do not load as one sentence-transformers model
+            usage=usage if self.passage_encoder is None else None,
+            extra=extra,
+        )
 
 
 # ---------------------------------------------------------------------- helpers
@@ -524,47 +477,22 @@ def _takes_token_type_ids(model: nn.Module) -> bool:
     return cached
 
 
-def _first(*values):
-    return next(v for v in values if v is not None)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def _markdown(content: Any) -> list[str]:
-    if isinstance(content, Mapping):
-        rows = ["| key | value |", "|---|---|"]
-        for key, value in content.items():
-            shown = json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
-            rows.append(f"| {key} | {shown} |")
-        return rows
-    if isinstance(content, (list, tuple)):
-        return [f"- {item}" for item in content]
-    return [str(content)]
-
-
-def _read_json(path: str) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def _read_folder_settings(path: str) -> dict[str, Any]:
     """densetune_config.json, else what the sentence-transformers files say; {} for anything else."""
     if not os.path.isdir(path):
         return {}
     own = os.path.join(path, CONFIG_NAME)
     if os.path.isfile(own):
-        return dict(_read_json(own))
+        return dict(loading.read_json(own))
     settings: dict[str, Any] = {}
     modules_file = os.path.join(path, "modules.json")
     if not os.path.isfile(modules_file):
         return settings
-    for module in _read_json(modules_file):
+    for module in loading.read_json(modules_file):
         kind = module.get("type", "")
         if kind.endswith("Pooling"):
             settings["pooling"] = from_sentence_transformers(
-                _read_json(os.path.join(path, module["path"], "config.json"))
+                loading.read_json(os.path.join(path, module["path"], "config.json"))
             )
         elif kind.endswith("Normalize"):
             settings["normalize"] = True
@@ -578,12 +506,12 @@ def _read_folder_settings(path: str) -> dict[str, Any]:
     settings.setdefault("normalize", False)
     st_config = os.path.join(path, "sentence_bert_config.json")
     if os.path.isfile(st_config):
-        max_len = _read_json(st_config).get("max_seq_length")
+        max_len = loading.read_json(st_config).get("max_seq_length")
         if max_len:
             settings["max_query_len"] = settings["max_passage_len"] = int(max_len)
     prompts_file = os.path.join(path, "config_sentence_transformers.json")
     if os.path.isfile(prompts_file):
-        prompts = _read_json(prompts_file).get("prompts") or {}
+        prompts = loading.read_json(prompts_file).get("prompts") or {}
         settings["query_prefix"] = prompts.get("query", "")
         settings["passage_prefix"] = next(
             (prompts[k] for k in ("document", "passage", "doc") if k in prompts), ""
@@ -596,13 +524,13 @@ def _resolve_settings(
     saved: Mapping[str, Any], tokenizer, backbone_config, *, base_model: str, **explicit
 ) -> BiEncoderConfig:
     """Each setting from the argument (not None), else the folder (``saved``), else the architecture default."""
-    decoder_only = _is_decoder_only(backbone_config)
+    decoder_only = loading.is_decoder_only(backbone_config)
 
     def pick(key: str, default: Any) -> Any:
-        return _first(explicit.get(key), saved.get(key), default)
+        return loading.first_set(explicit.get(key), saved.get(key), default)
 
     pooling = resolve_pooling(pick("pooling", "last" if decoder_only else "mean"))
-    max_len = _default_max_len(tokenizer, backbone_config)
+    max_len = loading.default_max_length(tokenizer, backbone_config, _DEFAULT_MAX_LEN)
     explicit_prefix = explicit.get("query_prefix") is not None or explicit.get("passage_prefix") is not None
     return BiEncoderConfig(
         pooling=pooling,
@@ -623,86 +551,24 @@ def _resolve_settings(
     )
 
 
-def _is_decoder_only(config) -> bool:
-    """True for causal LMs without a masked-LM head (Llama, Mistral, Qwen...); False for BERT-likes."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    if getattr(config, "is_encoder_decoder", False):
-        return False
-    model_type = getattr(config, "model_type", "")
-    return (
-        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    )
-
-
-def _default_max_len(tokenizer, config) -> int:
-    limits = [
-        _DEFAULT_MAX_LEN,
-        int(getattr(tokenizer, "model_max_length", _DEFAULT_MAX_LEN) or _DEFAULT_MAX_LEN),
-    ]
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions:
-        limits.append(int(positions))
-    return min(limits)
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None):
-    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
-    if dtype not in names:
-        raise ValueError(
-            f"unknown dtype {dtype!r}: expected one of {', '.join(names)}, 'auto' or a torch.dtype"
-        )
-    return names[dtype]
-
-
 def _load_backbone(path: str, *, gguf_file: str | None, attn_implementation: str | None, dtype) -> nn.Module:
-    import transformers
     from transformers import AutoModel
 
-    kwargs: dict[str, Any] = {}
-    resolved = _resolve_dtype(dtype)
-    if resolved is None:
-        resolved = torch.float32  # master weights for training; transformers 5 would keep the file's dtype
-    kwargs["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"] = resolved
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
-    try:
-        model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
-    except (ValueError, ImportError) as err:
-        # Architectures without SDPA / FlashAttention support say so when loading: fall back to eager.
-        message = str(err).lower()
-        if attn_implementation in (None, "eager") or ("attn" not in message and "attention" not in message):
-            raise
-        model = AutoModel.from_pretrained(path, attn_implementation="eager", **kwargs)
-    if gguf_file:
-        # The GGUF weights were dequantised to float on load; drop the quantizer record so the model
-        # trains and saves as a plain float model.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+    model, _ = loading.load_backbone(
+        AutoModel,
+        path,
+        dtype=dtype,
+        # master weights for training; transformers 5 would keep the file's dtype
+        default_dtype=torch.float32,
+        gguf_file=gguf_file,
+        attn_implementation=attn_implementation,
+    )
     return model
 
 
 def _setup_tokenizer(tokenizer, settings: BiEncoderConfig) -> list[int]:
     """Pad token, padding side, special tokens, EOS. Returns the ids of tokens added to the vocabulary now."""
-    if tokenizer.pad_token is None:
-        # Decoder tokenizers often lack a pad token; padded positions are masked, so EOS is a safe stand-in.
-        if tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        elif tokenizer.unk_token is not None:
-            tokenizer.pad_token = tokenizer.unk_token
-        else:
-            raise ValueError("the tokenizer has no pad, eos or unk token to pad with")
-    tokenizer.padding_side = settings.padding_side
-    tokenizer.init_kwargs["padding_side"] = settings.padding_side  # so save_pretrained records it
+    loading.set_padding(tokenizer, settings.padding_side)
     size_before = len(tokenizer)
     if settings.special_tokens:
         tokenizer.add_tokens(list(settings.special_tokens), special_tokens=True)
@@ -735,15 +601,11 @@ def _append_eos(tokenizer) -> None:
 
 
 def _prepare_backbone(model: nn.Module, tokenizer, settings: BiEncoderConfig) -> None:
-    config = model.config
-    if hasattr(config, "use_cache"):
-        config.use_cache = False  # embedding forward passes never reuse a KV cache
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
-    if config.pad_token_id is None and tokenizer.pad_token_id is not None:
-        config.pad_token_id = tokenizer.pad_token_id
+    loading.configure_backbone(model, tokenizer)
     if settings.bidirectional:
-        config.is_causal = False
+        model.config.is_causal = False
         for module in model.modules():
             if hasattr(module, "is_causal"):
                 module.is_causal = False

@@ -65,9 +65,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# one writer of model folders' JSON and model-card tables for both model kinds
-from densetune.models.biencoder import _first, _markdown, _write_json
-from densetune.models.lora import apply_lora, is_peft_model, merged_state_dict
+from densetune.models import loading
+from densetune.models.inference import map_longest_first
+from densetune.models.lora import apply_lora, unwrap_peft
 
 __all__ = [
     "CONFIG_NAME",
@@ -268,7 +268,7 @@ class CrossEncoder(nn.Module):
         self._yes_id: int | None = None
         self._keeps_logits: bool | None = None
         if config.kind == "decoder":
-            _setup_decoder_tokenizer(tokenizer)
+            loading.set_padding(tokenizer, "left")  # the score is read at the last position
             ids = tokenizer(config.yes_token, add_special_tokens=False)["input_ids"]
             if not ids:
                 raise ValueError(f"the tokenizer gives no token for yes_token {config.yes_token!r}")
@@ -291,7 +291,7 @@ class CrossEncoder(nn.Module):
 
     def base_model(self) -> nn.Module:
         """The transformers model (unwrapped from peft)."""
-        return self.backbone.get_base_model() if is_peft_model(self.backbone) else self.backbone
+        return unwrap_peft(self.backbone)
 
     # ------------------------------------------------------------------ inputs
     def tokenize_pairs(
@@ -359,34 +359,24 @@ class CrossEncoder(nn.Module):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        order = sorted(range(len(queries)), key=lambda i: -(len(queries[i]) + len(passages[i])))
-        out = torch.empty(len(order), dtype=torch.float32)
         device = self.device
-        was_training = self.training
-        self.eval()
-        try:
-            starts = range(0, len(order), batch_size)
-            if show_progress:
-                from tqdm.auto import tqdm
 
-                starts = tqdm(starts, desc="score", unit="batch")
-            for start in starts:
-                index = order[start : start + batch_size]
-                enc = self.tokenize_pairs(
-                    [queries[i] for i in index], [passages[i] for i in index], max_length=max_length
-                )
-                scores = self({k: v.to(device) for k, v in enc.items()})
-                out[torch.tensor(index, dtype=torch.long)] = scores.float().cpu()
-        finally:
-            self.train(was_training)
-        return out
+        def step(index: list[int]) -> Tensor:
+            enc = self.tokenize_pairs(
+                [queries[i] for i in index], [passages[i] for i in index], max_length=max_length
+            )
+            return self({k: v.to(device) for k, v in enc.items()})
+
+        lengths = [len(q) + len(p) for q, p in zip(queries, passages)]
+        out = torch.empty(len(lengths), dtype=torch.float32)
+        return map_longest_first(
+            self, lengths, batch_size, step, out, desc="score", show_progress=show_progress
+        )
 
     # ------------------------------------------------------------------ training helpers
     def gradient_checkpointing_enable(self) -> None:
         """Recompute activations in backward (non-reentrant: composes with LoRA)."""
-        self.base_model().gradient_checkpointing_enable(
-            gradient_checkpointing_kwargs={"use_reentrant": False}
-        )
+        loading.enable_gradient_checkpointing(self.backbone)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -426,8 +416,6 @@ class CrossEncoder(nn.Module):
         Raises:
             ValueError: invalid option values, naming the valid ones.
         """
-        from transformers import AutoTokenizer
-
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if num_labels != 1:
@@ -436,33 +424,29 @@ class CrossEncoder(nn.Module):
         saved = _read_saved_config(path)
         if kind == "auto":
             kind = saved.get("kind") or ("decoder" if gguf_file else _detect_kind(path))
-        tokenizer = (
-            AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
-            if gguf_file
-            else AutoTokenizer.from_pretrained(path)
-        )
+        tokenizer = loading.load_tokenizer(path, gguf_file)
         backbone = _load_backbone(
             path, kind=kind, gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation
         )
         config = CrossEncoderConfig(
             kind=kind,
             max_length=int(
-                _first(max_length, saved.get("max_length"), _default_max_length(tokenizer, backbone.config))
+                loading.first_set(
+                    max_length,
+                    saved.get("max_length"),
+                    loading.default_max_length(tokenizer, backbone.config),
+                )
             ),
             prompt_template=prompt_template if prompt_template is not None else saved.get("prompt_template"),
             llm_prompt=saved.get("llm_prompt", LLM_RERANK_PROMPT),
             yes_token=saved.get("yes_token", "Yes"),
-            base_model=saved.get("base_model") or (f"{path}/{gguf_file}" if gguf_file else path),
+            base_model=saved.get("base_model") or loading.source_name(path, gguf_file),
         )
         if kind == "decoder":
-            _setup_decoder_tokenizer(tokenizer)
-        if backbone.config.pad_token_id is None and tokenizer.pad_token_id is not None:
-            # decoder sequence-classification heads find each row's last token by the pad id
-            backbone.config.pad_token_id = tokenizer.pad_token_id
-        if hasattr(backbone.config, "use_cache"):
-            backbone.config.use_cache = False
+            loading.set_padding(tokenizer, "left")  # the score is read at the last position
+        loading.configure_backbone(backbone, tokenizer)
         if gradient_checkpointing:
-            backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            loading.enable_gradient_checkpointing(backbone)
         if lora is not None:
             backbone = apply_lora(backbone, _lora_spec(backbone, lora, kind))
         return cls(backbone, tokenizer, config)
@@ -483,10 +467,9 @@ class CrossEncoder(nn.Module):
         """
         out = Path(save_dir)
         out.mkdir(parents=True, exist_ok=True)
-        base = self.base_model()
         if self.kind == "encoder":
-            base.config.sentence_transformers = {"activation_fn": _ST_IDENTITY}
-        base.save_pretrained(out, state_dict=merged_state_dict(self.backbone), safe_serialization=True)
+            self.base_model().config.sentence_transformers = {"activation_fn": _ST_IDENTITY}
+        loading.save_backbone(self.backbone, out)
         previous = self.tokenizer.model_max_length
         self.tokenizer.model_max_length = self.config.max_length
         self.tokenizer.init_kwargs["model_max_length"] = self.config.max_length
@@ -494,14 +477,12 @@ class CrossEncoder(nn.Module):
             self.tokenizer.save_pretrained(out)
         finally:
             self.tokenizer.model_max_length = previous
-        _write_json(out / CONFIG_NAME, asdict(self.config))
+        loading.write_json(out / CONFIG_NAME, asdict(self.config))
         if self.kind == "encoder":
-            import transformers
-
-            _write_json(
+            loading.write_json(
                 out / "config_sentence_transformers.json",
                 {
-                    "__version__": {"transformers": transformers.__version__, "pytorch": torch.__version__},
+                    "__version__": loading.st_versions(),
                     "activation_fn": _ST_IDENTITY,
                     "model_type": "CrossEncoder",
                     "prompts": {},
@@ -527,45 +508,36 @@ class CrossEncoder(nn.Module):
                 else f"`<bos>` + {json.dumps(cfg.prompt_template)} + `\\n{{prompt}}`"
             )
             score = f"logit of {cfg.yes_token!r} at the last position"
-        lines = [
-            "---",
-            f"base_model: {json.dumps(cfg.base_model)}",
-            "library_name: " + ("sentence-transformers" if cfg.kind == "encoder" else "transformers"),
-            "pipeline_tag: text-ranking",
-            "tags: [cross-encoder, reranker, densetune]",
-            "---",
-            "",
-            f"# {Path(cfg.base_model).name or 'densetune reranker'} reranker trained with densetune",
-            "",
-            "## Model",
-            "",
-            "| setting | value |",
-            "|---|---|",
-            f"| base model | `{cfg.base_model}` |",
-            f"| kind | {cfg.kind} ({type(base).__name__}) |",
-            f"| input | {pair_format} |",
-            f"| max tokens | {cfg.max_length} |",
-            f"| score | {score} (raw, no sigmoid) |",
+        settings: list[tuple[str, Any]] = [
+            ("kind", f"{cfg.kind} ({type(base).__name__})"),
+            ("input", pair_format),
+            ("max tokens", cfg.max_length),
+            ("score", f"{score} (raw, no sigmoid)"),
         ]
         if cfg.kind == "decoder":
-            lines.append(f"| instruction | {json.dumps(cfg.llm_prompt)} |")
-        lines += ["", "## Usage", "", "```python"]
+            settings.append(("instruction", json.dumps(cfg.llm_prompt)))
         if cfg.kind == "encoder" and cfg.prompt_template is None:
-            lines += [
+            usage = [
                 "from sentence_transformers import CrossEncoder",
                 "model = CrossEncoder('PATH')",
                 "scores = model.predict([('a question', 'a passage')])  # raw logits",
             ]
         else:
-            lines += [
+            usage = [
                 "from densetune.models.crossencoder import CrossEncoder",
                 "model = CrossEncoder.from_pretrained('PATH')",
                 "scores = model.score_pairs(['a question'], ['a passage'])",
             ]
-        lines.append("```")
-        for section, content in extra.items():
-            lines += ["", f"## {str(section).replace('_', ' ').capitalize()}", "", *_markdown(content)]
-        return "\n".join(lines) + "\n"
+        return loading.render_model_card(
+            base_model=cfg.base_model,
+            library_name="sentence-transformers" if cfg.kind == "encoder" else "transformers",
+            pipeline_tag="text-ranking",
+            tags=["cross-encoder", "reranker", "densetune"],
+            title=f"{Path(cfg.base_model).name or 'densetune reranker'} reranker trained with densetune",
+            settings=settings,
+            usage=usage,
+            extra=extra,
+        )
 
 
 # ---------------------------------------------------------------------- losses
@@ -750,20 +722,13 @@ def rows_per_query(batch: Mapping[str, Any]) -> int:
 # ---------------------------------------------------------------------- helpers
 def _read_saved_config(path: str) -> dict[str, Any]:
     file = os.path.join(path, CONFIG_NAME)
-    if not os.path.isfile(file):
-        return {}
-    with open(file, encoding="utf-8") as f:
-        return dict(json.load(f))
+    return dict(loading.read_json(file)) if os.path.isfile(file) else {}
 
 
 def _detect_kind(path: str) -> str:
     """``decoder`` for causal-LM checkpoints (architecture ``*ForCausalLM``, or a causal model type without
     a masked-LM head); ``encoder`` otherwise (sequence-classification rerankers of any backbone included)."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
 
     config = AutoConfig.from_pretrained(path)
     architectures = list(getattr(config, "architectures", None) or [])
@@ -771,24 +736,7 @@ def _detect_kind(path: str) -> str:
         return "encoder"
     if any(a.endswith("ForCausalLM") for a in architectures):
         return "decoder"
-    model_type = getattr(config, "model_type", "")
-    causal = (
-        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    )
-    return "decoder" if causal and not getattr(config, "is_encoder_decoder", False) else "encoder"
-
-
-def _resolve_dtype(dtype: str | torch.dtype | None):
-    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
-    if dtype not in names:
-        raise ValueError(
-            f"unknown dtype {dtype!r}: expected one of {', '.join(names)}, 'auto' or a torch.dtype"
-        )
-    return names[dtype]
+    return "decoder" if loading.is_decoder_only(config) else "encoder"
 
 
 def _load_backbone(
@@ -796,27 +744,19 @@ def _load_backbone(
 ) -> nn.Module:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    kwargs: dict[str, Any] = {}
-    resolved = _resolve_dtype(dtype)
-    if resolved is not None:
-        kwargs["dtype"] = resolved
-    if gguf_file:
-        kwargs["gguf_file"] = gguf_file
     if kind == "encoder":
-        loader, kwargs = AutoModelForSequenceClassification, {**kwargs, "num_labels": 1}
+        loader, head = AutoModelForSequenceClassification, {"num_labels": 1}
     else:
-        loader = AutoModelForCausalLM
-
-    def load(attn: str | None):
-        return loader.from_pretrained(path, attn_implementation=attn, output_loading_info=True, **kwargs)
-
-    try:
-        model, info = load(attn_implementation)
-    except (ValueError, ImportError) as err:
-        text = str(err).lower()
-        if attn_implementation in (None, "eager") or ("attn" not in text and "attention" not in text):
-            raise
-        model, info = load("eager")
+        loader, head = AutoModelForCausalLM, {}
+    model, info = loading.load_backbone(
+        loader,
+        path,
+        dtype=dtype,
+        default_dtype=torch.float32,  # as documented and as the bi-encoder: trainable weights in full precision
+        gguf_file=gguf_file,
+        attn_implementation=attn_implementation,
+        **head,
+    )
     mismatched = [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", ())]
     fresh = sorted({*info.get("missing_keys", ()), *mismatched})
     if kind == "encoder" and fresh and path not in _warned_fresh_head:
@@ -827,37 +767,7 @@ def _load_backbone(
             UserWarning,
             stacklevel=3,
         )
-    if gguf_file:
-        # The GGUF weights were dequantised to float on load: train and save as a plain float model.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
     return model
-
-
-def _default_max_length(tokenizer, config) -> int:
-    limits = [512]
-    tok_limit = getattr(tokenizer, "model_max_length", None)
-    if tok_limit and tok_limit < 1_000_000:
-        limits.append(int(tok_limit))
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions:
-        limits.append(int(positions))
-    return min(limits)
-
-
-def _setup_decoder_tokenizer(tokenizer) -> None:
-    """Left padding (the score is read at the last position) and a pad token (EOS when there is none)."""
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        elif tokenizer.unk_token is not None:
-            tokenizer.pad_token = tokenizer.unk_token
-        else:
-            raise ValueError("the tokenizer has no pad, eos or unk token to pad with")
-    tokenizer.padding_side = "left"
-    tokenizer.init_kwargs["padding_side"] = "left"
 
 
 def _pad_left(rows: list[list[int]], pad_id: int) -> dict[str, Tensor]:

@@ -4,6 +4,7 @@ API:
     lora_config(spec, model, *, trainable_token_ids=None) -> peft.LoraConfig
     apply_lora(model, spec, *, trainable_token_ids=None) -> peft.PeftModel
     is_peft_model(model) -> bool
+    unwrap_peft(model) -> nn.Module                 the transformers model inside a peft wrapper
     merged_state_dict(model) -> dict[str, Tensor]   plain-transformers state dict with adapters folded in
 
 ``spec`` keys (aliases in brackets): ``r`` [rank] = 16, ``alpha`` [lora_alpha] = 32, ``dropout``
@@ -100,6 +101,11 @@ def is_peft_model(model: nn.Module) -> bool:
     except ImportError:  # peft is a dependency, but keep plain models usable without it
         return False
     return isinstance(model, PeftModel)
+
+
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper; a plain model as it is."""
+    return model.get_base_model() if is_peft_model(model) else model
 
 
 def merged_state_dict(model: nn.Module) -> dict[str, Tensor]:

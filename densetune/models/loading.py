@@ -1,0 +1,235 @@
+"""Loading and saving steps that BiEncoder and CrossEncoder share: backbone, tokenizer, folder files, model card."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from densetune.models.lora import merged_state_dict, unwrap_peft
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- settings and JSON files
+def first_set(*values):
+    """The first value that is not None (an argument, else a saved setting, else a default)."""
+    return next(v for v in values if v is not None)
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def source_name(path: str, gguf_file: str | None) -> str:
+    """What a model records as its ``base_model``: the folder or hub name, or ``folder/file`` for a GGUF."""
+    return f"{path}/{gguf_file}" if gguf_file else path
+
+
+# ---------------------------------------------------------------------- backbone
+def resolve_dtype(dtype: str | torch.dtype | None):
+    """A dtype name (``bf16``, ``float32``...) -> torch dtype; None, ``"auto"`` and torch dtypes as given.
+
+    Raises:
+        ValueError: an unknown name, listing the known ones.
+    """
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(
+            f"unknown dtype {dtype!r}: expected one of {', '.join(_DTYPES)}, 'auto' or a torch.dtype"
+        )
+    return _DTYPES[dtype]
+
+
+def load_backbone(
+    loader: Any,
+    path: str,
+    *,
+    dtype: str | torch.dtype | None,
+    gguf_file: str | None,
+    attn_implementation: str | None,
+    default_dtype: torch.dtype | None = None,
+    **kwargs: Any,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``loader.from_pretrained`` (an ``AutoModel*`` class) -> (model, transformers' loading info).
+
+    Args:
+        dtype: as :func:`resolve_dtype` takes it; None: ``default_dtype``, and when that is None too,
+            transformers' own default (float32 in transformers 4, the checkpoint's dtype in 5).
+        gguf_file: a GGUF file inside ``path``: dequantised to float on load, then a plain float model.
+        attn_implementation: tried first; an architecture that rejects it is loaded with ``eager``.
+        kwargs: passed on to ``from_pretrained``.
+    """
+    import transformers
+
+    resolved = resolve_dtype(dtype)
+    if resolved is None:
+        resolved = default_dtype
+    if resolved is not None:
+        # the argument is torch_dtype in transformers 4, dtype in 5
+        kwargs["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"] = resolved
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+
+    def load(attn: str | None):
+        return loader.from_pretrained(path, attn_implementation=attn, output_loading_info=True, **kwargs)
+
+    try:
+        model, info = load(attn_implementation)
+    except (ValueError, ImportError) as err:
+        # Architectures without SDPA / FlashAttention support say so when loading: fall back to eager.
+        message = str(err).lower()
+        if attn_implementation in (None, "eager") or ("attn" not in message and "attention" not in message):
+            raise
+        model, info = load("eager")
+    if gguf_file:
+        # The GGUF weights were dequantised to float on load; drop the quantizer record so the model
+        # trains and saves as a plain float model.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model, info
+
+
+def is_decoder_only(config) -> bool:
+    """True for causal LMs without a masked-LM head (Llama, Mistral, Qwen...); False for BERT-likes."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    model_type = getattr(config, "model_type", "")
+    return (
+        model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
+
+
+def default_max_length(tokenizer, config, cap: int = 512) -> int:
+    """min(cap, the tokenizer's ``model_max_length``, the position embeddings); an unset limit is ignored."""
+    limits = [cap]
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if tok_limit:
+        limits.append(int(tok_limit))
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        limits.append(int(positions))
+    return min(limits)
+
+
+def configure_backbone(model: nn.Module, tokenizer) -> None:
+    """No KV cache, and the tokenizer's pad id in the config when the config has none."""
+    config = model.config
+    if hasattr(config, "use_cache"):
+        config.use_cache = False  # embedding and scoring passes never reuse a KV cache
+    if config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        # decoder sequence-classification heads find each row's last token by the pad id
+        config.pad_token_id = tokenizer.pad_token_id
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward; non-reentrant, so it composes with LoRA and gradient caching."""
+    unwrap_peft(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+# ---------------------------------------------------------------------- tokenizer
+def load_tokenizer(path: str, gguf_file: str | None):
+    from transformers import AutoTokenizer
+
+    if gguf_file:
+        return AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    return AutoTokenizer.from_pretrained(path)
+
+
+def set_padding(tokenizer, side: str) -> None:
+    """Pad on ``side`` (recorded so ``save_pretrained`` keeps it), with EOS (else UNK) when there is no pad token.
+
+    Raises:
+        ValueError: the tokenizer has no pad, EOS or UNK token.
+    """
+    if tokenizer.pad_token is None:
+        # Decoder tokenizers often lack a pad token; padded positions are masked, so EOS is a safe stand-in.
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            raise ValueError("the tokenizer has no pad, eos or unk token to pad with")
+    tokenizer.padding_side = side
+    tokenizer.init_kwargs["padding_side"] = side
+
+
+# ---------------------------------------------------------------------- saving
+def save_backbone(model: nn.Module, target: Path) -> None:
+    """``config.json`` + ``model.safetensors`` of the transformers model, LoRA adapters merged in."""
+    unwrap_peft(model).save_pretrained(target, state_dict=merged_state_dict(model), safe_serialization=True)
+
+
+def st_versions() -> dict[str, str]:
+    """The ``__version__`` entry of ``config_sentence_transformers.json``."""
+    import transformers
+
+    return {"transformers": transformers.__version__, "pytorch": torch.__version__}
+
+
+def render_model_card(
+    *,
+    base_model: str,
+    library_name: str,
+    pipeline_tag: str,
+    tags: Sequence[str],
+    title: str,
+    settings: Sequence[tuple[str, Any]],
+    usage: Sequence[str] | None,
+    extra: Mapping[str, Any],
+) -> str:
+    """A ``README.md``: hub front matter, a settings table (base model first), a usage snippet, then one
+    section per entry of ``extra`` (dicts as tables, lists as bullets)."""
+    lines = [
+        "---",
+        f"base_model: {json.dumps(base_model)}",
+        f"library_name: {library_name}",
+        f"pipeline_tag: {pipeline_tag}",
+        f"tags: [{', '.join(tags)}]",
+        "---",
+        "",
+        f"# {title}",
+        "",
+        "## Model",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        f"| base model | `{base_model}` |",
+        *(f"| {name} | {value} |" for name, value in settings),
+    ]
+    if usage is not None:
+        lines += ["", "## Usage", "", "```python", *usage, "```"]
+    for section, content in extra.items():
+        lines += ["", f"## {str(section).replace('_', ' ').capitalize()}", "", *_markdown(content)]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown(content: Any) -> list[str]:
+    if isinstance(content, Mapping):
+        rows = ["| key | value |", "|---|---|"]
+        for key, value in content.items():
+            shown = json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
+            rows.append(f"| {key} | {shown} |")
+        return rows
+    if isinstance(content, (list, tuple)):
+        return [f"- {item}" for item in content]
+    return [str(content)]

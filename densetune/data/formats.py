@@ -88,7 +88,8 @@ class ReadStats:
         read: examples yielded.
         skipped: invalid records skipped (``skip_invalid=True``).
         errors: the DataError of every skipped record, in file order.
-        notes: records left out for a reason that is not an error (e.g. BEIR queries without a positive).
+        notes: counts of what was read but not kept, by reason: records left out that are not errors (BEIR
+            queries without a positive), and record fields the file's format does not read.
         formats: detected format of each file read.
         corpora: size of each corpus the data refers to, by corpus id.
     """
@@ -699,6 +700,29 @@ def _tevatron(rec: _Rec, task: str) -> Example:
     )
 
 
+# The record fields each format reads; any other field is counted in ReadStats.notes (never silently lost).
+_READ_FIELDS = {
+    "nemo-inline": frozenset({"query", "question", "question_id", "query_id", "pos_doc", "neg_doc"}),
+    "gpt-embedding": frozenset({"query", "query_id", "doc_id", "pos_doc", "neg_doc"}),
+    "flag": frozenset(
+        {"query", "query_id", "pos", "neg", "pos_scores", "neg_scores", "prompt", "type", "category"}
+    ),
+    "llm-embedder": frozenset(
+        {"query", "query_id", "task", "pos", "neg", "history", "teacher_scores", "answers"}
+    ),
+    "tevatron": frozenset({"query", "query_id", "positive_passages", "negative_passages"}),
+    "nemo-corpus-id": frozenset({"question_id", "question", "query", "corpus_id", "pos_doc", "neg_doc"}),
+}
+_READ_FIELDS["sbert"] = _READ_FIELDS["nemo-inline"]
+
+
+def _note_unread(obj: dict, fmt: str, notes: Counter) -> None:
+    """Count the record's fields that ``fmt`` does not read, one note per field name."""
+    unread = obj.keys() - _READ_FIELDS[fmt]
+    for key in unread:
+        notes[f"records with field {key!r}, which the {fmt} format does not read (not kept)"] += 1
+
+
 _CONVERTERS = {
     "nemo-inline": _nemo_inline,
     "sbert": _nemo_inline,
@@ -709,7 +733,7 @@ _CONVERTERS = {
 }
 
 
-def _inline_items(path: Path, fmt: str, layout: str) -> Iterator[Example | DataError]:
+def _inline_items(path: Path, fmt: str, layout: str, notes: Counter) -> Iterator[Example | DataError]:
     task = path.parent.name if fmt == "llm-embedder" else path.stem
     convert = _CONVERTERS[fmt]
     for raw in _iter_raw(path, layout):
@@ -721,9 +745,12 @@ def _inline_items(path: Path, fmt: str, layout: str) -> Iterator[Example | DataE
             yield rec.err("", f"got {jtype(raw.obj)}; expected a JSON object (one training record)")
             continue
         try:
-            yield convert(rec, task)
+            example = convert(rec, task)
         except DataError as err:
             yield err
+            continue
+        _note_unread(raw.obj, fmt, notes)
+        yield example
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -986,7 +1013,7 @@ def _lookup_pending(
 
 
 def _corpus_id_items(
-    path: Path, corpora: dict[str, Corpus], raws: Iterator[_Raw]
+    path: Path, corpora: dict[str, Corpus], raws: Iterator[_Raw], notes: Counter
 ) -> Iterator[tuple[Example, Rows] | DataError]:
     batch: list[_Pending | DataError] = []
     for raw in raws:
@@ -996,6 +1023,7 @@ def _corpus_id_items(
         else:
             try:
                 batch.append(_corpus_id_record(rec, corpora))
+                _note_unread(raw.obj, "nemo-corpus-id", notes)
             except DataError as err:
                 batch.append(err)
         if len(batch) >= CHUNK:
@@ -1099,9 +1127,9 @@ def iter_chunks(
         if fmt == "nemo-corpus-id":
             corpora, raws = _corpus_id_stream(path, cache)
             stats.corpora.update({cid: len(c) for cid, c in corpora.items()})
-            items = _corpus_id_items(path, corpora, raws)
+            items = _corpus_id_items(path, corpora, raws, stats.notes)
         else:
-            items = _inline_items(path, fmt, layout)
+            items = _inline_items(path, fmt, layout, stats.notes)
     stats.formats[str(path)] = fmt
     chunk = _Chunk([], [], corpora)
     for item in items:

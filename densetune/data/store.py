@@ -485,6 +485,6 @@ def load_examples(
             per_file,
             store.errors[0] if store.errors else "",
         )
-    for note, count in store.notes.items():
-        logger.info("%s: %d", note, count)
+    for note, count in store.notes.items():  # data read but not kept: said out loud, never silent
+        logger.warning("%s: %d", note, count)
     return store

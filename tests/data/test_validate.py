@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from densetune import cli
 from densetune.data.formats import ReadStats, iter_examples
+from densetune.data.store import load_examples
 from densetune.data.validate import validate_paths
 from densetune.errors import DataError
 
@@ -416,3 +418,34 @@ def test_cli_validate_problems_exit_1_without_traceback(tmp_path, capsys):
     assert f"{path}:1: pos: empty list; expected at least one positive document" in captured.out.splitlines()
     assert f"{missing}: file or directory not found" in captured.out.splitlines()
     assert "Traceback" not in captured.out + captured.err
+
+
+def test_record_fields_a_format_does_not_read_are_reported(tmp_path, caplog, capsys):
+    """Nothing is dropped silently: fields outside the format are counted by validate, stats and the store."""
+    flag = lines(
+        tmp_path / "f.jsonl",
+        {"query": "q1", "pos": ["p"], "source": "web", "lang": "en"},
+        {"query": "q2", "pos": ["p"], "source": "web"},
+        {"query": "q3", "pos": ["p"]},
+    )
+    stats = ReadStats()
+    assert len(list(iter_examples(flag, stats=stats))) == 3
+    note = "records with field 'source', which the flag format does not read (not kept)"
+    assert stats.notes == {
+        note: 2,
+        "records with field 'lang', which the flag format does not read (not kept)": 1,
+    }
+
+    wiki = corpus_dir(tmp_path / "wiki")
+    data = corpus_id_json(tmp_path / "train.json", [str(wiki)], [{**REC, "score": 0.5}, REC])
+    stats = ReadStats()
+    list(iter_examples(data, stats=stats))
+    assert stats.notes == {
+        "records with field 'score', which the nemo-corpus-id format does not read (not kept)": 1
+    }
+
+    with caplog.at_level(logging.WARNING, logger="densetune.data"):
+        assert len(load_examples([flag])) == 3
+    assert f"{note}: 2" in caplog.text
+    assert cli.main(["validate", str(flag)]) == 0  # not a problem, but shown
+    assert note in capsys.readouterr().out

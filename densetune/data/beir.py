@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ class BeirData:
         path: the dataset directory.
         split: the split name.
         qrels_path: the qrels file read.
+        notes: what was read but not kept (query fields other than ``_id`` and ``text``, with counts).
     """
 
     corpus: Corpus
@@ -48,9 +49,10 @@ class BeirData:
     path: Path
     split: str
     qrels_path: Path
+    notes: Counter = field(default_factory=Counter)
 
 
-def read_queries(path: str | Path) -> dict[str, str]:
+def read_queries(path: str | Path, notes: Counter | None = None) -> dict[str, str]:
     """``{_id: text}`` from a BEIR ``queries.jsonl``.
 
     Raises:
@@ -84,6 +86,12 @@ def read_queries(path: str | Path) -> dict[str, str]:
         if qid in queries:
             raise DataError(f"duplicate query id {qid!r}; expected each _id once", path, lineno, "_id")
         queries[qid] = text
+        if notes is not None and len(obj) > 2:
+            for key, value in obj.items():
+                if key not in ("_id", "text") and value not in (None, "", {}, []):
+                    notes[
+                        f"queries with field {key!r} in {path.name}, which densetune does not read (not kept)"
+                    ] += 1
     return queries
 
 
@@ -118,13 +126,15 @@ def load_beir(directory: str | Path, split: str = "test", *, cache_dir: str | Pa
             "not a BEIR dataset directory; expected corpus.jsonl, queries.jsonl and qrels/*.tsv", directory
         )
     qpath = qrels_path(directory, split)
+    notes: Counter = Counter()
     return BeirData(
         corpus=load_corpus(directory, cache_dir=cache_dir, corpus_id=directory.name),
-        queries=read_queries(directory / "queries.jsonl"),
+        queries=read_queries(directory / "queries.jsonl", notes),
         qrels=read_qrels(qpath),
         path=directory,
         split=split,
         qrels_path=qpath,
+        notes=notes,
     )
 
 

@@ -1121,6 +1121,7 @@ def iter_chunks(
         data = beir.load_beir(path, split, cache_dir=cache)
         corpora[data.corpus.corpus_id] = data.corpus
         stats.corpora[data.corpus.corpus_id] = len(data.corpus)
+        stats.notes.update(data.notes)
         items: Iterable[Any] = beir.iter_beir_items(data, notes=stats.notes)
     else:
         fmt, layout = _detect(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from densetune.data.corpus import Corpus, iter_text_lines, jtype, load_corpus, parse_json_line
+from densetune.data.corpus import Corpus, carries_value, iter_text_lines, jtype, load_corpus, parse_json_line
 from densetune.data.records import Example
 from densetune.errors import DataError
 from densetune.retrieval.trec import Qrels, read_qrels
@@ -88,7 +88,7 @@ def read_queries(path: str | Path, notes: Counter | None = None) -> dict[str, st
         queries[qid] = text
         if notes is not None and len(obj) > 2:
             for key, value in obj.items():
-                if key not in ("_id", "text") and value not in (None, "", {}, []):
+                if key not in ("_id", "text") and carries_value(value):
                     notes[
                         f"queries with field {key!r} in {path.name}, which densetune does not read (not kept)"
                     ] += 1

@@ -53,10 +53,13 @@ def extra_json(fields: dict[str, Any]) -> str:
     Fields that are null or an empty object / list / string (BEIR's ``"metadata": {}``) carry nothing and
     are not kept; values JSON cannot hold (dates, bytes from Parquet) are kept as their string form.
     """
-    kept = {
-        k: v for k, v in fields.items() if v is not None and not (isinstance(v, (dict, list, str)) and not v)
-    }
+    kept = {k: v for k, v in fields.items() if carries_value(v)}
     return json.dumps(kept, ensure_ascii=False, default=str) if kept else ""
+
+
+def carries_value(value: Any) -> bool:
+    """False for a field that says nothing: null or an empty object / list / string (0 and false do say)."""
+    return value is not None and not (isinstance(value, (dict, list, str)) and not value)
 
 
 def doc_text(doc: Doc) -> str:

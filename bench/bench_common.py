@@ -136,15 +136,16 @@ def run_sections(
     epochs: int,
     train: dict[str, Any] | None = None,
     output: dict[str, Any] | None = None,
+    scheduler: str = "linear",
 ) -> dict[str, Any]:
     """The ``optim``, ``train``, ``eval`` and ``output`` sections of a benchmark's training recipe.
 
-    Linear schedule with 10% warm-up, ``args.max_steps`` and ``args.device``, no checkpoints, a log line
+    10% warm-up then ``scheduler`` (linear decay unless told), ``args.max_steps`` and ``args.device``, no checkpoints, a log line
     every 5 steps, no evaluation at the end and no TensorBoard; ``train`` and ``output`` add keys to those
     sections. A recipe is ``{"seed": ..., "model": ..., "data": ..., "loss": ..., **run_sections(...)}``.
     """
     return {
-        "optim": {"lr": lr, "warmup_ratio": 0.1, "scheduler": "linear"},
+        "optim": {"lr": lr, "warmup_ratio": 0.1, "scheduler": scheduler},
         "train": {
             "batch_size": batch_size,
             "epochs": epochs,

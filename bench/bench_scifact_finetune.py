@@ -124,6 +124,7 @@ def densetune_config(args: argparse.Namespace, mined: Path, out: Path) -> dict[s
             epochs=args.epochs,
             train={"progress_bar": False},
             output={"plot": False},
+            scheduler=args.scheduler,
         ),
     }
 
@@ -295,6 +296,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     dt.add_argument("--temperature", type=float, default=0.05, help="0.05 = the peer's scale 20")
     dt.add_argument("--no-mask", action="store_true", help="turn false-negative masking off")
+    dt.add_argument(
+        "--scheduler",
+        choices=("linear", "constant", "cosine"),
+        default="linear",
+        help="learning rate after the 10%% warm-up (linear decay = the peer's)",
+    )
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not args.systems or set(args.systems) - set(SYSTEMS):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from densetune.data import formats
+from densetune.data import jsonrecords
 from densetune.data.formats import ReadStats, detect_format, expand_paths, iter_examples
 from densetune.data.records import Doc, Example, text_doc_id
 from densetune.errors import DataError
@@ -437,7 +437,7 @@ def test_json_stream_across_tiny_chunks(tmp_path, monkeypatch):
     ]
     path = write_json(tmp_path / "train.json", {"corpus": [{"path": "c"}], "data": data}, indent=2)
     expected = list(iter_examples(path))
-    monkeypatch.setattr(formats._JsonStream, "CHUNK", 7)
+    monkeypatch.setattr(jsonrecords.JsonStream, "CHUNK", 7)
     assert list(iter_examples(path)) == expected
     start = (
         path.read_text(encoding="utf-8").split("\n").index('      "question_id": "3",')

@@ -21,8 +21,8 @@ _EXPORTS = {
     "BiEncoderCollator": "densetune.data.collators",
     "RetrievalBiencoderCollator": "densetune.data.collators",
     "CrossEncoderCollator": "densetune.data.collators",
-    "RetrievalDataCollator": "densetune.data.collators",
-    "SameEmbedCollator": "densetune.data.collators",
+    "RetrievalDataCollator": "densetune.data.flag_collators",
+    "SameEmbedCollator": "densetune.data.flag_collators",
     "RetrievalTrainDataset": "densetune.data.dataset",
 }
 
@@ -41,15 +41,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from densetune.data.collators import (
-        BiEncoderCollator,
-        CrossEncoderCollator,
-        RetrievalBiencoderCollator,
-        RetrievalDataCollator,
-        SameEmbedCollator,
-    )
+    from densetune.data.collators import BiEncoderCollator, CrossEncoderCollator, RetrievalBiencoderCollator
     from densetune.data.compat import RetrievalDataset, SameDatasetTrainDataset, make_retrieval_dataset
     from densetune.data.dataset import RetrievalTrainDataset
+    from densetune.data.flag_collators import RetrievalDataCollator, SameEmbedCollator
     from densetune.data.prompts import TASK_CONFIG, get_query_prompt
 
 

@@ -13,13 +13,12 @@ from densetune.data.collators import (
     BiEncoderCollator,
     CrossEncoderCollator,
     RetrievalBiencoderCollator,
-    RetrievalDataCollator,
-    SameEmbedCollator,
     _doc_id_str_to_int64,
     _unpack_doc_values,
     feature_to_group,
     group_to_features,
 )
+from densetune.data.flag_collators import RetrievalDataCollator, SameEmbedCollator
 from densetune.data.prompts import LLM_SPECIAL_TOKENS
 from densetune.data.records import Doc, Group
 
@@ -633,3 +632,15 @@ def test_symmetric_class_loss_ignores_other_groups_passages(icl_tokenizer):
     del batch["in_batch_negatives"]
     kwargs = loss_inputs(batch)
     assert loss_fn.per_query(q, moved, **kwargs)[0] > loss_fn.per_query(q, p, **kwargs)[0] + 1.0
+
+
+def test_flag_collators_still_resolve_from_their_old_module():
+    """Configs and checkpoints saved with ``_target_: densetune.data.collators.SameEmbedCollator`` still load."""
+    from densetune.config import locate
+    from densetune.data import collators, flag_collators
+
+    assert collators.SameEmbedCollator is flag_collators.SameEmbedCollator
+    assert collators.RetrievalDataCollator is flag_collators.RetrievalDataCollator
+    assert locate("densetune.data.collators.SameEmbedCollator") is SameEmbedCollator
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        collators.Nope  # noqa: B018

@@ -358,7 +358,7 @@ def test_prepare_corpus(tmp_path):
 def test_same_dataset_batches_are_one_task_and_sliced_per_process(caplog, minilm_tokenizer):
     import datasets
 
-    from densetune.data.collators import RetrievalDataCollator
+    from densetune.data.flag_collators import RetrievalDataCollator
 
     rows = [{"query": f"a{i}", "key": [f"pa{i}", "n"], "task": "a"} for i in range(10)]
     rows += [{"query": f"b{i}", "key": [f"pb{i}", "n"], "task": "b"} for i in range(7)]

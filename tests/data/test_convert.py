@@ -303,8 +303,8 @@ def test_cli_bad_arguments_exit_2(capsys):
 
 def test_category_survives_reading_the_store_grouping_and_flag_output(tmp_path, minilm_tokenizer):
     """BGE-EN-ICL's ``category`` is data: read, cached, grouped, written back, and used by ICL examples."""
-    from densetune.data.collators import SameEmbedCollator
     from densetune.data.dataset import RetrievalTrainDataset
+    from densetune.data.flag_collators import SameEmbedCollator
     from densetune.data.groups import GroupSelector
     from densetune.data.store import load_examples
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from densetune.data.corpus import Corpus, carries_value, iter_text_lines, jtype, load_corpus, parse_json_line
+from densetune.data.corpus import Corpus, carries_value, load_corpus
+from densetune.data.jsonrecords import iter_text_lines, jtype, parse_json_line
 from densetune.data.records import Example
 from densetune.errors import DataError
 from densetune.retrieval.trec import Qrels, read_qrels

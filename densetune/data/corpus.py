@@ -2,9 +2,9 @@
 
 A corpus (a NeMo corpus directory with ``merlin_metadata.json``, a BEIR ``corpus.jsonl``, or a single
 ``.jsonl`` / ``.parquet`` file of ``id, text[, title]`` rows) is converted once into an Arrow IPC file plus
-an open-addressing hash index over the ids (two ``.npy`` files), all memory-mapped. A corpus of tens of
-millions of passages then costs disk, not RAM: ``get(id)`` touches a few pages, and nothing is loaded up
-front. The conversion is cached under ``cache_dir/corpora/<key>``, keyed by the source files' paths, sizes
+an open-addressing hash index over the ids (two ``.npy`` files, :mod:`densetune.data.idindex`), all
+memory-mapped. A corpus of tens of millions of passages then costs disk, not RAM: ``get(id)`` touches a few
+pages, and nothing is loaded up front. The conversion is cached under ``cache_dir/corpora/<key>``, keyed by the source files' paths, sizes
 and modification times, so a second load takes milliseconds.
 
 Text rendering: :func:`doc_text` is the one place that turns a :class:`Doc` into the string a model sees:
@@ -17,7 +17,6 @@ import codecs
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -30,6 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from densetune.data.idindex import Column, IdIndex
+from densetune.data.jsonrecords import iter_text_lines, jtype, parse_json_line
 from densetune.data.records import INLINE_CORPUS_ID, Doc
 from densetune.errors import DataError
 
@@ -100,298 +101,6 @@ def publish_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def jtype(value: Any) -> str:
-    """JSON type name of a parsed value, for messages (``"a number (5)"``, ``"null"``)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"a boolean ({str(value).lower()})"
-    if isinstance(value, (int, float)):
-        return f"a number ({value})"
-    if isinstance(value, str):
-        return f"a string ({value[:40]!r})" if len(value) <= 40 else "a string"
-    if isinstance(value, list):
-        return f"a list of {len(value)}"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def may_hold_surrogate(raw: str) -> bool:
-    """Cheap pre-check on raw JSON text: only a ``\\uD8xx``-``\\uDFxx`` escape can decode to a lone surrogate."""
-    return "\\ud" in raw or "\\uD" in raw
-
-
-def find_lone_surrogate(value: Any, where: str = "") -> str | None:
-    """Dotted path of the first string in a parsed JSON value holding a lone surrogate (invalid Unicode)."""
-    if isinstance(value, str):
-        return where if _SURROGATE.search(value) else None
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if _SURROGATE.search(k):
-                return where or "(a key)"
-            found = find_lone_surrogate(v, f"{where}.{k}" if where else k)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            found = find_lone_surrogate(v, f"{where}[{i}]")
-            if found is not None:
-                return found
-    return None
-
-
-def parse_json_line(text: str, path: str | Path, line: int | str, expected: str) -> Any:
-    """``json.loads`` of one line with every failure as a DataError (syntax, nesting depth, invalid Unicode)."""
-    try:
-        obj = json.loads(text.rstrip())
-    except json.JSONDecodeError as err:
-        raise DataError(
-            f"invalid JSON: {err.msg} (column {err.colno}); expected {expected}", path, line
-        ) from None
-    except RecursionError:
-        raise DataError(f"invalid JSON: nested too deeply; expected {expected}", path, line) from None
-    if may_hold_surrogate(text):
-        where = find_lone_surrogate(obj)
-        if where is not None:
-            raise DataError(
-                "lone surrogate escape (\\uD800-\\uDFFF): not valid Unicode; expected valid text",
-                path,
-                line,
-                where or None,
-            )
-    return obj
-
-
-def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str | DataError]]:
-    """Yield ``(line number, text)`` for each non-blank line of a UTF-8 file, decoding line by line.
-
-    A line that is not UTF-8 yields a :class:`DataError` naming the line and byte instead of text, so a
-    reader can report it and go on. A UTF-8 byte-order mark on line 1 is dropped.
-    """
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                col = len(raw[: err.start].decode("utf-8", errors="replace")) + 1
-                yield (
-                    lineno,
-                    DataError(
-                        f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {col}); expected UTF-8 text "
-                        "(re-save the file as UTF-8)",
-                        path,
-                        lineno,
-                    ),
-                )
-                continue
-            if lineno == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            if line.strip():
-                yield lineno, line
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Id hashing and the open-addressing index (vectorised with numpy; the same hash in pure Python for one id)
-
-_FNV_OFFSET = 0xCBF29CE484222325
-_FNV_PRIME = 0x100000001B3
-_MASK64 = (1 << 64) - 1
-
-
-def hash_id(doc_id: str) -> int:
-    """64-bit FNV-1a of the UTF-8 bytes of ``doc_id`` (equal to :func:`hash_ids` element-wise)."""
-    h = _FNV_OFFSET
-    for b in doc_id.encode("utf-8"):
-        h = ((h ^ b) * _FNV_PRIME) & _MASK64
-    return h
-
-
-def hash_ids(values: pa.Array | pa.ChunkedArray | list[str]) -> np.ndarray:
-    """64-bit FNV-1a of each string, vectorised: one numpy pass per byte position, longest strings first."""
-    if isinstance(values, pa.ChunkedArray):
-        parts = [hash_ids(c) for c in values.chunks]
-        return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
-    arr = values if isinstance(values, pa.Array) else pa.array(values, type=pa.string())
-    n = len(arr)
-    if n == 0:
-        return np.zeros(0, np.uint64)
-    off_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-    bufs = arr.buffers()
-    offsets = np.frombuffer(bufs[1], dtype=off_type)[arr.offset : arr.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
-    lens = np.diff(offsets)
-    order = np.argsort(-lens, kind="stable")
-    starts = offsets[:-1][order]
-    neg_sorted = -lens[order]
-    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
-    prime = np.uint64(_FNV_PRIME)
-    for j in range(int(lens.max())):
-        count = int(np.searchsorted(neg_sorted, -j, side="left"))  # strings longer than j
-        seg = h[:count]
-        seg ^= data[starts[:count] + j]
-        seg *= prime
-    out = np.empty(n, dtype=np.uint64)
-    out[order] = h
-    return out
-
-
-class _Column:
-    """A memory-mapped Arrow column with a fast positional ``take`` (grouping rows by chunk)."""
-
-    def __init__(self, column: pa.ChunkedArray):
-        self.chunks = [c for c in column.chunks if len(c)] or [pa.array([], type=column.type)]
-        self.bounds = np.cumsum([0] + [len(c) for c in self.chunks])
-
-    def __len__(self) -> int:
-        return int(self.bounds[-1])
-
-    def take_arrow(self, rows: np.ndarray) -> pa.Array:
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(self.chunks) == 1:
-            return self.chunks[0].take(pa.array(rows))
-        which = np.searchsorted(self.bounds, rows, side="right") - 1
-        if len(rows) and (which == which[0]).all():
-            return self.chunks[which[0]].take(pa.array(rows - self.bounds[which[0]]))
-        order = np.argsort(which, kind="stable")
-        pieces = []
-        for c in np.unique(which):
-            sel = order[which[order] == c]
-            pieces.append(self.chunks[c].take(pa.array(rows[sel] - self.bounds[c])))
-        merged = pa.concat_arrays(pieces)
-        inverse = np.empty(len(rows), dtype=np.int64)
-        inverse[order] = np.arange(len(rows))
-        return merged.take(pa.array(inverse))
-
-    def take(self, rows: np.ndarray) -> list:
-        if len(rows) == 0:
-            return []
-        if len(self.chunks) > 1 and len(rows) <= 64:  # a few values: scalar access beats per-chunk takes
-            rows = np.asarray(rows, dtype=np.int64)
-            which = (np.searchsorted(self.bounds, rows, side="right") - 1).tolist()
-            local = (rows - self.bounds[which]).tolist()
-            return [self.chunks[c][i].as_py() for c, i in zip(which, local)]
-        return self.take_arrow(rows).to_pylist()
-
-
-class IdIndex:
-    """Open-addressing (linear probing) hash table from document id to row, stored as two numpy arrays.
-
-    ``slots`` (int64, a power of two at least twice the number of ids, -1 = empty) holds rows;
-    ``hashes`` (uint64, one per row) holds each row's id hash. Both are saved as ``.npy`` and memory-mapped.
-    A hit is confirmed against the id string itself, so a hash collision never returns a wrong row.
-    """
-
-    def __init__(self, slots: np.ndarray, hashes: np.ndarray, ids: _Column):
-        # Plain ndarray views of the (possibly memory-mapped) arrays: np.memmap indexing is slow.
-        self.slots = np.asarray(slots)
-        self.hashes = np.asarray(hashes)
-        self.ids = ids
-        self.mask = len(slots) - 1
-
-    @classmethod
-    def build(cls, ids: _Column) -> tuple[IdIndex, list[tuple[int, int]]]:
-        """Index every id; returns the index and ``(first row, duplicate row)`` for each repeated id."""
-        n = len(ids)
-        hashes = np.concatenate([hash_ids(c) for c in ids.chunks]) if n else np.zeros(0, np.uint64)
-        size = 1 << max(3, (2 * n - 1).bit_length())
-        mask = size - 1
-        slots = np.full(size, -1, dtype=np.int64)
-        pos = (hashes & np.uint64(mask)).astype(np.int64)
-        pending = np.arange(n, dtype=np.int64)
-        duplicates: list[tuple[int, int]] = []
-        while pending.size:
-            p = pos[pending]
-            occupant = slots[p]
-            free = occupant < 0
-            done = np.zeros(len(pending), dtype=bool)
-            same = ~free & (hashes[np.maximum(occupant, 0)] == hashes[pending])
-            if same.any():
-                idx = np.flatnonzero(same)
-                equal = np.asarray(
-                    pc.equal(ids.take_arrow(pending[idx]), ids.take_arrow(occupant[idx])).to_numpy(
-                        zero_copy_only=False
-                    )
-                )
-                for k in idx[equal]:
-                    duplicates.append((int(occupant[k]), int(pending[k])))
-                done[idx[equal]] = True
-            free_idx = np.flatnonzero(free)
-            _, first = np.unique(p[free_idx], return_index=True)  # lowest row wins each contested slot
-            winners = free_idx[first]
-            slots[p[winners]] = pending[winners]
-            done[winners] = True
-            # Rows that found their slot taken move on; rows that lost a race for a free slot look at the
-            # same slot again (now holding the winner, which may be their duplicate).
-            advance = pending[~free & ~done]
-            pos[advance] = (pos[advance] + 1) & mask
-            pending = pending[~done]
-        duplicates.sort(key=lambda d: d[1])
-        return cls(slots, hashes, ids), duplicates
-
-    def save(self, directory: Path) -> None:
-        np.save(directory / "slots.npy", self.slots)
-        np.save(directory / "hashes.npy", self.hashes)
-
-    @classmethod
-    def load(cls, directory: Path, ids: _Column) -> IdIndex:
-        return cls(
-            np.load(directory / "slots.npy", mmap_mode="r"),
-            np.load(directory / "hashes.npy", mmap_mode="r"),
-            ids,
-        )
-
-    def lookup(self, doc_ids: list[str]) -> np.ndarray:
-        """Row of each id, or -1 for an id that is not in the corpus."""
-        m = len(doc_ids)
-        arr = pa.array(doc_ids, type=pa.string())
-        if m <= 32:  # scalar probing beats numpy's per-call overhead for a handful of ids
-            h = np.array([hash_id(d) for d in doc_ids], dtype=np.uint64)
-            rows = np.array([self._probe_hash(int(x)) for x in h], dtype=np.int64)
-        else:
-            h = hash_ids(arr)
-            slots, hashes = self.slots, self.hashes
-            rows = np.full(m, -1, dtype=np.int64)
-            pos = (h & np.uint64(self.mask)).astype(np.int64)
-            pending = np.arange(m)
-            while pending.size:
-                r = slots[pos[pending]]
-                empty = r < 0
-                hit = ~empty & (hashes[np.maximum(r, 0)] == h[pending])
-                rows[pending[hit]] = r[hit]
-                pending = pending[~(empty | hit)]
-                pos[pending] = (pos[pending] + 1) & self.mask
-        found = np.flatnonzero(rows >= 0)
-        if found.size:
-            # Confirm against the strings: a 64-bit collision must not map an unknown id to a wrong row.
-            same = pc.equal(self.ids.take_arrow(rows[found]), arr.take(pa.array(found)))
-            for k in found[~same.to_numpy(zero_copy_only=False)].tolist():
-                rows[k] = self._probe_exact(doc_ids[k], int(h[k]))
-        return rows
-
-    def _probe_hash(self, h: int) -> int:
-        pos = h & self.mask
-        while True:
-            r = int(self.slots[pos])
-            if r < 0 or int(self.hashes[r]) == h:
-                return r
-            pos = (pos + 1) & self.mask
-
-    def _probe_exact(self, doc_id: str, h: int) -> int:
-        """Scalar probe for one id, confirming each same-hash candidate against the id string."""
-        pos = h & self.mask
-        while True:
-            r = int(self.slots[pos])
-            if r < 0:
-                return -1
-            if int(self.hashes[r]) == h and self.ids.take(np.array([r]))[0] == doc_id:
-                return r
-            pos = (pos + 1) & self.mask
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The Corpus object
 
@@ -448,7 +157,7 @@ class Corpus:
         self.metadata = dict(metadata or {})
         self.path = Path(path) if path is not None else None
         self.key = key
-        self._columns = {name: _Column(table.column(name)) for name in table.column_names}
+        self._columns = {name: Column(table.column(name)) for name in table.column_names}
         self._index_dir = Path(index_dir) if index_dir is not None else None
         self._arrow_path = Path(arrow_path) if arrow_path is not None else None
         self._index: IdIndex | None = None
@@ -863,7 +572,7 @@ def _convert_corpus(files: _CorpusFiles, out: Path) -> None:
 
     n = write_table(out / "docs.arrow", batches(), DOC_SCHEMA)
     table = open_table(out / "docs.arrow")
-    index, duplicates = IdIndex.build(_Column(table.column("id")))
+    index, duplicates = IdIndex.build(Column(table.column("id")))
     source = files.data_files[0] if len(files.data_files) == 1 else files.path
     for first, dup in duplicates[:100]:
         doc_id = table.column("id")[dup].as_py()

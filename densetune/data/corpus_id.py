@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from densetune.data.corpus import MERLIN_METADATA, Corpus, jtype, load_corpus, read_merlin_metadata
-from densetune.data.jsonrecords import JsonStream, RawRecord, Record, note_unread
+from densetune.data.corpus import MERLIN_METADATA, Corpus, load_corpus, read_merlin_metadata
+from densetune.data.jsonrecords import JsonStream, RawRecord, Record, jtype, note_unread
 from densetune.data.records import Example
 from densetune.errors import DataError
 

@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from densetune.data import beir
-from densetune.data.corpus import MERLIN_METADATA, Corpus, doc_text, jtype
+from densetune.data.corpus import MERLIN_METADATA, Corpus, doc_text
 from densetune.data.corpus_id import CHUNK, Rows, corpus_id_items, open_corpus_id
-from densetune.data.jsonrecords import JsonStream, Record, iter_raw_records, note_unread, sniff_layout
+from densetune.data.jsonrecords import JsonStream, Record, iter_raw_records, jtype, note_unread, sniff_layout
 from densetune.data.records import EXAMPLE_TYPES, Doc, Example
 from densetune.errors import DataError
 

@@ -1,11 +1,13 @@
 """JSON training files as raw records, and typed access to a record's fields.
 
-A file is sniffed for its layout (JSON lines, a JSON list, one JSON object) and read record by record;
-a JSON document is read incrementally (:class:`JsonStream`), so a file of millions of records keeps memory
-flat. :class:`Record` reads one record's fields; every problem becomes a :class:`DataError` naming the
-file, line and field. :data:`READ_FIELDS` says which fields each format reads, so the rest can be counted
-(:func:`note_unread`) instead of dropped silently. The formats themselves live in
-:mod:`densetune.data.formats` and :mod:`densetune.data.corpus_id`.
+The JSON helpers every reader shares (:func:`iter_text_lines`, :func:`parse_json_line`, :func:`jtype`,
+lone-surrogate checks) give errors that name the file and line. A training file is sniffed for its layout
+(JSON lines, a JSON list, one JSON object) and read record by record; a JSON document is read incrementally
+(:class:`JsonStream`), so a file of millions of records keeps memory flat. :class:`Record` reads one
+record's fields; every problem becomes a :class:`DataError` naming the file, line and field.
+:data:`READ_FIELDS` says which fields each format reads, so the rest can be counted (:func:`note_unread`)
+instead of dropped silently. The formats themselves live in :mod:`densetune.data.formats` and
+:mod:`densetune.data.corpus_id`.
 """
 
 from __future__ import annotations
@@ -20,13 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from densetune.data.corpus import (
-    find_lone_surrogate,
-    iter_text_lines,
-    jtype,
-    may_hold_surrogate,
-    parse_json_line,
-)
 from densetune.data.records import Doc, text_doc_id
 from densetune.errors import DataError
 
@@ -50,6 +45,108 @@ _BINARY_MAGIC = {
     b"ARROW1": "an Arrow file",
     b"\x89HDF": "an HDF5 file",
 }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JSON values and lines: type names for messages, invalid Unicode, one line at a time
+
+
+def jtype(value: Any) -> str:
+    """JSON type name of a parsed value, for messages (``"a number (5)"``, ``"null"``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value[:40]!r})" if len(value) <= 40 else "a string"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def may_hold_surrogate(raw: str) -> bool:
+    """Cheap pre-check on raw JSON text: only a ``\\uD8xx``-``\\uDFxx`` escape can decode to a lone surrogate."""
+    return "\\ud" in raw or "\\uD" in raw
+
+
+def find_lone_surrogate(value: Any, where: str = "") -> str | None:
+    """Dotted path of the first string in a parsed JSON value holding a lone surrogate (invalid Unicode)."""
+    if isinstance(value, str):
+        return where if _SURROGATE.search(value) else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if _SURROGATE.search(k):
+                return where or "(a key)"
+            found = find_lone_surrogate(v, f"{where}.{k}" if where else k)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = find_lone_surrogate(v, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def parse_json_line(text: str, path: str | Path, line: int | str, expected: str) -> Any:
+    """``json.loads`` of one line with every failure as a DataError (syntax, nesting depth, invalid Unicode)."""
+    try:
+        obj = json.loads(text.rstrip())
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"invalid JSON: {err.msg} (column {err.colno}); expected {expected}", path, line
+        ) from None
+    except RecursionError:
+        raise DataError(f"invalid JSON: nested too deeply; expected {expected}", path, line) from None
+    if may_hold_surrogate(text):
+        where = find_lone_surrogate(obj)
+        if where is not None:
+            raise DataError(
+                "lone surrogate escape (\\uD800-\\uDFFF): not valid Unicode; expected valid text",
+                path,
+                line,
+                where or None,
+            )
+    return obj
+
+
+def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str | DataError]]:
+    """Yield ``(line number, text)`` for each non-blank line of a UTF-8 file, decoding line by line.
+
+    A line that is not UTF-8 yields a :class:`DataError` naming the line and byte instead of text, so a
+    reader can report it and go on. A UTF-8 byte-order mark on line 1 is dropped.
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                col = len(raw[: err.start].decode("utf-8", errors="replace")) + 1
+                yield (
+                    lineno,
+                    DataError(
+                        f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {col}); expected UTF-8 text "
+                        "(re-save the file as UTF-8)",
+                        path,
+                        lineno,
+                    ),
+                )
+                continue
+            if lineno == 1 and line.startswith("\ufeff"):
+                line = line[1:]
+            if line.strip():
+                yield lineno, line
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A file's layout, and its raw records
 
 
 def sniff_layout(path: Path) -> str:

@@ -15,10 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from densetune.data import corpus as corpus_mod
+from densetune.data import idindex
 from densetune.data import store as store_mod
 from densetune.data.beir import load_beir
-from densetune.data.corpus import Corpus, doc_text, hash_id, hash_ids, load_corpus
+from densetune.data.corpus import Corpus, doc_text, load_corpus
 from densetune.data.formats import iter_examples
+from densetune.data.idindex import hash_id, hash_ids
 from densetune.data.records import Doc
 from densetune.data.store import load_examples
 from densetune.errors import DataError
@@ -252,8 +254,8 @@ def test_corpus_large_lookup_and_many_chunks(tmp_path, cache, monkeypatch):
 
 def test_hash_collisions_are_resolved_exactly(tmp_path, cache, monkeypatch):
     """With every id hashing to the same value, lookups must still return the right rows."""
-    monkeypatch.setattr(corpus_mod, "hash_id", lambda s: 12345)
-    monkeypatch.setattr(corpus_mod, "hash_ids", lambda values: np.full(len(values), 12345, dtype=np.uint64))
+    monkeypatch.setattr(idindex, "hash_id", lambda s: 12345)
+    monkeypatch.setattr(idindex, "hash_ids", lambda values: np.full(len(values), 12345, dtype=np.uint64))
     write_jsonl(tmp_path / "c.jsonl", [{"id": f"x{i}", "text": str(i)} for i in range(40)])
     corpus = load_corpus(tmp_path / "c.jsonl", cache_dir=cache)
     assert corpus.rows(["x7", "x39", "x0", "y"]).tolist() == [7, 39, 0, -1]

@@ -30,8 +30,13 @@ __all__ = [
     "JsonStream",
     "RawRecord",
     "Record",
+    "find_lone_surrogate",
     "iter_raw_records",
+    "iter_text_lines",
+    "jtype",
+    "may_hold_surrogate",
     "note_unread",
+    "parse_json_line",
     "sniff_layout",
 ]
 

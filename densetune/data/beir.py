@@ -12,11 +12,12 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from densetune.data.corpus import Corpus, carries_value, load_corpus
-from densetune.data.jsonrecords import iter_text_lines, jtype, parse_json_line
+from densetune.data.corpus import Corpus, load_corpus
+from densetune.data.jsonrecords import carries_value, iter_text_lines, jtype, parse_json_line
 from densetune.data.records import Example
 from densetune.errors import DataError
 from densetune.retrieval.trec import Qrels, read_qrels
@@ -41,7 +42,9 @@ class BeirData:
         path: the dataset directory.
         split: the split name.
         qrels_path: the qrels file read.
-        notes: what was read but not kept (query fields other than ``_id`` and ``text``, with counts).
+        notes: counts of what is read but not trained on (query fields other than ``_id`` and ``text``).
+        query_extra: ``{query id: {field: value}}``, the query fields other than ``_id`` and ``text`` that
+            carry a value (SciFact's ``metadata``); they become ``Example.extra``.
     """
 
     corpus: Corpus
@@ -51,10 +54,18 @@ class BeirData:
     split: str
     qrels_path: Path
     notes: Counter = field(default_factory=Counter)
+    query_extra: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def read_queries(path: str | Path, notes: Counter | None = None) -> dict[str, str]:
+def read_queries(
+    path: str | Path, notes: Counter | None = None, extras: dict[str, dict[str, Any]] | None = None
+) -> dict[str, str]:
     """``{_id: text}`` from a BEIR ``queries.jsonl``.
+
+    Args:
+        path: the queries file.
+        notes: if given, counts the queries with other fields, per field name.
+        extras: if given, receives ``{_id: {field: value}}`` for the other fields that carry a value.
 
     Raises:
         DataError: invalid JSON, a missing/ill-typed ``_id`` or ``text``, or a repeated ``_id`` (with line).
@@ -87,12 +98,15 @@ def read_queries(path: str | Path, notes: Counter | None = None) -> dict[str, st
         if qid in queries:
             raise DataError(f"duplicate query id {qid!r}; expected each _id once", path, lineno, "_id")
         queries[qid] = text
-        if notes is not None and len(obj) > 2:
-            for key, value in obj.items():
-                if key not in ("_id", "text") and carries_value(value):
-                    notes[
-                        f"queries with field {key!r} in {path.name}, which densetune does not read (not kept)"
-                    ] += 1
+        if len(obj) > 2 and (notes is not None or extras is not None):
+            kept = {k: v for k, v in obj.items() if k not in ("_id", "text") and carries_value(v)}
+            if kept and extras is not None:
+                extras[qid] = kept
+            for key in kept if notes is not None else ():
+                notes[
+                    f"queries with field {key!r} in {path.name}, which densetune does not read "
+                    "(kept as extra, not trained on)"
+                ] += 1
     return queries
 
 
@@ -128,14 +142,16 @@ def load_beir(directory: str | Path, split: str = "test", *, cache_dir: str | Pa
         )
     qpath = qrels_path(directory, split)
     notes: Counter = Counter()
+    query_extra: dict[str, dict[str, Any]] = {}
     return BeirData(
         corpus=load_corpus(directory, cache_dir=cache_dir, corpus_id=directory.name),
-        queries=read_queries(directory / "queries.jsonl", notes),
+        queries=read_queries(directory / "queries.jsonl", notes, query_extra),
         qrels=read_qrels(qpath),
         path=directory,
         split=split,
         qrels_path=qpath,
         notes=notes,
+        query_extra=query_extra,
     )
 
 
@@ -209,5 +225,6 @@ def iter_beir_items(
                 task=cid,
                 corpus_id=cid,
                 source=f"{data.qrels_path}:{line}",
+                extra=dict(data.query_extra.get(qid, ())),
             )
             yield example, (r, empty, empty)

@@ -16,8 +16,10 @@ Output formats and what each cannot carry (left out, with a warning giving count
   examples use. Inline examples go to a corpus named after their task. Loses scores, type, prompt,
   category, history, answers, and document ``extra`` fields.
 
-Examples without a positive (LLM-Embedder history rows) cannot be written in any of these formats and are
-counted and left out.
+Every format carries ``Example.extra`` (the fields a record's own format does not read, BEIR query
+metadata) as top-level record fields, except a field whose name the output format reads itself (``pos`` in
+a flag output, say), which is counted and left out. Examples without a positive (LLM-Embedder history rows)
+cannot be written in any of these formats and are counted and left out.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from densetune.data.corpus import MERLIN_METADATA, doc_text
+from densetune.data.jsonrecords import READ_FIELDS
 from densetune.data.records import INLINE_CORPUS_ID, Doc, Example, text_doc_id
 from densetune.errors import DataError
 
@@ -66,6 +69,13 @@ _LOST = {
 
 # formats whose documents are plain text or fixed columns: a document's other fields cannot go along
 _DOC_EXTRA_LOST = ("flag", "corpus-id")
+# the fields each output format's reader reads: an Example.extra field of that name cannot go along
+_OWN_FIELDS = {
+    "inline": READ_FIELDS["nemo-inline"],
+    "flag": READ_FIELDS["flag"],
+    "tevatron": READ_FIELDS["tevatron"],
+    "corpus-id": READ_FIELDS["nemo-corpus-id"],
+}
 
 
 def _is_set(example: Example, name: str) -> bool:
@@ -231,7 +241,8 @@ def _write_corpus_id(examples: Iterable[Example], path: Path, counts: Counter) -
                     "pos_doc": [{"id": out.add(d, ex)} for d in ex.positives],
                     "neg_doc": [{"id": out.add(d, ex)} for d in ex.negatives],
                 }
-                data.write((",\n    " if n else "    ") + json.dumps(record, ensure_ascii=False))
+                record = _with_extra(record, ex, "corpus-id", counts)
+                data.write((",\n    " if n else "    ") + json.dumps(record, ensure_ascii=False, default=str))
                 n += 1
             for out in corpora.values():
                 out.close()
@@ -262,12 +273,25 @@ def _count(ex: Example, fmt: str, counts: Counter) -> bool:
     return True
 
 
+def _with_extra(record: dict[str, Any], ex: Example, fmt: str, counts: Counter) -> dict[str, Any]:
+    """``record`` plus the example's extra fields; one whose name ``fmt`` reads itself is counted instead."""
+    own = _OWN_FIELDS[fmt]
+    for key, value in ex.extra.items():
+        if key in own or key in record:
+            counts[f"extra field {key!r} (a field of this format)"] += 1
+        else:
+            record[key] = value
+    return record
+
+
 def _write_jsonl(examples: Iterable[Example], f: TextIO, fmt: str, counts: Counter) -> int:
     make = _RECORDS[fmt]
     n = 0
     for ex in examples:
         if _count(ex, fmt, counts):
-            f.write(json.dumps(make(ex), ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(_with_extra(make(ex), ex, fmt, counts), ensure_ascii=False, default=str) + "\n"
+            )
             n += 1
     return n
 

@@ -30,11 +30,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from densetune.data.idindex import Column, IdIndex
-from densetune.data.jsonrecords import iter_text_lines, jtype, parse_json_line
+from densetune.data.jsonrecords import carries_value, iter_text_lines, jtype, parse_json_line
 from densetune.data.records import INLINE_CORPUS_ID, Doc
 from densetune.errors import DataError
 
-CACHE_VERSION = 3  # 2: examples carry `category`; 3: corpus rows keep their other fields in `extra`
+CACHE_VERSION = (
+    4  # 2: examples carry `category`; 3: corpus rows keep their other fields in `extra`; 4: examples too
+)
 MERLIN_METADATA = "merlin_metadata.json"
 CORPUS_SUFFIXES = (".parquet", ".jsonl", ".json")
 # Arrow record batches are written up to this many bytes, so a column is a handful of chunks and a
@@ -56,11 +58,6 @@ def extra_json(fields: dict[str, Any]) -> str:
     """
     kept = {k: v for k, v in fields.items() if carries_value(v)}
     return json.dumps(kept, ensure_ascii=False, default=str) if kept else ""
-
-
-def carries_value(value: Any) -> bool:
-    """False for a field that says nothing: null or an empty object / list / string (0 and false do say)."""
-    return value is not None and not (isinstance(value, (dict, list, str)) and not value)
 
 
 def doc_text(doc: Doc) -> str:

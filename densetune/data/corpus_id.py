@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from densetune.data.corpus import MERLIN_METADATA, Corpus, load_corpus, read_merlin_metadata
-from densetune.data.jsonrecords import JsonStream, RawRecord, Record, jtype, note_unread
+from densetune.data.jsonrecords import JsonStream, RawRecord, Record, jtype, unread_fields
 from densetune.data.records import Example
 from densetune.errors import DataError
 
@@ -293,8 +293,9 @@ def corpus_id_items(
             batch.append(rec.err("", f"got {jtype(raw.obj)}; expected a training record object"))
         else:
             try:
-                batch.append(_corpus_id_record(rec, corpora))
-                note_unread(raw.obj, "nemo-corpus-id", notes)
+                pending = _corpus_id_record(rec, corpora)
+                pending.example.extra = unread_fields(raw.obj, "nemo-corpus-id", notes)
+                batch.append(pending)
             except DataError as err:
                 batch.append(err)
         if len(batch) >= CHUNK:

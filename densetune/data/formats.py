@@ -29,7 +29,14 @@ import numpy as np
 from densetune.data import beir
 from densetune.data.corpus import MERLIN_METADATA, Corpus, doc_text
 from densetune.data.corpus_id import CHUNK, Rows, corpus_id_items, open_corpus_id
-from densetune.data.jsonrecords import JsonStream, Record, iter_raw_records, jtype, note_unread, sniff_layout
+from densetune.data.jsonrecords import (
+    JsonStream,
+    Record,
+    iter_raw_records,
+    jtype,
+    sniff_layout,
+    unread_fields,
+)
 from densetune.data.records import EXAMPLE_TYPES, Doc, Example
 from densetune.errors import DataError
 
@@ -65,7 +72,7 @@ class ReadStats:
         read: examples yielded.
         skipped: invalid records skipped (``skip_invalid=True``).
         errors: the DataError of every skipped record, in file order.
-        notes: counts of what was read but not kept, by reason: records left out that are not errors (BEIR
+        notes: counts of what was read but is not trained on, by reason: records left out that are not errors (BEIR
             queries without a positive), and record fields the file's format does not read.
         formats: detected format of each file read.
         corpora: size of each corpus the data refers to, by corpus id.
@@ -332,7 +339,7 @@ def _inline_items(path: Path, fmt: str, layout: str, notes: Counter) -> Iterator
         except DataError as err:
             yield err
             continue
-        note_unread(raw.obj, fmt, notes)
+        example.extra = unread_fields(raw.obj, fmt, notes)
         yield example
 
 

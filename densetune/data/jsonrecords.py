@@ -5,8 +5,8 @@ lone-surrogate checks) give errors that name the file and line. A training file 
 (JSON lines, a JSON list, one JSON object) and read record by record; a JSON document is read incrementally
 (:class:`JsonStream`), so a file of millions of records keeps memory flat. :class:`Record` reads one
 record's fields; every problem becomes a :class:`DataError` naming the file, line and field.
-:data:`READ_FIELDS` says which fields each format reads, so the rest can be counted (:func:`note_unread`)
-instead of dropped silently. The formats themselves live in :mod:`densetune.data.formats` and
+:data:`READ_FIELDS` says which fields each format reads; :func:`unread_fields` keeps the rest for
+``Example.extra`` and counts them. The formats themselves live in :mod:`densetune.data.formats` and
 :mod:`densetune.data.corpus_id`.
 """
 
@@ -30,12 +30,13 @@ __all__ = [
     "JsonStream",
     "RawRecord",
     "Record",
+    "carries_value",
     "find_lone_surrogate",
     "iter_raw_records",
     "iter_text_lines",
     "jtype",
     "may_hold_surrogate",
-    "note_unread",
+    "unread_fields",
     "parse_json_line",
     "sniff_layout",
 ]
@@ -54,6 +55,11 @@ _BINARY_MAGIC = {
 
 # ---------------------------------------------------------------------------------------------------------
 # JSON values and lines: type names for messages, invalid Unicode, one line at a time
+
+
+def carries_value(value: Any) -> bool:
+    """False for a field that says nothing: null or an empty object / list / string (0 and false do say)."""
+    return value is not None and not (isinstance(value, (dict, list, str)) and not value)
 
 
 def jtype(value: Any) -> str:
@@ -525,7 +531,7 @@ class Record:
         return value
 
 
-# The record fields each format reads; any other field is counted in ReadStats.notes (never silently lost).
+# The record fields each format reads; any other field goes to Example.extra and is counted in ReadStats.notes.
 READ_FIELDS = {
     "nemo-inline": frozenset({"query", "question", "question_id", "query_id", "pos_doc", "neg_doc"}),
     "gpt-embedding": frozenset({"query", "query_id", "doc_id", "pos_doc", "neg_doc"}),
@@ -541,10 +547,18 @@ READ_FIELDS = {
 READ_FIELDS["sbert"] = READ_FIELDS["nemo-inline"]
 
 
-def note_unread(obj: dict, fmt: str, notes: Counter) -> None:
-    """Count the record's fields that ``fmt`` does not read, one note per field name."""
+def unread_fields(obj: dict, fmt: str, notes: Counter) -> dict[str, Any]:
+    """The record's fields that ``fmt`` does not read (for ``Example.extra``), each counted in ``notes``.
+
+    Counted because such a field is often a mistake (``negs`` for ``neg``) whose data would never train.
+    A field that carries nothing (null, ``{}``, ``[]``, ``""``) is neither kept nor counted.
+    """
     fields = READ_FIELDS[fmt]
-    if obj.keys() <= fields:  # the common case, without building a set per record
-        return
-    for key in obj.keys() - fields:
-        notes[f"records with field {key!r}, which the {fmt} format does not read (not kept)"] += 1
+    if obj.keys() <= fields:  # the common case, without building a dict per record
+        return {}
+    extra = {key: value for key, value in obj.items() if key not in fields and carries_value(value)}
+    for key in extra:
+        notes[
+            f"records with field {key!r}, which the {fmt} format does not read (kept as extra, not trained on)"
+        ] += 1
+    return extra

@@ -50,6 +50,9 @@ class Example:
         history: LLM-Embedder history rows (become negatives with teacher scores), or [].
         answers: LLM-Embedder answers, or [].
         source: ``"path:line"`` of the record, for error messages.
+        extra: the record's fields its format does not read (a misspelt ``negs``, a ``source`` column, BEIR
+            query ``metadata``), kept so that ``densetune convert`` writes them back; {} when none. Not used
+            for training.
     """
 
     query_id: str
@@ -68,6 +71,7 @@ class Example:
     history: list[Doc] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
     source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

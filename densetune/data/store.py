@@ -36,6 +36,7 @@ from densetune.data.corpus import (
     Corpus,
     cache_key,
     default_cache_dir,
+    extra_json,
     fingerprint,
     inline_corpus,
     load_corpus,
@@ -68,6 +69,7 @@ EXAMPLE_SCHEMA = pa.schema(
         ("pos_scores", pa.list_(pa.float64())),
         ("neg_scores", pa.list_(pa.float64())),
         ("answers", pa.list_(pa.string())),
+        ("extra", pa.string()),  # Example.extra as JSON text, "" when empty
     ]
 )
 _MAX_STORED_ERRORS = 1000
@@ -187,6 +189,7 @@ class ExampleStore:
         lines = t.column("line").to_numpy()
         lists = {name: _list_column(t.column(name)) for name in (*_ROW_LISTS, "pos_scores", "neg_scores")}
         answers = t.column("answers").to_pylist()
+        extras = t.column("extra").to_pylist()
         n = stop - start
         # Gather every document row per table (a corpus, or this part's inline documents), one take each.
         wanted: dict[str, list[np.ndarray]] = {}
@@ -236,6 +239,7 @@ class ExampleStore:
                     history=got[2],
                     answers=answers[i],
                     source=f"{part.source_path}:{lines[i]}",
+                    extra=json.loads(extras[i]) if extras[i] else {},
                 )
             )
         return out
@@ -351,7 +355,7 @@ def _chunk_tables(chunk: Any, inline_start: int) -> tuple[pa.Table, pa.Table]:
                         docs["text"].append(d.text)
                         docs["title"].append(d.title)
                         docs["image"].append(d.image)
-                        docs["extra"].append(json.dumps(d.extra, ensure_ascii=False) if d.extra else "")
+                        docs["extra"].append(extra_json(d.extra) if d.extra else "")
                     r.append(assigned[id(d)])
                 rows.append(np.array(r, dtype=np.int64))
         for k in range(3):
@@ -363,6 +367,7 @@ def _chunk_tables(chunk: Any, inline_start: int) -> tuple[pa.Table, pa.Table]:
     cols["pos_scores"] = [ex.pos_scores for ex in examples]
     cols["neg_scores"] = [ex.neg_scores for ex in examples]
     cols["answers"] = [ex.answers for ex in examples]
+    cols["extra"] = [extra_json(ex.extra) if ex.extra else "" for ex in examples]
     return pa.table(cols, schema=EXAMPLE_SCHEMA), pa.table(docs, schema=DOC_SCHEMA)
 
 

@@ -355,3 +355,40 @@ def test_nfcorpus_document_metadata_survives_tevatron_and_is_counted_by_flag(nfc
         write_examples(examples, tmp_path / "f.jsonl", "flag")
     with_extra = sum(any(d.extra for d in (*e.positives, *e.negatives)) for e in examples)
     assert with_extra > 0 and f"document extra fields ({with_extra} examples)" in caplog.text
+
+
+@pytest.mark.parametrize("fmt", ["inline", "flag", "tevatron", "corpus-id"])
+def test_record_fields_no_format_reads_survive_conversion(tmp_path, fmt):
+    """A record's unread fields (Example.extra) are written back as record fields by every output format."""
+    src = tmp_path / "src.jsonl"
+    rows = [
+        {"query": "q1", "pos": ["p1"], "neg": ["n1"], "source": "web", "meta": {"lang": "en", "year": 2020}},
+        {"query": "q2", "pos": ["p2"]},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    examples = list(iter_examples(src))
+    assert examples[0].extra == {"source": "web", "meta": {"lang": "en", "year": 2020}}
+    got = roundtrip(examples, tmp_path / "out" / f"train.json{'' if fmt == 'corpus-id' else 'l'}", fmt)
+    assert [ex.extra for ex in got] == [{"source": "web", "meta": {"lang": "en", "year": 2020}}, {}]
+
+
+def test_extra_field_named_like_an_output_field_is_counted_not_written(tmp_path, caplog):
+    """A flag record's unread ``question_id`` cannot become an inline record's ``question_id``: counted, left out."""
+    src = tmp_path / "src.jsonl"
+    src.write_text(
+        json.dumps({"query": "q", "pos": ["p"], "question_id": "elsewhere"}) + "\n", encoding="utf-8"
+    )
+    examples = list(iter_examples(src))
+    assert examples[0].extra == {"question_id": "elsewhere"}
+    with caplog.at_level(logging.WARNING, logger="densetune.data"):
+        got = roundtrip(examples, tmp_path / "x.jsonl", "inline")
+    assert got[0].query_id == examples[0].query_id == "src.jsonl:0" and got[0].extra == {}
+    assert "extra field 'question_id' (a field of this format) (1 examples)" in caplog.text
+
+
+def test_beir_query_metadata_goes_into_inline_output(scifact_dir, tmp_path):
+    """SciFact's query ``metadata`` (evidence) is written into converted records and read back as extra."""
+    examples = [ex for ex in iter_examples(scifact_dir, split="test") if ex.extra][:5]
+    assert len(examples) == 5
+    got = roundtrip(examples, tmp_path / "x.jsonl", "inline")
+    assert [ex.extra for ex in got] == [ex.extra for ex in examples]

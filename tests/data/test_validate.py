@@ -403,12 +403,19 @@ def test_validate_scifact(scifact_dir):
     assert report.inputs[0].corpora == {"scifact": 5183}
 
 
-def test_scifact_query_metadata_is_counted_not_silent(scifact_dir):
-    """SciFact's queries.jsonl carries evidence ``metadata`` on 693 of its 1,109 queries: counted as not read."""
+def test_scifact_query_metadata_is_kept_and_counted(scifact_dir):
+    """SciFact's queries.jsonl carries evidence ``metadata`` on 693 of its 1,109 queries: kept and counted."""
     stats = ReadStats()
-    assert sum(1 for _ in iter_examples(scifact_dir, split="test", stats=stats, resolve=False)) == 300
-    note = "queries with field 'metadata' in queries.jsonl, which densetune does not read (not kept)"
+    examples = list(iter_examples(scifact_dir, split="test", stats=stats, resolve=False))
+    assert len(examples) == 300
+    note = (
+        "queries with field 'metadata' in queries.jsonl, which densetune does not read "
+        "(kept as extra, not trained on)"
+    )
     assert stats.notes[note] == 693
+    with_metadata = [ex for ex in examples if ex.extra]
+    assert with_metadata and all(set(ex.extra) == {"metadata"} for ex in with_metadata)
+    assert all(isinstance(ex.extra["metadata"], dict) and ex.extra["metadata"] for ex in with_metadata)
 
 
 def test_cli_validate_ok(capsys):
@@ -437,23 +444,29 @@ def test_record_fields_a_format_does_not_read_are_reported(tmp_path, caplog, cap
         {"query": "q3", "pos": ["p"]},
     )
     stats = ReadStats()
-    assert len(list(iter_examples(flag, stats=stats))) == 3
-    note = "records with field 'source', which the flag format does not read (not kept)"
+    examples = list(iter_examples(flag, stats=stats))
+    assert [ex.extra for ex in examples] == [{"source": "web", "lang": "en"}, {"source": "web"}, {}]
+    note = "records with field 'source', which the flag format does not read (kept as extra, not trained on)"
     assert stats.notes == {
         note: 2,
-        "records with field 'lang', which the flag format does not read (not kept)": 1,
+        "records with field 'lang', which the flag format does not read (kept as extra, not trained on)": 1,
     }
 
     wiki = corpus_dir(tmp_path / "wiki")
     data = corpus_id_json(tmp_path / "train.json", [str(wiki)], [{**REC, "score": 0.5}, REC])
     stats = ReadStats()
-    list(iter_examples(data, stats=stats))
+    assert [ex.extra for ex in iter_examples(data, stats=stats)] == [{"score": 0.5}, {}]
     assert stats.notes == {
-        "records with field 'score', which the nemo-corpus-id format does not read (not kept)": 1
+        "records with field 'score', which the nemo-corpus-id format does not read (kept as extra, not trained on)": 1
     }
 
     with caplog.at_level(logging.WARNING, logger="densetune.data"):
-        assert len(load_examples([flag])) == 3
+        store = load_examples([flag])
+    assert [store[i].extra for i in range(len(store))] == [
+        {"source": "web", "lang": "en"},
+        {"source": "web"},
+        {},
+    ]
     assert f"{note}: 2" in caplog.text
     assert cli.main(["validate", str(flag)]) == 0  # not a problem, but shown
     assert note in capsys.readouterr().out

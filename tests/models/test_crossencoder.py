@@ -288,9 +288,15 @@ SCIFACT_LIKE = [
 
 
 @pytest.mark.slow
-def test_minilm_reranker_trains_and_matches_sentence_transformers_after_save(minilm_path, tmp_path):
+def test_minilm_reranker_trains_and_matches_sentence_transformers_after_save(
+    minilm_path, tmp_path, monkeypatch
+):
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
+    from densetune.models import crossencoder
+
+    # warned once per path and process: an earlier test may have loaded this model already
+    monkeypatch.setattr(crossencoder, "_warned_fresh_head", set())
     with pytest.warns(UserWarning, match="newly initialised"):
         model = CrossEncoder.from_pretrained(minilm_path, max_length=128)
     assert model.kind == "encoder"

@@ -7,14 +7,18 @@ Recall@100; equal to sentence-transformers' InformationRetrievalEvaluator). Base
 (``bench/bench_scifact.py``).
 
 - ``densetune``: :func:`densetune.retrieval.mine.mine` (top ``--range-max`` of the base model, relative
-  margin ``--margin`` = NV-Retriever TopK-PercPos, a pool of ``--pool`` per query), then the training recipe
-  (:class:`densetune.train.loop.TrainRecipe`): groups of 1 positive + ``--negatives`` negatives re-drawn from
-  the pool every epoch, positives cycled per epoch, no duplicate document in a batch, in-batch + hard
-  negatives with false-negative masking (``ContrastiveLoss``), temperature ``--temperature``.
+  margin ``--margin`` = NV-Retriever TopK-PercPos, a pool of ``--pool`` per query, by default negatives x
+  epochs; queries the margin leaves short are topped up with random corpus documents), then the training
+  recipe (:class:`densetune.train.loop.TrainRecipe`): groups of 1 positive + ``--negatives`` negatives, a
+  fresh slice of the pool every epoch, positives cycled per epoch, no duplicate document in a batch,
+  in-batch + hard negatives with false-negative masking (``ContrastiveLoss``), temperature
+  ``--temperature``, and a constant learning rate after the 10% warm-up (``--scheduler``).
 - ``peer``: ``sentence_transformers.util.mine_hard_negatives`` (relative_margin 0.05, sampling top,
   range_max 100, ``--negatives`` per pair, n-tuple, the full corpus as candidates), then
   ``SentenceTransformerTrainer`` with MultipleNegativesRankingLoss (scale 20), ``BatchSamplers.NO_DUPLICATES``,
   warm-up 10%, linear decay: the recipe the issue measured (H100: 0.716 at 3 epochs / 3 negatives).
+
+On 2 CPU cores the default run (3 epochs, 3 negatives) gave densetune nDCG@10 0.7406 (docs/BENCHMARKS.md).
 
 Mining caches (corpus embeddings of the base model) are kept under ``--out`` and reused by later runs.
 
@@ -285,13 +289,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=None, help="stop both after N steps (smoke run)")
     parser.add_argument("--seed", type=int, default=42)
     dt = parser.add_argument_group("densetune levers")
-    dt.add_argument("--pool", type=int, default=20, help="mined negatives per query to draw from")
+    dt.add_argument(
+        "--pool",
+        type=int,
+        default=None,
+        help="mined negatives per query to draw from (default: negatives x epochs, a fresh slice each epoch)",
+    )
     dt.add_argument("--margin", type=float, default=0.05, help="relative margin (0.05 = 95%% of positive)")
     dt.add_argument("--range-max", type=int, default=100, help="mine from the top N of the base model")
     dt.add_argument(
         "--fill",
         choices=("none", "random"),
-        default="none",
+        default="random",
         help="random: keep queries the margin leaves without negatives, with random corpus negatives",
     )
     dt.add_argument("--temperature", type=float, default=0.05, help="0.05 = the peer's scale 20")
@@ -299,13 +308,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     dt.add_argument(
         "--scheduler",
         choices=("linear", "constant", "cosine"),
-        default="linear",
-        help="learning rate after the 10%% warm-up (linear decay = the peer's)",
+        default="constant",
+        help="learning rate after the 10%% warm-up (the peer decays it linearly)",
     )
     args = parser.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if not args.systems or set(args.systems) - set(SYSTEMS):
         parser.error(f"--systems takes a comma-separated subset of {', '.join(SYSTEMS)}")
+    if args.pool is None:
+        args.pool = max(args.negatives * args.epochs, args.negatives + 1)
     if args.negatives >= args.pool:
         parser.error(f"--pool ({args.pool}) must exceed --negatives ({args.negatives})")
     return args

@@ -194,9 +194,10 @@ def sniff_layout(path: Path) -> str:
     stripped = text.lstrip("\ufeff \t\r\n")
     if not stripped:
         raise DataError("empty file (only whitespace); expected training records", path)
-    line = text[: len(text) - len(stripped)].count("\n") + 1
+    prefix = text[: len(text) - len(stripped)]  # byte-order marks and whitespace: valid, so it re-encodes
+    line = prefix.count("\n") + 1
     if stripped[0] == "\ufffd":
-        start = len(head) - len(head.lstrip(codecs.BOM_UTF8 + b" \t\r\n"))
+        start = len(prefix.encode("utf-8"))  # the offending byte (a lone 0xEF is not a byte-order mark)
         raise DataError(
             f"not valid UTF-8 (byte 0x{head[start]:02x}); expected UTF-8 text (re-save the file as UTF-8)",
             path,

@@ -520,6 +520,24 @@ def test_random_json_never_raises_other_errors(tmp_path, values, name, as_list):
         pass
 
 
+@pytest.mark.parametrize(
+    ("data", "byte", "line"),
+    [
+        (b"\xef", "0xef", 1),
+        (b"\xef\xbb", "0xef", 1),
+        (b"\xef\xbb\xbf\n \xff{}", "0xff", 2),
+        (b" \xbb", "0xbb", 1),
+    ],
+)
+def test_a_file_starting_with_a_broken_byte_order_mark_is_not_utf8(tmp_path, data, byte, line):
+    """Found by the random-bytes test: a lone 0xEF (half a byte-order mark) is reported, not an IndexError."""
+    path = tmp_path / "junk.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(DataError, match=f"not valid UTF-8 \\(byte {byte}\\)") as err:
+        list(iter_examples(path))
+    assert err.value.line == line
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=200) | st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_random_bytes_never_raise_other_errors(tmp_path, data):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from densetune.data.corpus import Corpus, load_corpus
-from densetune.data.jsonrecords import carries_value, iter_text_lines, jtype, parse_json_line
+from densetune.data.jsonrecords import iter_text_lines, jtype, other_fields, parse_json_line
 from densetune.data.records import Example
 from densetune.errors import DataError
 from densetune.retrieval.trec import Qrels, read_qrels
@@ -99,14 +99,17 @@ def read_queries(
             raise DataError(f"duplicate query id {qid!r}; expected each _id once", path, lineno, "_id")
         queries[qid] = text
         if len(obj) > 2 and (notes is not None or extras is not None):
-            kept = {k: v for k, v in obj.items() if k not in ("_id", "text") and carries_value(v)}
-            if kept and extras is not None:
-                extras[qid] = kept
-            for key in kept if notes is not None else ():
-                notes[
+            kept = other_fields(
+                obj,
+                ("_id", "text"),
+                notes,
+                lambda key: (
                     f"queries with field {key!r} in {path.name}, which densetune does not read "
                     "(kept as extra, not trained on)"
-                ] += 1
+                ),
+            )
+            if kept and extras is not None:
+                extras[qid] = kept
     return queries
 
 

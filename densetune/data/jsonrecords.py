@@ -17,7 +17,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -37,6 +37,7 @@ __all__ = [
     "jtype",
     "may_hold_surrogate",
     "unread_fields",
+    "other_fields",
     "parse_json_line",
     "sniff_layout",
 ]
@@ -548,18 +549,31 @@ READ_FIELDS = {
 READ_FIELDS["sbert"] = READ_FIELDS["nemo-inline"]
 
 
-def unread_fields(obj: dict, fmt: str, notes: Counter) -> dict[str, Any]:
-    """The record's fields that ``fmt`` does not read (for ``Example.extra``), each counted in ``notes``.
+def other_fields(
+    obj: dict, read: Collection[str], notes: Counter | None, note: Callable[[str], str]
+) -> dict[str, Any]:
+    """The fields of ``obj`` outside ``read`` that carry a value (for ``Example.extra``), counted in ``notes``.
 
-    Counted because such a field is often a mistake (``negs`` for ``neg``) whose data would never train.
-    A field that carries nothing (null, ``{}``, ``[]``, ``""``) is neither kept nor counted.
+    Counted (under ``note(field name)``) because such a field never trains, and is often a mistake (``negs``
+    for ``neg``). A field that carries nothing (null, ``{}``, ``[]``, ``""``) is neither kept nor counted.
     """
+    extra = {key: value for key, value in obj.items() if key not in read and carries_value(value)}
+    if notes is not None:
+        for key in extra:
+            notes[note(key)] += 1
+    return extra
+
+
+def unread_fields(obj: dict, fmt: str, notes: Counter) -> dict[str, Any]:
+    """:func:`other_fields` of a training record: the fields ``fmt`` does not read."""
     fields = READ_FIELDS[fmt]
     if obj.keys() <= fields:  # the common case, without building a dict per record
         return {}
-    extra = {key: value for key, value in obj.items() if key not in fields and carries_value(value)}
-    for key in extra:
-        notes[
+    return other_fields(
+        obj,
+        fields,
+        notes,
+        lambda key: (
             f"records with field {key!r}, which the {fmt} format does not read (kept as extra, not trained on)"
-        ] += 1
-    return extra
+        ),
+    )

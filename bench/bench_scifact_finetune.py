@@ -27,6 +27,9 @@ Mining caches (corpus embeddings of the base model) are kept under ``--out`` and
     python bench/bench_scifact_finetune.py --device cuda --epochs 10 --negatives 7
 
 Prints one table (system | nDCG@10 | MRR@10 | R@100 | train time | ratio) and writes ``--out``/results.json.
+A system measured earlier into the same ``--out`` with the same shared settings (data, model, epochs,
+negatives, batch, lr, max length, device, max steps, seed) stays in results.json and in the table, so the two
+halves of a long CPU run can go in two invocations (``--systems densetune`` then ``--systems peer``).
 """
 
 from __future__ import annotations
@@ -56,6 +59,8 @@ set_offline_env()
 
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
 SYSTEMS = ("densetune", "peer")
+# settings both systems share: results measured under other values are never put side by side
+SHARED_ARGS = tuple("data model epochs negatives batch lr max_len device max_steps seed".split())
 Q_MAX_LEN = 64  # SciFact claims are short; the peer's single max_seq_length never cuts them either
 
 
@@ -331,13 +336,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runners = {"densetune": run_densetune, "peer": run_peer}
-    results: dict[str, dict[str, Any]] = {}
+    results = {k: v for k, v in earlier_results(out / "results.json", args).items() if k not in args.systems}
+    for name, res in results.items():
+        print(f"[{name}] kept from an earlier run into {out} (measured {res.get('measured', '?')})")
     for name in args.systems:
         print(f"\n=== {name}: {args.epochs} epochs, {args.negatives} negatives, batch {args.batch} ===")
         res = runners[name](args, out)
         t = time.perf_counter()
         res["metrics"] = evaluate(args, res["model"])
         res["eval_s"] = time.perf_counter() - t
+        res["measured"] = time.strftime("%Y-%m-%d %H:%M")
+        res["settings"] = {k: v for k, v in vars(args).items() if k != "systems"}
         print(f"[{name}] " + ", ".join(f"{m} {v:.4f}" for m, v in res["metrics"].items()))
         results[name] = res
         # written after each system, so a run cut short still leaves what it measured
@@ -345,6 +354,19 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; results: {out / 'results.json'}")
     return 0
+
+
+def earlier_results(path: Path, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Systems results.json holds from an earlier run with the same shared settings (else none)."""
+    if not path.is_file():
+        return {}
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    before = payload.get("args", {})
+    differ = [k for k in SHARED_ARGS if str(before.get(k)) != str(getattr(args, k))]
+    if differ:
+        print(f"{path}: earlier results not kept, settings differ: {', '.join(differ)}")
+        return {}
+    return payload.get("results", {})
 
 
 def write_json(path: Path, args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:

@@ -59,7 +59,7 @@ DEFAULT_CONTRASTIVE = {
     "cross_device": True,
 }
 DEFAULT_DISTILLATION = {TARGET: "densetune.losses.DistillationLoss"}
-DEFAULT_RERANKER = {TARGET: "densetune.models.crossencoder.RerankerLoss"}
+DEFAULT_RERANKER = {TARGET: "densetune.losses.RerankerLoss"}
 
 # Live keyword arguments the recipe passes to each component at the call site (not settable in YAML).
 LIVE_ARGS: dict[str, tuple[str, ...]] = {
@@ -160,7 +160,7 @@ class LossConfig:
         use_train_config: ``true`` (= ``llm-embedder``) or a TASK_CONFIG name: each task's loss settings
             from ``TASK_CONFIG[name]["training"]``, as the LLM-Embedder seed's ``use_train_config`` does.
         reranker: ``_target_`` node of the cross-encoder loss
-            (:class:`~densetune.models.crossencoder.RerankerLoss`: listwise CE over each group, optional BCE
+            (:class:`~densetune.losses.RerankerLoss`: listwise CE over each group, optional BCE
             and distillation from teacher scores); used only when the model is a cross-encoder.
     """
 

@@ -2,7 +2,7 @@
 
 The recipe (:mod:`densetune.train.loop`) runs one loop for every model. What differs between a bi-encoder
 (embeddings scored by a contrastive + distillation objective, optionally through the gradient cache) and a
-cross-encoder reranker (one score per (query, passage) row, :class:`~densetune.models.crossencoder.RerankerLoss`)
+cross-encoder reranker (one score per (query, passage) row, :class:`~densetune.losses.RerankerLoss`)
 lives here, behind one small interface:
 
     step = build_step(cfg, raw_model, autocast)
@@ -104,7 +104,7 @@ class RerankerStep:
     """Cross-encoders: ``model(batch) -> scores [B*n]`` (positive first per query) and the reranker loss.
 
     Args:
-        loss_fn: a :class:`~densetune.models.crossencoder.RerankerLoss` (listwise CE, BCE, distillation).
+        loss_fn: a :class:`~densetune.losses.RerankerLoss` (listwise CE, BCE, distillation).
         autocast: returns the mixed-precision context of a forward.
     """
 
@@ -116,7 +116,7 @@ class RerankerStep:
         self.dev_temperature = float(getattr(loss_fn, "temperature", 1.0))
 
     def backward(self, model: nn.Module, batch: Batch, scale: float) -> torch.Tensor:
-        from densetune.models.crossencoder import loss_step
+        from densetune.losses import loss_step
 
         with self.autocast():
             loss = loss_step(model, batch, self.loss_fn)
@@ -124,7 +124,7 @@ class RerankerStep:
         return loss.detach()
 
     def group_scores(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        from densetune.models.crossencoder import rows_per_query
+        from densetune.losses import rows_per_query
 
         with self.autocast():
             scores = model(batch)
@@ -132,7 +132,7 @@ class RerankerStep:
 
     @staticmethod
     def count(batch: Batch) -> tuple[int, int]:
-        from densetune.models.crossencoder import rows_per_query
+        from densetune.losses import rows_per_query
 
         rows = int(batch["input_ids"].shape[0])
         return rows // rows_per_query(batch), int(batch["attention_mask"].sum())

@@ -191,6 +191,18 @@ def test_reranker_loss_terms_match_their_definitions():
         RerankerLoss()(scores, n_passages=4)
 
 
+def test_reranker_loss_config_targets_old_and_new_resolve():
+    """Configs saved before the losses moved to densetune.losses name the cross-encoder module; both load."""
+    from densetune.config import instantiate
+    from densetune.losses import RerankerLoss as moved
+
+    assert moved is RerankerLoss
+    for target in ("densetune.losses.RerankerLoss", "densetune.models.crossencoder.RerankerLoss"):
+        loss = instantiate({"_target_": target, "bce_weight": 0.5}, "loss.reranker")
+        assert isinstance(loss, RerankerLoss) and loss.bce_weight == 0.5
+        assert "bce_weight=0.5" in repr(loss)
+
+
 def test_loss_step_reads_both_collators(tiny_encoder):
     from densetune.data.collators import CrossEncoderCollator
 

@@ -9,7 +9,7 @@ import pytest
 
 from densetune.cli import main as cli
 from densetune.errors import DensetuneError
-from densetune.retrieval import mine as mine_module
+from densetune.retrieval import negatives as negatives_module
 from densetune.retrieval.mine import MiningConfig, mine, mine_hard_negatives
 
 
@@ -174,7 +174,7 @@ def test_random_sampling_is_seeded_reproducible_and_block_independent(monkeypatc
     a = mine_hard_negatives(q, positives, d, ids, config)
     b = mine_hard_negatives(q, positives, d, ids, config)
     assert [x.tolist() for x in a.indices] == [x.tolist() for x in b.indices]
-    monkeypatch.setattr(mine_module, "_BLOCK", 2)
+    monkeypatch.setattr(negatives_module, "_BLOCK", 2)
     c = mine_hard_negatives(q, positives, d, ids, config)
     assert [x.tolist() for x in a.indices] == [x.tolist() for x in c.indices]
     other = mine_hard_negatives(

@@ -166,3 +166,15 @@ def make_recipe(raw: dict[str, Any]):
     from densetune.train.loop import TrainRecipe
 
     return TrainRecipe(from_dict(merge_defaults(raw)))
+
+
+def st_training_api():
+    """sentence-transformers' ``losses`` module and ``BatchSamplers``, from where the installed version keeps them
+    (``sentence_transformers.sentence_transformer`` since 6.0, the package root before; a GPU image may be older)."""
+    try:
+        from sentence_transformers.sentence_transformer import losses
+        from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+    except ImportError:
+        from sentence_transformers import losses
+        from sentence_transformers.training_args import BatchSamplers
+    return losses, BatchSamplers

@@ -52,6 +52,7 @@ from bench_common import (
     run_sections,
     scifact_missing,
     set_offline_env,
+    st_training_api,
 )
 from bench_scifact import REFERENCE_NDCG10
 
@@ -182,10 +183,10 @@ def run_peer(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         SentenceTransformer,
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
-        losses,
     )
-    from sentence_transformers.sentence_transformer.training_args import BatchSamplers
     from sentence_transformers.util import mine_hard_negatives
+
+    losses, BatchSamplers = st_training_api()
 
     device = None if args.device == "auto" else args.device
     cuda = device == "cuda" or (device is None and torch.cuda.is_available())

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import SCIFACT, default_model, scifact_missing, set_offline_env
+from bench_common import SCIFACT, default_model, scifact_missing, set_offline_env, st_training_api
 
 set_offline_env()
 
@@ -120,9 +120,10 @@ def bench_sentence_transformers(args: argparse.Namespace, rows: list[dict], work
         SentenceTransformer,
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
-        losses,
     )
     from transformers import TrainerCallback
+
+    losses, _ = st_training_api()
 
     class Timer(TrainerCallback):
         def __init__(self) -> None:

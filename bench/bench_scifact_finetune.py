@@ -18,7 +18,8 @@ Recall@100; equal to sentence-transformers' InformationRetrievalEvaluator). Base
   ``SentenceTransformerTrainer`` with MultipleNegativesRankingLoss (scale 20), ``BatchSamplers.NO_DUPLICATES``,
   warm-up 10%, linear decay: the recipe the issue measured (H100: 0.716 at 3 epochs / 3 negatives).
 
-On 2 CPU cores the default run (3 epochs, 3 negatives) gave densetune nDCG@10 0.7406 (docs/BENCHMARKS.md).
+On 2 CPU cores the default run (3 epochs, 3 negatives) gave densetune nDCG@10 0.7406, the peer 0.7175 (1.032x;
+docs/BENCHMARKS.md).
 
 Mining caches (corpus embeddings of the base model) are kept under ``--out`` and reused by later runs.
 

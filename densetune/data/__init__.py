@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 # name -> module that defines it
 _EXPORTS = {
     "make_retrieval_dataset": "densetune.data.compat",
-    "RetrievalDataset": "densetune.data.compat",
-    "SameDatasetTrainDataset": "densetune.data.compat",
+    "RetrievalDataset": "densetune.data.flag_compat",
+    "SameDatasetTrainDataset": "densetune.data.flag_compat",
     "TASK_CONFIG": "densetune.data.prompts",
     "get_query_prompt": "densetune.data.prompts",
     "BiEncoderCollator": "densetune.data.collators",
@@ -42,9 +42,10 @@ __all__ = [
 
 if TYPE_CHECKING:
     from densetune.data.collators import BiEncoderCollator, CrossEncoderCollator, RetrievalBiencoderCollator
-    from densetune.data.compat import RetrievalDataset, SameDatasetTrainDataset, make_retrieval_dataset
+    from densetune.data.compat import make_retrieval_dataset
     from densetune.data.dataset import RetrievalTrainDataset
     from densetune.data.flag_collators import RetrievalDataCollator, SameEmbedCollator
+    from densetune.data.flag_compat import RetrievalDataset, SameDatasetTrainDataset
     from densetune.data.prompts import TASK_CONFIG, get_query_prompt
 
 

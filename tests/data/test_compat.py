@@ -185,6 +185,10 @@ def test_shipped_config_targets_accept_their_keys():
     assert locate("densetune.data.RetrievalBiencoderCollator") is locate(
         "densetune.data.collators.BiEncoderCollator"
     )
+    # LLM-Embedder's classes live in flag_compat; saved configs naming densetune.data.compat still load
+    for name in ("RetrievalDataset", "SameDatasetTrainDataset"):
+        here = locate(f"densetune.data.flag_compat.{name}")
+        assert locate(f"densetune.data.compat.{name}") is here and locate(f"densetune.data.{name}") is here
 
 
 def test_yaml_stateful_dataloader_batches_and_mid_epoch_resume(tmp_path, minilm_tokenizer):

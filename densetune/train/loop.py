@@ -12,6 +12,7 @@ import contextlib
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -235,14 +236,17 @@ class TrainRecipe:
                 tokenizer=self.tokenizer,
                 **self._model_prefixes(dcfg.collator),
             )
-        self.loader = StatefulDataLoader(
-            self.dataset,
-            batch_sampler=self.sampler,
-            collate_fn=self.collator,
-            num_workers=dcfg.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator().manual_seed(self.cfg.seed),
-        )
+        with warnings.catch_warnings():
+            # torchdata calls torch.set_vital, which torch 2.13 deprecates: noise in every run, nothing to act on
+            warnings.filterwarnings("ignore", message=".*set_vital.*deprecated", category=UserWarning)
+            self.loader = StatefulDataLoader(
+                self.dataset,
+                batch_sampler=self.sampler,
+                collate_fn=self.collator,
+                num_workers=dcfg.num_workers,
+                pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(self.cfg.seed),
+            )
         self.batches_per_epoch = len(self.sampler)
         if self.batches_per_epoch == 0:
             raise ConfigError(

@@ -34,9 +34,8 @@ from densetune.data.jsonrecords import carries_value, iter_text_lines, jtype, pa
 from densetune.data.records import INLINE_CORPUS_ID, Doc
 from densetune.errors import DataError
 
-CACHE_VERSION = (
-    4  # 2: examples carry `category`; 3: corpus rows keep their other fields in `extra`; 4: examples too
-)
+# 2: examples carry `category`; 3: corpus rows keep their other fields in `extra`; 4: examples too
+CACHE_VERSION = 4
 MERLIN_METADATA = "merlin_metadata.json"
 CORPUS_SUFFIXES = (".parquet", ".jsonl", ".json")
 # Arrow record batches are written up to this many bytes, so a column is a handful of chunks and a
@@ -56,6 +55,8 @@ def extra_json(fields: dict[str, Any]) -> str:
     Fields that are null or an empty object / list / string (BEIR's ``"metadata": {}``) carry nothing and
     are not kept; values JSON cannot hold (dates, bytes from Parquet) are kept as their string form.
     """
+    if not fields:  # the common case: nothing to keep
+        return ""
     kept = {k: v for k, v in fields.items() if carries_value(v)}
     return json.dumps(kept, ensure_ascii=False, default=str) if kept else ""
 

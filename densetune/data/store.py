@@ -355,7 +355,7 @@ def _chunk_tables(chunk: Any, inline_start: int) -> tuple[pa.Table, pa.Table]:
                         docs["text"].append(d.text)
                         docs["title"].append(d.title)
                         docs["image"].append(d.image)
-                        docs["extra"].append(extra_json(d.extra) if d.extra else "")
+                        docs["extra"].append(extra_json(d.extra))
                     r.append(assigned[id(d)])
                 rows.append(np.array(r, dtype=np.int64))
         for k in range(3):
@@ -367,7 +367,7 @@ def _chunk_tables(chunk: Any, inline_start: int) -> tuple[pa.Table, pa.Table]:
     cols["pos_scores"] = [ex.pos_scores for ex in examples]
     cols["neg_scores"] = [ex.neg_scores for ex in examples]
     cols["answers"] = [ex.answers for ex in examples]
-    cols["extra"] = [extra_json(ex.extra) if ex.extra else "" for ex in examples]
+    cols["extra"] = [extra_json(ex.extra) for ex in examples]
     return pa.table(cols, schema=EXAMPLE_SCHEMA), pa.table(docs, schema=DOC_SCHEMA)
 
 

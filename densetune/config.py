@@ -118,8 +118,24 @@ def _list_index(key: str, part: str, node: list) -> int:
     return idx
 
 
+# Targets that moved: configs and checkpoints saved before the move name the old path, which still
+# resolves here (one table, so the old modules keep no re-exports that would make imports point up or
+# round in a cycle).
+MOVED_TARGETS = {
+    "densetune.models.crossencoder.RerankerLoss": "densetune.losses.reranker.RerankerLoss",
+    "densetune.models.crossencoder.loss_step": "densetune.losses.reranker.loss_step",
+    "densetune.models.crossencoder.rows_per_query": "densetune.losses.reranker.rows_per_query",
+    **{
+        f"densetune.data.collators.{name}": f"densetune.data.flag_collators.{name}"
+        for name in ("RetrievalDataCollator", "SameEmbedCollator", "NO_IN_BATCH_TYPES", "SAME_EMBED_OUTPUTS")
+    },
+}
+
+
 def locate(path: str, key: str = TARGET) -> Any:
-    """Import ``package.module.Name`` (attributes may nest: ``module.Class.method``)."""
+    """Import ``package.module.Name`` (attributes may nest: ``module.Class.method``); a path in
+    :data:`MOVED_TARGETS` resolves to where the object lives now."""
+    path = MOVED_TARGETS.get(path, path)
     parts = path.split(".")
     for split in range(len(parts) - 1, 0, -1):
         try:

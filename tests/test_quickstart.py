@@ -8,7 +8,7 @@ import pytest
 
 from densetune.cli import main as cli_main
 from densetune.data.pydocs import build_pydocs_beir
-from densetune.retrieval.trec import read_qrels
+from densetune.data.trec import read_qrels
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,8 @@ import numpy as np
 from densetune.data.corpus import Corpus, load_corpus
 from densetune.data.jsonrecords import iter_text_lines, jtype, other_fields, parse_json_line
 from densetune.data.records import Example
+from densetune.data.trec import Qrels, read_qrels
 from densetune.errors import DataError
-from densetune.retrieval.trec import Qrels, read_qrels
 
 _CHUNK = 4096
 

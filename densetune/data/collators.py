@@ -51,8 +51,6 @@ __all__ = [
     "group_to_features",
 ]
 
-_FLAG_COLLATORS = ("RetrievalDataCollator", "SameEmbedCollator", "NO_IN_BATCH_TYPES", "SAME_EMBED_OUTPUTS")
-
 DEFAULT_RERANK_TEMPLATE = "question:{query} \n \n passage:{passage}"
 
 
@@ -516,13 +514,3 @@ class CrossEncoderCollator(DataCollatorWithPadding):
             if scores is not None:
                 batch["teacher_scores"] = scores
         return batch
-
-
-def __getattr__(name: str) -> Any:
-    """The FlagEmbedding collators moved to :mod:`densetune.data.flag_collators`; configs and checkpoints
-    that name them here (``_target_: densetune.data.collators.SameEmbedCollator``) still resolve."""
-    if name in _FLAG_COLLATORS:
-        from densetune.data import flag_collators
-
-        return getattr(flag_collators, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -31,10 +31,10 @@ any of them as ``loss_fn(q, p, **loss_inputs(batch))``. Scores are computed in f
 off: a temperature of 0.02 multiplies similarities by 50, beyond what bfloat16 resolves.
 
 Cross-device negatives: with ``cross_device=True`` the loss gathers the passages (and their ids) of every
-rank with :func:`densetune.train.distributed.gather_with_grad` itself, so the model's forward stays
+rank with :func:`densetune.distributed.gather_with_grad` itself, so the model's forward stays
 local. Each rank scores its own queries against all passages and returns
 ``world_size * sum(local losses) / global number of queries``; DDP's gradient average then equals the
-gradient of the global-batch mean loss exactly (see densetune/train/distributed.py). The value is the
+gradient of the global-batch mean loss exactly (see densetune/distributed.py). The value is the
 global loss only after averaging over ranks (``all_reduce_mean``).
 
 Modules: :mod:`~densetune.losses.scoring` (score columns, reduction), :mod:`~densetune.losses.contrastive`,

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from densetune.distributed import all_gather
 from densetune.losses.scoring import _columns, _ConfiguredLoss, _masked_fill_value, _no_autocast, _reduce
-from densetune.train.distributed import all_gather
 
 
 def false_negative_mask(

@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from densetune.train.distributed import gather_sizes, gather_with_grad, global_mean_scale, rank
+from densetune.distributed import gather_sizes, gather_with_grad, global_mean_scale, rank
 
 
 def _masked_fill_value(dtype: torch.dtype) -> float:

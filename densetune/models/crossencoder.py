@@ -10,7 +10,6 @@ API:
     model.collator -> RerankerCollator            the same as a picklable collate_fn (no weights)
     model.score_pairs(queries, passages, batch_size=32, show_progress=False) -> CPU float32 [N]
     model.save_pretrained(dir, *, model_card=None)
-    RerankerLoss, loss_step, rows_per_query       re-exported from densetune.losses.reranker
 
 Two kinds of reranker:
 
@@ -40,7 +39,8 @@ Two kinds of reranker:
 
 Training: :meth:`CrossEncoder.collate` turns groups ``[positive, neg_1, ..., neg_{n-1}]`` into ``n`` rows per
 query (positive first), tokenised exactly as :meth:`score_pairs` does, so what is trained is what is scored;
-:func:`loss_step` runs the forward and :class:`RerankerLoss` (listwise cross-entropy with target 0, optional
+:func:`densetune.losses.reranker.loss_step` runs the forward and
+:class:`~densetune.losses.reranker.RerankerLoss` (listwise cross-entropy with target 0, optional
 BCE, optional distillation from teacher scores through :class:`densetune.losses.DistillationLoss`). The
 NeMo-style :class:`densetune.data.collators.CrossEncoderCollator` output is accepted as well (``labels``
 [B] gives the number of queries); it formats pairs with a template, so use it with a model whose
@@ -61,7 +61,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from densetune.losses.reranker import RerankerLoss, loss_step, rows_per_query
 from densetune.models import loading
 from densetune.models.inference import map_longest_first
 from densetune.models.lora import apply_lora, unwrap_peft
@@ -73,9 +72,6 @@ __all__ = [
     "CrossEncoder",
     "CrossEncoderConfig",
     "RerankerCollator",
-    "RerankerLoss",
-    "loss_step",
-    "rows_per_query",
 ]
 
 CONFIG_NAME = "densetune_crossencoder.json"

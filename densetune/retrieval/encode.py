@@ -204,7 +204,7 @@ def read_queries(path: str | Path, split: str = "test") -> tuple[list[str], list
     path = Path(path)
     if path.is_dir():
         from densetune.data.beir import is_beir_dir, qrels_path
-        from densetune.retrieval.trec import read_qrels
+        from densetune.data.trec import read_qrels
 
         if not is_beir_dir(path):
             raise DataError("not a BEIR directory; expected corpus.jsonl, queries.jsonl and qrels/", path)

@@ -84,6 +84,7 @@ def retrieve_beir(
 
     Arguments as in :func:`evaluate_model`; with ``save_dir`` the embeddings and ``run.trec`` are written.
     """
+    from densetune.data.trec import read_qrels, write_run
     from densetune.retrieval.encode import (
         QUERY,
         embed_texts,
@@ -96,7 +97,6 @@ def retrieve_beir(
         write_embeddings,
     )
     from densetune.retrieval.search import search_run
-    from densetune.retrieval.trec import read_qrels, write_run
 
     beir_dir = Path(beir_dir)
     query_ids, query_texts = read_queries(beir_dir, split)
@@ -266,7 +266,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from densetune.retrieval.trec import read_qrels, read_run
+    from densetune.data.trec import read_qrels, read_run
 
     metrics = [m.label for m in parse_metrics(_metric_list(args.metrics, args.k))]
     start = time.perf_counter()

@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from densetune.data.trec import Run, read_run, write_run
 from densetune.errors import DataError, DensetuneError
-from densetune.retrieval.trec import Run, read_run, write_run
 
 # pairs handed to the model per call: enough for length sorting to pay, small enough for memory
 _PAIRS_PER_CALL = 4096

@@ -361,8 +361,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from densetune.data.trec import write_run
     from densetune.retrieval.encode import load_embeddings
-    from densetune.retrieval.trec import write_run
 
     config = SearchConfig(
         index=args.index,

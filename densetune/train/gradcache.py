@@ -41,8 +41,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from densetune.distributed import unwrap_model
 from densetune.losses import loss_inputs
-from densetune.train.distributed import unwrap_model
 
 
 class _RngState:

@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from tiny_models import save_tiny_bert, save_tiny_llama
 
 from densetune.data.records import Doc, Group
+from densetune.losses.reranker import RerankerLoss, loss_step
 from densetune.models.crossencoder import (
     LLM_RERANK_PROMPT,
     NEMO_RERANK_TEMPLATE,
     CrossEncoder,
-    RerankerLoss,
-    loss_step,
 )
 
 QUERIES = ["what causes cancer", "does sleep help memory", "insulin and diet"]

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from densetune.cli import main as cli
+from densetune.data.trec import read_qrels, read_run, write_run
 from densetune.errors import DataError
 from densetune.retrieval.evaluate import evaluate_model, format_table
 from densetune.retrieval.metrics import evaluate
-from densetune.retrieval.trec import read_qrels, read_run, write_run
 
 QRELS = "query-id\tcorpus-id\tscore\r\nq1\td1\t1\r\nq1\td2\t2\r\nq2\td3\t1\r\nq3\td9\t1\r\n"
 RUN = {"q1": {"d2": 0.9, "d5": 0.8, "d1": 0.7}, "q2": {"d4": 0.5, "d3": 0.5}}

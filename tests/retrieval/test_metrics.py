@@ -230,7 +230,7 @@ def test_generated_equal_pytrec_eval(data, level):
 
 
 def _scifact(scifact_dir):
-    from densetune.retrieval.trec import read_qrels
+    from densetune.data.trec import read_qrels
 
     qrels = read_qrels(scifact_dir / "qrels" / "test.tsv")
     with open(scifact_dir / "corpus.jsonl", encoding="utf-8") as f:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from densetune.cli import main as cli
-from densetune.retrieval.trec import read_run
+from densetune.data.trec import read_run
 
 DOCS = {
     "d1": ("Cancer", "Mutations in genes that control cell division drive tumour growth."),

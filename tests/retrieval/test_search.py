@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from densetune.cli import main as cli
+from densetune.data.trec import read_run
 from densetune.errors import DensetuneError
 from densetune.retrieval.encode import write_embeddings
 from densetune.retrieval.search import (
@@ -17,7 +18,6 @@ from densetune.retrieval.search import (
     search,
     search_run,
 )
-from densetune.retrieval.trec import read_run
 
 
 def _data(n_q=37, n_d=501, dim=24, seed=0):

@@ -78,7 +78,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from densetune.train.distributed import all_reduce_mean
+    from densetune.distributed import all_reduce_mean
     from densetune.train.gradcache import grad_cache_step
 
     torch.set_num_threads(1)

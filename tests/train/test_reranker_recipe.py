@@ -21,9 +21,9 @@ from train_helpers import (
 )
 
 from densetune import cli
+from densetune.data.trec import write_run
 from densetune.errors import ConfigError
 from densetune.models.crossencoder import CrossEncoder
-from densetune.retrieval.trec import write_run
 from densetune.train.config import from_dict, load_config, merge_defaults
 from densetune.train.logging import read_metrics
 

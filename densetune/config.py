@@ -186,6 +186,12 @@ def instantiate(node: Any, key: str = "", **call_kwargs: Any) -> Any:
         raise ConfigError(key or TARGET, f"{node[TARGET]}: {err}") from err
 
 
+def signature_defaults(path: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """The default values of ``names`` in the signature of the callable at ``path``, in that order."""
+    params = inspect.signature(locate(path)).parameters
+    return {name: params[name].default for name in names}
+
+
 def check_arguments(target: Any, kwargs: Mapping[str, Any], key: str) -> None:
     """Raise ConfigError listing every keyword ``target`` does not accept, with the ones it does."""
     try:

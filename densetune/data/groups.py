@@ -174,7 +174,7 @@ class GroupSelector:
 
     Args:
         n_passages: documents per group, 1 positive + ``n_passages - 1`` negatives (NeMo ``n_passages``,
-            FlagEmbedding ``train_group_size``).
+            FlagEmbedding ``train_group_size``); 4 by default, as the recipe.
         positive: ``first`` | ``cycle`` | ``random`` | ``teacher`` | ``teacher-pos``.
         negative: ``cycle`` | ``pool`` | ``first`` | ``random`` | ``teacher+`` | ``teacher-``.
         teacher_scores_min: drop Examples whose best teacher score is below this (None: keep all).
@@ -217,7 +217,7 @@ class GroupSelector:
 
     def __init__(
         self,
-        n_passages: int = 8,
+        n_passages: int = 4,
         positive: str = "first",
         negative: str = "random",
         *,

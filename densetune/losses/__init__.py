@@ -1,8 +1,8 @@
 """Retrieval losses: embeddings or reranker scores (plus document ids and teacher scores) in, one scalar out.
 
 API:
-    ContrastiveLoss(temperature=0.02, in_batch_negatives=True, mask_false_negatives=True,
-                    margin_mask=None, cross_device=False)
+    ContrastiveLoss(temperature=0.05, in_batch_negatives=True, mask_false_negatives=True,
+                    margin_mask=None, cross_device=True)
         loss(q [B, H], p [B*n, H], *, n_passages, passage_doc_ids=None, positive_doc_ids=None,
              in_batch_negatives=None) -> scalar
     DistillationLoss(kind="kl", teacher_temperature=1.0, student_temperature=0.02)

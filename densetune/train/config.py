@@ -29,18 +29,19 @@ from typing import Any
 
 import yaml
 
-from densetune.config import TARGET, apply_overrides, check_arguments, load_yaml, locate
+from densetune.config import TARGET, apply_overrides, check_arguments, load_yaml, locate, signature_defaults
 from densetune.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------------
 # Default component nodes. Keys of a user node without `_target_` are merged into these; a node naming
 # another `_target_` replaces the default whole (its own defaults then come from its signature).
 # ----------------------------------------------------------------------------------------------------
+# densetune's own components take their defaults from their signatures (one source: the Python API and
+# the CLI train the same thing); the collator is NeMo Automodel's seed API, whose signature keeps the seed's
+# defaults, so the recipe sets its own values on it here.
 DEFAULT_SELECTOR = {
     TARGET: "densetune.data.groups.GroupSelector",
-    "n_passages": 4,
-    "positive": "first",
-    "negative": "random",
+    **signature_defaults("densetune.data.groups.GroupSelector", ("n_passages", "positive", "negative")),
 }
 DEFAULT_SAMPLER = {TARGET: "densetune.data.samplers.RandomBatchSampler"}
 DEFAULT_COLLATOR = {
@@ -53,10 +54,10 @@ DEFAULT_COLLATOR = {
 }
 DEFAULT_CONTRASTIVE = {
     TARGET: "densetune.losses.ContrastiveLoss",
-    "temperature": 0.05,
-    "in_batch_negatives": True,
-    "mask_false_negatives": True,
-    "cross_device": True,
+    **signature_defaults(
+        "densetune.losses.ContrastiveLoss",
+        ("temperature", "in_batch_negatives", "mask_false_negatives", "cross_device"),
+    ),
 }
 DEFAULT_DISTILLATION = {TARGET: "densetune.losses.DistillationLoss"}
 DEFAULT_RERANKER = {TARGET: "densetune.losses.RerankerLoss"}

@@ -184,3 +184,21 @@ def test_schedule_warmup_then_linear_or_cosine_decay(tmp_path):
         opt.step()
         sched.step()
     assert lrs[:3] == pytest.approx([1 / 3, 2 / 3, 1.0]) and lrs[-1] == pytest.approx(0.125)
+
+
+def test_densetune_components_default_to_what_the_recipe_trains():
+    """One source of defaults: a GroupSelector / ContrastiveLoss built in Python with no arguments is the
+    one a recipe that leaves those keys out trains with."""
+    from densetune.data.groups import GroupSelector
+    from densetune.losses import ContrastiveLoss
+    from densetune.train.config import from_dict, merge_defaults
+
+    cfg = from_dict(merge_defaults({"model": {"path": "m"}, "data": {"train": ["x.jsonl"]}}))
+    selector, loss = GroupSelector(), ContrastiveLoss()
+    assert {k: getattr(selector, k) for k in ("n_passages", "positive", "negative")} == {
+        k: cfg.data.selector[k] for k in ("n_passages", "positive", "negative")
+    }
+    assert cfg.data.selector["n_passages"] == 4
+    for key in ("temperature", "in_batch_negatives", "mask_false_negatives", "cross_device"):
+        assert getattr(loss, key) == cfg.loss.contrastive[key], key
+    assert (loss.temperature, loss.cross_device) == (0.05, True)

@@ -35,7 +35,6 @@ from densetune.errors import ConfigError
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from densetune.data.records import Group
 
 # Added to the tokenizer (and the embedding matrix resized) when training BGE-EN-ICL style models.
 LLM_SPECIAL_TOKENS = ["<instruct>", "<query>", "<response>"]
@@ -93,14 +92,6 @@ class PromptFormatter:
     def apply_passage(self, text: str, instruction: str = "") -> str:
         """One passage text with its prefix or instruction (for NeMo-style dict batches)."""
         return join_prefix(instruction if self.use_dataset_instruction else self.passage_prefix, text)
-
-    def query(self, group: Group) -> str:
-        """The Group's query as the model sees it."""
-        return self.apply_query(group.query, group.query_instruction)
-
-    def passages(self, group: Group) -> list[str]:
-        """The Group's documents (positive first) as the model sees them; titles are not added."""
-        return [self.apply_passage(doc.text, group.passage_instruction) for doc in group.docs]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ from densetune.data.prompts import (
     task_instruction,
     truncate_text,
 )
-from densetune.data.records import Doc, Group
 from densetune.errors import ConfigError
 
 PROMPT = "Given a question, retrieve passages that answer it"
@@ -40,20 +39,13 @@ def test_join_prefix():
 
 
 def test_prompt_formatter_prefixes_and_dataset_instructions():
-    group = Group(
-        query="q",
-        query_id="1",
-        docs=[Doc("a", "pos"), Doc("b", "neg")],
-        query_instruction="Instruct: find\nQuery:",
-        passage_instruction="",
-    )
     static = PromptFormatter(query_prefix="query:", passage_prefix="passage:")
-    assert static.query(group) == "query: q"
-    assert static.passages(group) == ["passage: pos", "passage: neg"]
+    assert static.apply_query("q", "Instruct: find\nQuery:") == "query: q"
+    assert static.apply_passage("pos") == "passage: pos"
     # With dataset instructions the static prefixes are ignored, and an empty instruction leaves text raw.
     dataset = PromptFormatter(query_prefix="query:", passage_prefix="passage:", use_dataset_instruction=True)
-    assert dataset.query(group) == "Instruct: find\nQuery: q"
-    assert dataset.passages(group) == ["pos", "neg"]
+    assert dataset.apply_query("q", "Instruct: find\nQuery:") == "Instruct: find\nQuery: q"
+    assert dataset.apply_passage("pos", "") == "pos"
     assert dataset.apply_passage("text", "Represent:") == "Represent: text"
     assert PromptFormatter().apply_query("q") == "q"
 

@@ -1,6 +1,9 @@
-"""torch.distributed helpers for the loss: gather embeddings across ranks with their gradient.
+"""torch.distributed helpers: the process group torchrun describes, and the gathers the losses use.
 
 API:
+    init_distributed(device) -> (rank, world_size, local_rank)   (joins torchrun's group; gloo / nccl)
+    barrier()                                                 (all ranks wait; no-op in one process)
+    gather_objects(obj, world_size) -> list                   (one picklable object per rank)
     rank() -> int, world_size() -> int, is_main() -> bool, is_distributed() -> bool
     gather_with_grad(t [n_local, ...]) -> [n_global, ...]   (differentiable, ranks may differ in n_local)
     all_gather(t [n_local, ...]) -> [n_global, ...]          (no gradient; ids, sizes, scores)
@@ -26,9 +29,42 @@ Outside ``torch.distributed`` (or with one process) every helper is the identity
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+
+def init_distributed(device: str) -> tuple[int, int, int]:
+    """Join the process group torchrun describes (env vars), gloo on CPU and nccl on GPU; else (0, 1, 0)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return 0, 1, 0
+    if int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1, int(os.environ.get("LOCAL_RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = device != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def barrier() -> None:
+    """Every rank waits here (a no-op outside an initialised process group of more than one process)."""
+    if is_distributed():
+        dist.barrier()
+
+
+def gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """One picklable object from every rank, in rank order (every rank takes part)."""
+    if world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def is_distributed() -> bool:

@@ -39,6 +39,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from densetune import distributed
 from densetune.errors import DataError, DensetuneError
 
 QUERY, DOC = "query", "doc"
@@ -454,6 +455,7 @@ def encode_corpus(
     _check_dtype(dtype)
     if shard_size < 1:
         raise DensetuneError(f"shard_size must be >= 1, got {shard_size}")
+    rank, world = distributed.rank(), distributed.world_size()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = len(source)
@@ -467,9 +469,9 @@ def encode_corpus(
         "ids_sha1": _ids_digest(source.ids),
     }
     meta_path = out / f"{DOC}.meta.json"
-    if overwrite:
-        _clear_doc_outputs(out)
-    previous = read_meta(out, DOC)
+    n_shards = (n + shard_size - 1) // shard_size
+    # Every rank reads the state and checks it (so a refusal ends every rank alike); rank 0 alone writes.
+    previous = {} if overwrite else read_meta(out, DOC)
     if previous:
         old = {k: previous.get(k) for k in settings}
         if old != settings:
@@ -479,31 +481,47 @@ def encode_corpus(
             raise DataError(
                 f"holds the embeddings of a different encode ({diff}); use another --out or --overwrite", out
             )
-    elif (out / f"{DOC}.npy").exists() or any(out.glob(f"{DOC}.shard-*")):
+    elif not overwrite and ((out / f"{DOC}.npy").exists() or any(out.glob(f"{DOC}.shard-*"))):
         raise DataError(
             f"holds {DOC} embeddings of unknown origin (no {meta_path.name}); use --overwrite", out
         )
-    n_shards = (n + shard_size - 1) // shard_size
-    if previous.get("complete") and (out / f"{DOC}.npy").is_file() and (out / f"{DOC}.ids").is_file():
-        for p in out.glob(f"{DOC}.shard-*"):  # left over if the last run stopped right after merging
-            p.unlink()
+    finished = previous.get("complete") and (out / f"{DOC}.npy").is_file() and (out / f"{DOC}.ids").is_file()
+    distributed.barrier()  # every rank has read the state before rank 0 changes it
+    if finished:
+        if rank == 0:
+            for p in out.glob(f"{DOC}.shard-*"):  # left over if the last run stopped right after merging
+                p.unlink()
+        distributed.barrier()
         return CorpusEncodeResult(True, n_shards, n_shards, 0, n)
-    _atomic_write_text(meta_path, json.dumps({**settings, "complete": False}, indent=2, sort_keys=True))
+    if rank == 0:
+        if overwrite:
+            _clear_doc_outputs(out)
+        _atomic_write_text(meta_path, json.dumps({**settings, "complete": False}, indent=2, sort_keys=True))
+    distributed.barrier()
 
-    done = 0
-    while done < n_shards and _shard_paths(out, done)[0].is_file():
-        _check_shard(out, done, source.ids[done * shard_size : (done + 1) * shard_size])
-        done += 1
-    first_new = done
+    # Shard k belongs to rank k % world; a shard already on disk (from any earlier run, with any number of
+    # processes) is checked and kept.
+    mine = [k for k in range(rank, n_shards, world)]
+    todo = []
+    for k in mine:
+        if _shard_paths(out, k)[0].is_file():
+            _check_shard(out, k, source.ids[k * shard_size : (k + 1) * shard_size])
+        else:
+            todo.append(k)
+    if max_shards is not None:
+        todo = todo[:max_shards]
     bar = None
-    if show_progress:
+    if show_progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, initial=min(done * shard_size, n), desc="encode corpus", unit="doc")
+        share = sum(min(shard_size, n - k * shard_size) for k in mine)
+        done_rows = share - sum(min(shard_size, n - k * shard_size) for k in todo)
+        label = "encode corpus" if world == 1 else f"encode corpus (rank 0 of {world})"
+        bar = tqdm(total=share, initial=done_rows, desc=label, unit="doc")
     encoded = 0
     try:
-        while done < n_shards and (max_shards is None or encoded < max_shards):
-            start, stop = done * shard_size, min((done + 1) * shard_size, n)
+        for k in todo:
+            start, stop = k * shard_size, min((k + 1) * shard_size, n)
             emb = embed_texts(
                 encoder,
                 source.texts(start, stop),
@@ -512,27 +530,31 @@ def encode_corpus(
                 max_length=max_length,
                 show_progress=show_progress and n_shards == 1,
             )
-            npy, ids_path = _shard_paths(out, done)
+            npy, ids_path = _shard_paths(out, k)
             # ids first, array last: an existing shard .npy means its .ids is complete
             _write_ids(ids_path, source.ids[start:stop])
             _atomic_save_npy(npy, emb.astype(DTYPES[dtype]))
-            done += 1
             encoded += 1
             if bar is not None:
                 bar.update(stop - start)
     finally:
         if bar is not None:
             bar.close()
+    encoded = sum(distributed.gather_objects(encoded, world))
+    distributed.barrier()  # every rank's shards are on disk
+    done = sum(_shard_paths(out, k)[0].is_file() for k in range(n_shards))
     if done < n_shards:
-        return CorpusEncodeResult(False, n_shards, done, done - first_new, n)
-    _merge_shards(out, n_shards, n, dtype)
-    _atomic_write_text(
-        meta_path, json.dumps({**settings, "complete": True, "dim": _dim(out)}, indent=2, sort_keys=True)
-    )
-    for k in range(n_shards):
-        for p in _shard_paths(out, k):
-            p.unlink(missing_ok=True)
-    return CorpusEncodeResult(True, n_shards, n_shards, done - first_new, n)
+        return CorpusEncodeResult(False, n_shards, done, encoded, n)
+    if rank == 0:
+        _merge_shards(out, n_shards, n, dtype)
+        _atomic_write_text(
+            meta_path, json.dumps({**settings, "complete": True, "dim": _dim(out)}, indent=2, sort_keys=True)
+        )
+        for k in range(n_shards):
+            for p in _shard_paths(out, k):
+                p.unlink(missing_ok=True)
+    distributed.barrier()
+    return CorpusEncodeResult(True, n_shards, n_shards, encoded, n)
 
 
 def _dim(out: Path) -> int:
@@ -649,22 +671,13 @@ def main(args: argparse.Namespace) -> int:
     # read inputs before loading the model, so bad input fails fast
     queries = read_queries(args.queries, args.split) if args.queries else None
     source = open_corpus(args.corpus, cache_dir=args.cache_dir) if args.corpus else None
-    encoder = load_encoder(args.model, device=args.device)
+    # Under torchrun every rank encodes its share of the corpus shards and rank 0 merges them.
+    rank, world, local_rank = distributed.init_distributed(args.device or "auto")
+    device = args.device
+    if world > 1 and device != "cpu" and torch.cuda.is_available():
+        device = f"cuda:{local_rank}"
+    encoder = load_encoder(args.model, device=device)
     meta = encoder_meta(encoder, str(Path(args.model).resolve()), args.max_length)
-    if queries is not None:
-        start = time.perf_counter()
-        encode_queries(
-            encoder,
-            *queries,
-            args.out,
-            dtype=args.dtype,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            meta=meta,
-        )
-        print(
-            f"encoded {len(queries[0])} queries in {time.perf_counter() - start:.1f}s -> {args.out}/query.npy"
-        )
     if source is not None:
         start = time.perf_counter()
         result = encode_corpus(
@@ -681,12 +694,28 @@ def main(args: argparse.Namespace) -> int:
         )
         elapsed = time.perf_counter() - start
         if result.complete and result.shards_encoded == 0:
-            print(f"{args.out}/doc.npy already holds these {result.rows} documents; nothing to do")
+            message = f"{args.out}/doc.npy already holds these {result.rows} documents; nothing to do"
         elif result.complete:
-            print(f"encoded {result.rows} documents in {elapsed:.1f}s -> {args.out}/doc.npy")
+            message = f"encoded {result.rows} documents in {elapsed:.1f}s -> {args.out}/doc.npy"
         else:
-            print(
+            message = (
                 f"encoded {result.shards_encoded} shards in {elapsed:.1f}s; {result.shards_done}/{result.shards_total} "
                 "done: re-run the same command to continue"
             )
+        if rank == 0:
+            print(message + (f" ({world} processes)" if world > 1 else ""))
+    if queries is not None and rank == 0:
+        start = time.perf_counter()
+        encode_queries(
+            encoder,
+            *queries,
+            args.out,
+            dtype=args.dtype,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            meta=meta,
+        )
+        print(
+            f"encoded {len(queries[0])} queries in {time.perf_counter() - start:.1f}s -> {args.out}/query.npy"
+        )
     return 0

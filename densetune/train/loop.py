@@ -23,6 +23,7 @@ import yaml
 from torch import nn
 
 from densetune.config import instantiate, locate
+from densetune.distributed import gather_objects, init_distributed
 from densetune.errors import ConfigError
 from densetune.train import checkpoint as ckpt
 from densetune.train.config import RecipeConfig, diff_configs, model_loader_kwargs, save_config
@@ -30,8 +31,6 @@ from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plo
 from densetune.train.optim import build_optimizer, build_scheduler, lr_factor, warmup_steps
 from densetune.train.sharding import (
     apply_fsdp,
-    gather_objects,
-    init_distributed,
     load_model_state,
     pick_device,
     trainable_state,

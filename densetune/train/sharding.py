@@ -1,7 +1,7 @@
-"""Processes, devices and sharded models for the training recipe.
+"""Devices and sharded models for the training recipe.
 
-``init_distributed`` joins the process group ``torchrun`` describes (gloo on CPU, nccl on GPU),
-``pick_device`` chooses this rank's device, ``apply_fsdp`` shards a model with FSDP2 (one unit per repeated
+``pick_device`` chooses this rank's device (the process group is joined by
+:func:`densetune.distributed.init_distributed`), ``apply_fsdp`` shards a model with FSDP2 (one unit per repeated
 transformer block, then the root), and ``trainable_state`` / ``load_model_state`` copy weights out of and
 into a model whether its parameters are plain tensors or FSDP2 shards (checkpoints hold full tensors, so
 a checkpoint does not depend on how the run was sharded). ``gather_objects`` collects one picklable object
@@ -10,29 +10,10 @@ per rank (data positions and RNG states for checkpoints).
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from densetune.errors import ConfigError
-
-
-def init_distributed(device: str) -> tuple[int, int, int]:
-    """Join the process group torchrun describes (env vars), gloo on CPU and nccl on GPU; else (0, 1, 0)."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return 0, 1, 0
-    if int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1, int(os.environ.get("LOCAL_RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    use_cuda = device != "cpu" and torch.cuda.is_available()
-    if not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local_rank
 
 
 def pick_device(device: str, local_rank: int) -> torch.device:
@@ -44,15 +25,6 @@ def pick_device(device: str, local_rank: int) -> torch.device:
             )
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
-
-
-def gather_objects(obj: Any, world_size: int) -> list[Any]:
-    """One picklable object from every rank, in rank order (every rank takes part)."""
-    if world_size == 1:
-        return [obj]
-    out: list[Any] = [None] * world_size
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def trainable_state(model: nn.Module, names: set[str] | None) -> dict[str, torch.Tensor]:

@@ -1,0 +1,61 @@
+"""``torchrun --nproc_per_node=2 -m densetune encode`` on CPU (gloo): each rank encodes its share of the
+corpus shards, rank 0 merges, and the result equals a one-process encode (ids and order identical,
+embeddings equal up to float rounding); a run stopped part-way resumes with another number of processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from tiny_models import save_tiny_bert
+
+from densetune.retrieval.encode import load_embeddings
+
+pytestmark = pytest.mark.slow
+
+
+def encode(model, corpus, out, nproc: int, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "densetune"]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        cmd += ["-m", "densetune"]
+    args = ["encode", "--model", model, "--corpus", str(corpus), "--out", str(out), "--device", "cpu"]
+    proc = subprocess.run(
+        [*cmd, *args, "--shard-size", "7", *extra], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_two_cpu_ranks_equal_one_process(minilm_path, tmp_path):
+    model = save_tiny_bert(tmp_path / "model", minilm_path, dropout=0.0, head="none")
+    corpus = tmp_path / "corpus.jsonl"
+    with open(corpus, "w") as f:
+        for i in range(40):  # 6 shards (5 of 7 documents, 1 of 5), 3 per rank
+            f.write(json.dumps({"_id": f"d{i}", "text": f"document {i} " + "word " * (i % 9)}) + "\n")
+
+    encode(model, corpus, tmp_path / "one", 1)
+    two = encode(model, corpus, tmp_path / "two", 2)
+    assert two.stdout.count("encoded 40 documents") == 1 and "(2 processes)" in two.stdout  # rank 0 prints
+    ids1, emb1 = load_embeddings(tmp_path / "one", "doc")
+    ids2, emb2 = load_embeddings(tmp_path / "two", "doc")
+    assert ids2 == ids1 == [f"d{i}" for i in range(40)]
+    np.testing.assert_allclose(emb2, emb1, atol=1e-5)
+    assert not list((tmp_path / "two").glob("doc.shard-*"))  # merged and removed
+    meta = json.loads((tmp_path / "two" / "doc.meta.json").read_text())
+    assert meta["complete"] and meta["rows"] == 40
+    assert "nothing to do" in encode(model, corpus, tmp_path / "two", 2).stdout
+
+    # Stopped after one shard per rank, then finished by a single process: the same files.
+    part = encode(model, corpus, tmp_path / "resume", 2, "--max-shards", "1")
+    assert "2/6 done" in part.stdout
+    assert len(list((tmp_path / "resume").glob("doc.shard-*.npy"))) == 2
+    encode(model, corpus, tmp_path / "resume", 1)
+    ids3, emb3 = load_embeddings(tmp_path / "resume", "doc")
+    assert ids3 == ids1
+    np.testing.assert_allclose(emb3, emb1, atol=1e-5)

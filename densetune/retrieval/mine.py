@@ -19,7 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from densetune import distributed
 from densetune.errors import DataError, DensetuneError
 from densetune.retrieval.negatives import (
     FILL,
@@ -118,6 +120,11 @@ def mine(
             raise DataError("example has no positive document; mining needs one per query", ex.source or data)
     search_config = search_config or SearchConfig()
     corpus_obj = load_corpus(corpus, cache_dir=cache_dir)
+    # Under torchrun each rank mines a contiguous slice of the queries against the whole corpus (seeded by
+    # the global query index) and rank 0 writes; the corpus is encoded by all ranks together.
+    rank, world = distributed.rank(), distributed.world_size()
+    lo, hi = len(examples) * rank // world, len(examples) * (rank + 1) // world
+    local = examples[lo:hi]
     encoder = load_encoder(model, device=device)
     meta = encoder_meta(
         encoder, str(Path(model).resolve()) if isinstance(model, (str, Path)) else "", max_length
@@ -159,7 +166,7 @@ def mine(
 
     query_emb = embed_texts(
         encoder,
-        [ex.query for ex in examples],
+        [ex.query for ex in local],
         is_query=True,
         batch_size=batch_size,
         max_length=max_length,
@@ -167,7 +174,7 @@ def mine(
     )
     positive_scores = _example_positive_scores(
         encoder,
-        examples,
+        local,
         query_emb,
         doc_ids,
         doc_emb,
@@ -178,20 +185,26 @@ def mine(
     )
     mined = mine_hard_negatives(
         query_emb,
-        [[p.id for p in ex.positives] for ex in examples],
+        [[p.id for p in ex.positives] for ex in local],
         doc_emb,
         doc_ids,
         config,
         positive_scores=positive_scores,
         doc_keys=doc_keys,
-        query_keys=np.array([text_key(ex.query) for ex in examples], dtype=np.int64),
+        query_keys=np.array([text_key(ex.query) for ex in local], dtype=np.int64),
         # a positive matches a corpus text rendered with its title, or its bare text
         positive_keys=[
-            [k for p in ex.positives for k in {text_key(doc_text(p)), text_key(p.text)}] for ex in examples
+            [k for p in ex.positives for k in {text_key(doc_text(p)), text_key(p.text)}] for ex in local
         ],
         search_config=search_config,
         show_progress=show_progress,
+        query_offset=lo,
     )
+    if world > 1:
+        mined = MinedNegatives.concat(distributed.gather_objects(mined, world))
+        if rank != 0:
+            distributed.barrier()  # rank 0 writes
+            return mined.stats
 
     def with_negatives():
         for ex, rows, scores, pos in zip(examples, mined.indices, mined.scores, mined.positive_scores):
@@ -218,22 +231,27 @@ def mine(
         "dropped_empty": mined.stats.empty_queries if drop_empty else 0,
     }
     Path(str(out) + ".mine.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    distributed.barrier()
     return mined.stats
 
 
 def _embed_corpus(encoder, corpus_obj, batch_size, max_length, show_progress) -> np.ndarray:
+    """The corpus embedded in memory; under torchrun each rank embeds a slice and every rank gets all."""
     from densetune.data.corpus import doc_text
     from densetune.retrieval.encode import embed_texts
 
-    texts = [doc_text(d) for d in corpus_obj]
-    return embed_texts(
+    rank, world = distributed.rank(), distributed.world_size()
+    n = len(corpus_obj)
+    rows = np.arange(n * rank // world, n * (rank + 1) // world)
+    emb = embed_texts(
         encoder,
-        texts,
+        [doc_text(d) for d in corpus_obj.docs(rows)],
         is_query=False,
         batch_size=batch_size,
         max_length=max_length,
-        show_progress=show_progress,
+        show_progress=show_progress and rank == 0,
     )
+    return np.concatenate(distributed.gather_objects(emb, world)) if world > 1 else emb
 
 
 def _example_positive_scores(
@@ -369,7 +387,12 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         fill=args.fill,
     )
-    if args.with_scores and args.format != "flag":
+    # torchrun: every rank encodes and mines its share, rank 0 writes and reports
+    rank, world, local_rank = distributed.init_distributed(args.device or "auto")
+    device = args.device
+    if world > 1 and device != "cpu" and torch.cuda.is_available():
+        device = f"cuda:{local_rank}"
+    if args.with_scores and args.format != "flag" and rank == 0:
         print(f"note: the {args.format} format cannot carry scores; use --format flag to keep them")
     start = time.perf_counter()
     stats = mine(
@@ -385,12 +408,15 @@ def main(args: argparse.Namespace) -> int:
         drop_empty=args.drop_empty,
         batch_size=args.batch_size,
         max_length=args.max_length,
-        search_config=SearchConfig(index=args.index, device=args.device),
-        device=args.device,
+        search_config=SearchConfig(index=args.index, device=device),
+        device=device,
         cache_dir=args.cache_dir,
     )
-    print(stats.summary())
-    print(
-        f"wrote {args.out} ({args.format}) in {time.perf_counter() - start:.1f}s; statistics in {args.out}.mine.json"
-    )
+    if rank == 0:
+        print(stats.summary())
+        print(
+            f"wrote {args.out} ({args.format}) in {time.perf_counter() - start:.1f}s"
+            + (f" ({world} processes)" if world > 1 else "")
+            + f"; statistics in {args.out}.mine.json"
+        )
     return 0

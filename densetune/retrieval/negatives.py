@@ -216,6 +216,34 @@ class MinedNegatives:
     positive_scores: list[np.ndarray]
     stats: MiningStats
 
+    @classmethod
+    def concat(cls, parts: Sequence[MinedNegatives]) -> MinedNegatives:
+        """The results of consecutive query slices (e.g. one per process) as one result, in slice order."""
+        stats = MiningStats(requested=parts[0].stats.requested if parts else 0)
+        for part in parts:
+            for name in (
+                "queries",
+                "negatives",
+                "short_queries",
+                "empty_queries",
+                "filled_queries",
+                "filled",
+            ):
+                setattr(stats, name, getattr(stats, name) + getattr(part.stats, name))
+            stats.skipped.update(part.stats.skipped)
+        stats.positive_scores = np.concatenate(
+            [stats.positive_scores, *(p.stats.positive_scores for p in parts)]
+        )
+        stats.negative_scores = np.concatenate(
+            [stats.negative_scores, *(p.stats.negative_scores for p in parts)]
+        )
+        return cls(
+            [r for p in parts for r in p.indices],
+            [x for p in parts for x in p.scores],
+            [x for p in parts for x in p.positive_scores],
+            stats,
+        )
+
 
 def _pad(rows: Sequence[Sequence[int]], fill: int) -> tuple[np.ndarray, np.ndarray]:
     """Ragged int lists -> ([n, max_len] int64 padded with ``fill``, [n, max_len] bool valid mask)."""
@@ -356,6 +384,7 @@ def mine_hard_negatives(
     positive_keys: Sequence[Sequence[int]] | None = None,
     search_config: SearchConfig | None = None,
     show_progress: bool = False,
+    query_offset: int = 0,
 ) -> MinedNegatives:
     """Mine hard negatives for every query from embeddings (no file IO; see :func:`mine` for files).
 
@@ -375,6 +404,9 @@ def mine_hard_negatives(
         positive_keys: per query, text keys of its positives.
         search_config: how candidates are retrieved (default exact chunked search).
         show_progress: tqdm bars.
+        query_offset: global index of the first query when these queries are one process's slice of a
+            larger set: random sampling and filling are seeded by the global index, so the slices of
+            several processes give what one process gives for the whole set.
 
     Returns:
         :class:`MinedNegatives`.
@@ -432,14 +464,14 @@ def mine_hard_negatives(
             doc_keys=doc_keys,
             query_keys=None if qkeys is None else qkeys[start:stop],
             positive_keys=None if positive_keys is None else positive_keys[start:stop],
-            query_offset=start,
+            query_offset=query_offset + start,
             stats=stats,
         )
         rows.extend(r)
         scores.extend(s)
     if config.fill == "random":
         _fill_random(rows, scores, config, query_emb, doc_emb, doc_canon, cand_rows, positive_rows, floor,
-                     search_config.normalize, doc_keys, qkeys, positive_keys, stats)  # fmt: skip
+                     search_config.normalize, doc_keys, qkeys, positive_keys, stats, query_offset)  # fmt: skip
     got = np.array([len(r) for r in rows], dtype=np.int64)
     stats.negatives = int(got.sum())
     stats.short_queries = int((got < config.num_negatives).sum())
@@ -451,7 +483,7 @@ def mine_hard_negatives(
 
 def _fill_random(
     rows, scores, config, query_emb, doc_emb, doc_canon, cand_rows, positive_rows, floor, normalize,
-    doc_keys, query_keys, positive_keys, stats,
+    doc_keys, query_keys, positive_keys, stats, query_offset=0,
 ) -> None:  # fmt: skip
     """Top up short queries in place with random corpus rows (module docstring, step 6), scored by the model.
 
@@ -476,7 +508,7 @@ def _fill_random(
             if query_keys is not None:
                 bad_keys.add(int(query_keys[i]))
             bad_keys |= {int(keys[r, 0]) for r in chosen}
-        rng = np.random.default_rng([config.seed, i, 1])
+        rng = np.random.default_rng([config.seed, query_offset + i, 1])
         added: list[int] = []
         added_scores: list[float] = []
         for r in rng.integers(0, n_docs, size=missing * _FILL_TRIES):

@@ -98,12 +98,14 @@ def mine(
     from densetune.data.corpus import doc_text, load_corpus
     from densetune.data.formats import iter_examples, write_examples
     from densetune.retrieval.encode import (
+        DEFAULT_SHARD_SIZE,
         DocSource,
         embed_texts,
         encode_corpus,
         encoder_meta,
         load_embeddings,
         load_encoder,
+        read_meta,
     )
 
     config = config or MiningConfig()
@@ -138,10 +140,15 @@ def mine(
     ):
         doc_ids, doc_emb = load_embeddings(corpus_embeddings, "doc")  # produced elsewhere: trusted as is
     elif corpus_embeddings is not None:
+        # an earlier `densetune encode` may have stored them in float16 or in other shards: keep its layout
+        # (the model, length and corpus checks still apply)
+        layout = read_meta(corpus_embeddings, "doc")
         encode_corpus(
             encoder,
             DocSource.from_corpus(corpus_obj),
             corpus_embeddings,
+            dtype=layout.get("dtype", "float32"),
+            shard_size=layout.get("shard_size", DEFAULT_SHARD_SIZE),
             batch_size=batch_size,
             max_length=max_length,
             meta=meta,

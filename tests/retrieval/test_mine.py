@@ -294,6 +294,32 @@ def test_mine_corpus_embeddings_dir_is_reused(beir_dir, stub_encoder, tmp_path):
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
 
 
+def test_mine_reuses_a_float16_encode_with_other_shards(beir_dir, stub_encoder, tmp_path):
+    """The chain docs/scaling.md shows: `encode --dtype float16 --shard-size ...` first, then `mine
+    --corpus-embeddings` on the same directory reuses it instead of refusing its layout."""
+    from densetune.data.corpus import load_corpus
+    from densetune.retrieval.encode import DocSource, encode_corpus, encoder_meta
+
+    emb = tmp_path / "emb"
+    meta = encoder_meta(stub_encoder, "", None)
+    encode_corpus(
+        stub_encoder, DocSource.from_corpus(load_corpus(beir_dir)), emb, dtype="float16", shard_size=3,
+        meta=meta, show_progress=False,
+    )  # fmt: skip
+    before = stub_encoder.encoded
+    config = MiningConfig(num_negatives=2, range_max=6)
+    mine(
+        stub_encoder,
+        beir_dir,
+        tmp_path / "a.jsonl",
+        corpus_embeddings=emb,
+        config=config,
+        show_progress=False,
+    )
+    assert stub_encoder.encoded - before < 10  # queries only
+    assert (tmp_path / "a.jsonl").stat().st_size > 0
+
+
 def test_mine_inline_training_file(tmp_path, stub_encoder, monkeypatch):
     monkeypatch.setenv("DENSETUNE_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "corpus.jsonl"

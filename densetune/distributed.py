@@ -4,6 +4,7 @@ API:
     init_distributed(device) -> (rank, world_size, local_rank)   (joins torchrun's group; gloo / nccl)
     barrier()                                                 (all ranks wait; no-op in one process)
     gather_objects(obj, world_size) -> list                   (one picklable object per rank)
+    on_main(fn) -> result                                     (fn on rank 0, its result or error on all)
     rank() -> int, world_size() -> int, is_main() -> bool, is_distributed() -> bool
     gather_with_grad(t [n_local, ...]) -> [n_global, ...]   (differentiable, ranks may differ in n_local)
     all_gather(t [n_local, ...]) -> [n_global, ...]          (no gradient; ids, sizes, scores)
@@ -65,6 +66,24 @@ def gather_objects(obj: Any, world_size: int) -> list[Any]:
     out: list[Any] = [None] * world_size
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(fn: Any) -> Any:
+    """Run ``fn()`` on rank 0 alone and hand its result, or raise its error, on every rank (so a refusal on
+    rank 0 ends every rank alike instead of leaving the others waiting)."""
+    result, error = None, None
+    if rank() == 0:
+        try:
+            result = fn()
+        except Exception as err:  # handed to every rank below, raised there
+            error = err
+    if is_distributed():
+        box = [(result, error)]
+        dist.broadcast_object_list(box, src=0)
+        result, error = box[0]
+    if error is not None:
+        raise error
+    return result
 
 
 def is_distributed() -> bool:

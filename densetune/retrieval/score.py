@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from densetune import distributed
 from densetune.data.records import Example
 from densetune.errors import DensetuneError
 
@@ -248,42 +249,61 @@ def main(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         split=args.split,
     )
-    progress = _resume_or_start(partial, wanted, restart=args.restart)
+    # torchrun: chunks are scored in rounds, chunk i of a round by rank i; rank 0 keeps the progress file
+    rank, world, local_rank = distributed.init_distributed(args.device or "auto")
+    device = args.device
+    if world > 1 and device != "cpu" and _cuda_available():
+        device = f"cuda:{local_rank}"
+    progress = distributed.on_main(lambda: _resume_or_start(partial, wanted, restart=args.restart))
     resumed_from = progress.examples
 
     model = None  # loaded once the first chunk has been read: bad data fails before the slow model load
-    lost: Counter = Counter(progress.lost)
     examples = iter_examples(paths, split=args.split)
     # examples of finished chunks are read again (cheap) but not rescored
-    remaining = itertools.islice(examples, progress.examples, None)
+    chunks = _chunks(itertools.islice(examples, progress.examples, None), args.chunk_size)
     with_task = all(f == "llm-embedder" for f in input_formats)
-    bar = _progress_bar(args, initial=progress.examples)
+    bar = _progress_bar(args, initial=progress.examples) if rank == 0 else None
     start = time.perf_counter()
     pairs_now = 0
     chunks_now = 0
     stats = TeacherStats()
+    lost: Counter = Counter(progress.lost)
     data_logger = logging.getLogger("densetune.data")
-    lost_filter = _LostFields(lost)
+    round_lost: Counter = Counter()
+    lost_filter = _LostFields(round_lost)
     data_logger.addFilter(lost_filter)
     try:
-        for chunk in _chunks(remaining, args.chunk_size):
-            if model is None:
-                model = load_reranker(
-                    model_path, max_length=args.max_length, dtype=args.dtype, device=args.device
-                )
-            n_pairs = score_examples(model, chunk, batch_size=args.batch_size)
-            chunk_path = partial / f"chunk-{progress.chunks:06d}.jsonl"
-            progress.written += _write_chunk(chunk, chunk_path, fmt, with_task=with_task)
-            progress.chunks += 1
-            progress.examples += len(chunk)
-            progress.pairs += n_pairs
+        while batch := list(itertools.islice(chunks, world)):  # the same round on every rank
+            done = None
+            if rank < len(batch):
+                chunk = batch[rank]
+                if model is None:
+                    model = load_reranker(
+                        model_path, max_length=args.max_length, dtype=args.dtype, device=device
+                    )
+                round_lost.clear()
+                n_pairs = score_examples(model, chunk, batch_size=args.batch_size)
+                chunk_path = partial / f"chunk-{progress.chunks + rank:06d}.jsonl"
+                written = _write_chunk(chunk, chunk_path, fmt, with_task=with_task)
+                chunk_stats = TeacherStats()
+                chunk_stats.add(chunk)
+                done = (len(chunk), n_pairs, written, dict(round_lost), chunk_stats)
+            for n_examples, n_pairs, written, chunk_lost, chunk_stats in filter(
+                None, distributed.gather_objects(done, world)
+            ):
+                progress.written += written
+                progress.chunks += 1
+                progress.examples += n_examples
+                progress.pairs += n_pairs
+                lost.update(chunk_lost)
+                pairs_now += n_pairs
+                chunks_now += 1
+                stats.merge(chunk_stats)
+                if bar is not None:
+                    bar.update(n_examples)
             progress.lost = dict(lost)
-            progress.save(partial)
-            pairs_now += n_pairs
-            chunks_now += 1
-            stats.add(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
+            if rank == 0:
+                progress.save(partial)  # the round's chunks are all on disk: count them
             if args.stop_after_chunks is not None and chunks_now >= args.stop_after_chunks:
                 raise KeyboardInterrupt  # test hook: behave as if the user pressed Ctrl-C here
     finally:
@@ -292,10 +312,18 @@ def main(args: argparse.Namespace) -> int:
             bar.close()
     elapsed = time.perf_counter() - start
 
-    _assemble(partial, progress.chunks, out)
-    shutil.rmtree(partial, ignore_errors=True)
-    _print_summary(progress, out, fmt, elapsed, pairs_now, resumed_from, lost, stats)
+    if rank == 0:
+        _assemble(partial, progress.chunks, out)
+        shutil.rmtree(partial, ignore_errors=True)
+        _print_summary(progress, out, fmt, elapsed, pairs_now, resumed_from, lost, stats, world)
+    distributed.barrier()
     return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def check_model_path(model: str, option: str = "--model") -> str:
@@ -411,6 +439,11 @@ class TeacherStats:
                 self.with_negatives += 1
                 self.positive_first += int(max(pos) > max(neg))
 
+    def merge(self, other: TeacherStats) -> None:
+        """Add the counts of ``other`` (another chunk's, or another process's)."""
+        for name in ("with_negatives", "positive_first", "pos_sum", "pos_n", "neg_sum", "neg_n"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
     def line(self) -> str | None:
         if not self.with_negatives:
             return None
@@ -431,6 +464,7 @@ def _print_summary(
     resumed_from: int,
     lost: Counter,
     stats: TeacherStats,
+    world: int = 1,
 ) -> None:
     fields_written = "pos_scores, neg_scores" if fmt == "flag" else "teacher_scores"
     rate = pairs_now / elapsed if elapsed > 0 else 0.0
@@ -438,6 +472,8 @@ def _print_summary(
         f"scored {progress.examples} examples ({progress.pairs} pairs); wrote {progress.written} to {out} "
         f"({fmt}: {fields_written}); this run {pairs_now} pairs in {elapsed:.1f} s ({rate:.1f} pairs/s)"
     )
+    if world > 1:
+        line += f" with {world} processes"
     if resumed_from:
         line += f", resumed after {resumed_from} examples"
     print(line)

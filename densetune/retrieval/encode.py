@@ -397,7 +397,8 @@ def _check_dtype(dtype: str) -> None:
         raise DensetuneError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
 
 
-def _ids_digest(ids: Sequence[str]) -> str:
+def lines_digest(ids: Sequence[str]) -> str:
+    """SHA-1 of strings as lines: identifies a list of ids or texts in a ``.meta.json``."""
     h = hashlib.sha1()
     for i in ids:
         h.update(i.encode("utf-8"))
@@ -466,7 +467,7 @@ def encode_corpus(
         "dtype": dtype,
         "shard_size": shard_size,
         "rows": n,
-        "ids_sha1": _ids_digest(source.ids),
+        "ids_sha1": lines_digest(source.ids),
     }
     meta_path = out / f"{DOC}.meta.json"
     n_shards = (n + shard_size - 1) // shard_size

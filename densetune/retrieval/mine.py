@@ -100,7 +100,6 @@ def mine(
     from densetune.retrieval.encode import (
         DEFAULT_SHARD_SIZE,
         DocSource,
-        embed_texts,
         encode_corpus,
         encoder_meta,
         load_embeddings,
@@ -171,13 +170,15 @@ def mine(
         docs = corpus_obj.docs(corpus_rows[start : start + 8192])
         doc_keys[start : start + len(docs)] = [(text_key(doc_text(d)), text_key(d.text)) for d in docs]
 
-    query_emb = embed_texts(
+    query_emb = _query_embeddings(
         encoder,
         [ex.query for ex in local],
-        is_query=True,
-        batch_size=batch_size,
-        max_length=max_length,
-        show_progress=show_progress,
+        corpus_embeddings,
+        "mine_query" if world == 1 else f"mine_query.{lo}-{hi}",
+        meta,
+        batch_size,
+        max_length,
+        show_progress,
     )
     positive_scores = _example_positive_scores(
         encoder,
@@ -240,6 +241,41 @@ def mine(
     Path(str(out) + ".mine.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     distributed.barrier()
     return mined.stats
+
+
+def _query_embeddings(
+    encoder, texts, directory, kind, meta, batch_size, max_length, show_progress
+) -> np.ndarray:
+    """The queries' embeddings: read from ``directory/{kind}.npy`` when an earlier mine of the same queries
+    with the same model settings saved them there, else encoded (and saved there when a directory is given).
+
+    The corpus-embeddings directory holds them, so a second mine over the same data (other selection rules)
+    encodes nothing; the file name keeps them apart from ``densetune encode --queries`` output.
+    """
+    from densetune.retrieval.encode import (
+        embed_texts,
+        lines_digest,
+        load_embeddings,
+        read_meta,
+        write_embeddings,
+    )
+
+    wanted = {**meta, "texts_sha1": lines_digest(texts)}
+    if directory is not None:
+        saved = read_meta(directory, kind)
+        if saved.get("complete") and {k: saved.get(k) for k in wanted} == wanted:
+            return np.asarray(load_embeddings(directory, kind, mmap=False)[1], dtype=np.float32)
+    emb = embed_texts(
+        encoder,
+        texts,
+        is_query=True,
+        batch_size=batch_size,
+        max_length=max_length,
+        show_progress=show_progress,
+    )
+    if directory is not None:
+        write_embeddings(directory, kind, [str(i) for i in range(len(texts))], emb, meta=wanted)
+    return emb
 
 
 def _embed_corpus(encoder, corpus_obj, batch_size, max_length, show_progress) -> np.ndarray:

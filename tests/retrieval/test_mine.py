@@ -290,8 +290,31 @@ def test_mine_corpus_embeddings_dir_is_reused(beir_dir, stub_encoder, tmp_path):
         config=config,
         show_progress=False,
     )
-    assert stub_encoder.encoded - before < 10  # queries only: the corpus was not encoded again
+    assert stub_encoder.encoded == before  # neither the corpus nor the queries were encoded again
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    assert (emb / "mine_query.npy").is_file() and not (emb / "query.npy").exists()
+    # a third run reads both again; saved query embeddings of other texts are encoded anew (queries only)
+    before = stub_encoder.encoded
+    mine(
+        stub_encoder,
+        beir_dir,
+        tmp_path / "c.jsonl",
+        corpus_embeddings=emb,
+        config=config,
+        show_progress=False,
+    )
+    assert stub_encoder.encoded == before
+    (emb / "mine_query.meta.json").write_text('{"complete": true, "texts_sha1": "other"}')
+    mine(
+        stub_encoder,
+        beir_dir,
+        tmp_path / "d.jsonl",
+        corpus_embeddings=emb,
+        config=config,
+        show_progress=False,
+    )
+    assert 0 < stub_encoder.encoded - before < 10  # the queries only
+    assert (tmp_path / "d.jsonl").read_text() == (tmp_path / "a.jsonl").read_text()
 
 
 def test_mine_reuses_a_float16_encode_with_other_shards(beir_dir, stub_encoder, tmp_path):

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from densetune.errors import DataError, DensetuneError
+from densetune.precision import add_precision_argument, set_inference_precision
 
 QUERY, DOC = "query", "doc"
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -580,14 +581,18 @@ def _merge_shards(out: Path, n_shards: int, n: int, dtype: str) -> None:
 # Model loading (shared with evaluate and mine)
 
 
-def load_encoder(model: str | Path | Encoder, *, device: str | None = None) -> Encoder:
+def load_encoder(
+    model: str | Path | Encoder, *, device: str | None = None, precision: str | None = None
+) -> Encoder:
     """A model folder/name -> :class:`densetune.models.biencoder.BiEncoder` on ``device`` (default: cuda if
-    available); an object with ``encode_texts`` is returned as it is."""
+    available); an object with ``encode_texts`` is returned as it is. ``precision`` (``auto`` | ``bf16`` |
+    ``fp32``): what its forwards run in (:func:`densetune.precision.set_inference_precision`); None: as it is."""
     if not isinstance(model, (str, Path)):
         if not hasattr(model, "encode_texts"):
             raise DensetuneError(
                 f"{type(model).__name__} has no encode_texts(); expected a model path or a BiEncoder"
             )
+        set_inference_precision(model, precision)
         return model
     from densetune.models.biencoder import BiEncoder
 
@@ -599,7 +604,9 @@ def load_encoder(model: str | Path | Encoder, *, device: str | None = None) -> E
     except (OSError, ValueError) as err:
         raise DensetuneError(f"{path}: could not load the model: {err}") from None
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return encoder.to(dev)
+    encoder = encoder.to(dev)
+    set_inference_precision(encoder, precision)
+    return encoder
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -633,6 +640,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--max-shards", type=int, default=None, help="stop after encoding this many new shards"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_precision_argument(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="discard earlier outputs in --out instead of resuming"
     )
@@ -649,7 +657,7 @@ def main(args: argparse.Namespace) -> int:
     # read inputs before loading the model, so bad input fails fast
     queries = read_queries(args.queries, args.split) if args.queries else None
     source = open_corpus(args.corpus, cache_dir=args.cache_dir) if args.corpus else None
-    encoder = load_encoder(args.model, device=args.device)
+    encoder = load_encoder(args.model, device=args.device, precision=args.precision)
     meta = encoder_meta(encoder, str(Path(args.model).resolve()), args.max_length)
     if queries is not None:
         start = time.perf_counter()

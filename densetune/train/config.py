@@ -181,7 +181,7 @@ class OptimConfig:
         lr: peak learning rate.
         weight_decay: decoupled weight decay, not applied to biases and normalisation weights.
         betas, eps: AdamW moments.
-        fused: use the fused AdamW kernel; null = on CUDA only.
+        fused: use the fused AdamW kernel; null = on CUDA, and on CPU unless the parameters are FSDP shards.
         scheduler: ``constant`` | ``linear`` (to ``min_lr_ratio`` x lr) | ``cosine``.
         warmup_steps: linear warm-up steps; null = ``warmup_ratio`` x total steps.
         warmup_ratio: fraction of total steps used for warm-up when ``warmup_steps`` is null.

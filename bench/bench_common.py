@@ -118,6 +118,16 @@ def print_machine() -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
 
 
+def print_footer(device: str, json_path: str | None, results: dict[str, Any]) -> None:
+    """The torch thread count of a CPU run, and ``results`` written as JSON to ``json_path`` when given."""
+    if device == "cpu":
+        import torch
+
+        print(f"torch threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str))
+
+
 def print_header(header: str) -> None:
     """A table's header line and a ``-`` rule as wide as it underneath."""
     print(header)

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from bench_common import SCIFACT, default_model, print_machine, scifact_missing, set_offline_env
+from bench_common import SCIFACT, default_model, print_footer, print_machine, scifact_missing, set_offline_env
 
 set_offline_env()
 
@@ -111,12 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{peer_name:<58}{best['peer']:>10.1f}{rate['peer']:>12.1f}")
     print(f"{'ratio densetune / sentence-transformers':<58}{rate['densetune'] / rate['peer']:>21.2f}x")
     print(f"cosine densetune vs peer vectors: min {cosine.min():.5f}, mean {cosine.mean():.5f}")
-    if args.device == "cpu":
-        print(f"torch threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"args": vars(args), "seconds": best, "passages_per_s": rate}, indent=2)
-        )
+    print_footer(args.device, args.json, {"args": vars(args), "seconds": best, "passages_per_s": rate})
     return 0
 
 

@@ -28,7 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import SCIFACT, default_model, scifact_missing, set_offline_env, st_training_api
+from bench_common import (
+    SCIFACT,
+    default_model,
+    print_footer,
+    scifact_missing,
+    set_offline_env,
+    st_training_api,
+)
 
 set_offline_env()
 
@@ -62,6 +69,14 @@ def build_rows(scifact: Path, n_rows: int, negatives: int, seed: int) -> list[di
             if len(rows) == n_rows:
                 break
     return rows
+
+
+def write_rows(args: argparse.Namespace, work: Path) -> tuple[list[dict], Path]:
+    """The benchmark's rows (``--batch`` x all steps) and the JSONL file densetune trains on, in ``work``."""
+    rows = build_rows(Path(args.data), args.batch * (args.warmup + args.steps), args.negatives, seed=0)
+    data = work / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return rows, data
 
 
 def densetune_overrides(args: argparse.Namespace, data: Path, work: Path) -> list[str]:
@@ -216,11 +231,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    rows = build_rows(Path(args.data), args.batch * (args.warmup + args.steps), args.negatives, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = work / "train.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        rows, data = write_rows(args, work)
         ours = bench_densetune(args, data, work)
         peer = None if args.skip_peer else bench_sentence_transformers(args, rows, work)
     if peer is not None:
@@ -246,12 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'ratio densetune / sentence-transformers':<40}{ours['steps_per_s'] / peer['steps_per_s']:>10.2f}x"
         )
     print(f"real tokens per sample (query + {1 + args.negatives} passages): {ours['tokens_per_sample']:.0f}")
-    if args.device == "cpu":
-        print(f"torch threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"args": vars(args), "densetune": ours, "peer": peer}, indent=2)
-        )
+    print_footer(args.device, args.json, {"args": vars(args), "densetune": ours, "peer": peer})
     return 0
 
 

@@ -12,7 +12,6 @@ zero_grad) and lists the operators with the most self time, so what is not model
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 from bench_common import SCIFACT, default_model, print_machine, scifact_missing, set_offline_env
-from bench_train import build_rows, densetune_overrides
+from bench_train import densetune_overrides, write_rows
 
 set_offline_env()
 
@@ -68,11 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.nn.utils.clip_grad_norm_ = labelled_clip  # the loop looks it up at call time
     print_machine()
-    rows = build_rows(Path(args.data), args.batch * (args.warmup + args.steps), args.negatives, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = work / "train.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        _, data = write_rows(args, work)
         overrides = densetune_overrides(args, data, work)
         if args.fused is not None:
             overrides.append(f"optim.fused={args.fused}")

@@ -22,7 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench_common import SCIFACT, default_model, print_footer, print_machine, scifact_missing, set_offline_env
+from bench_common import (
+    add_model_data_device,
+    default_model,
+    print_footer,
+    print_machine,
+    scifact_missing,
+    set_offline_env,
+)
 
 set_offline_env()
 
@@ -41,11 +48,7 @@ def read_passages(scifact: Path, n: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", default=None, help="model folder (default: the installed all-MiniLM-L6-v2)"
-    )
-    parser.add_argument("--data", default=str(SCIFACT), help="BEIR SciFact folder")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_model_data_device(parser)
     parser.add_argument("--passages", type=int, default=1000)
     parser.add_argument("--max-length", type=int, default=256, help="token limit, both sides")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"), help="densetune's")

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from bench_common import (
-    SCIFACT,
+    add_model_data_device,
     default_model,
     print_footer,
     scifact_missing,
@@ -196,11 +196,7 @@ def bench_sentence_transformers(args: argparse.Namespace, rows: list[dict], work
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", default=None, help="model folder (default: the installed all-MiniLM-L6-v2)"
-    )
-    parser.add_argument("--data", default=str(SCIFACT), help="BEIR SciFact folder")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    add_model_data_device(parser)
     parser.add_argument("--batch", type=int, default=32, help="queries per step")
     parser.add_argument("--negatives", type=int, default=3, help="hard negatives per query")
     parser.add_argument("--q-len", type=int, default=64)

@@ -34,17 +34,18 @@ def map_longest_first(
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     was_training = model.training
     model.eval()
+    # one autocast context for all batches: autocast keeps its bf16 copies of the weights until it exits
+    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
     try:
         starts = range(0, len(order), batch_size)
         if show_progress:
             from tqdm.auto import tqdm
 
             starts = tqdm(starts, desc=desc, unit="batch")
-        for start in starts:
-            index = order[start : start + batch_size]
-            with precision.autocast() if precision is not None else contextlib.nullcontext():
-                rows = step(index)
-            out[torch.tensor(index, dtype=torch.long)] = rows.float().cpu()
+        with autocast:
+            for start in starts:
+                index = order[start : start + batch_size]
+                out[torch.tensor(index, dtype=torch.long)] = step(index).float().cpu()
     finally:
         model.train(was_training)
     return out

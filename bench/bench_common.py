@@ -118,6 +118,25 @@ def print_machine() -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
 
 
+def add_model_data_device(parser: Any) -> None:
+    """``--model`` (default: the installed all-MiniLM-L6-v2), ``--data`` (SciFact) and ``--device`` (cpu | cuda)."""
+    parser.add_argument(
+        "--model", default=None, help="model folder (default: the installed all-MiniLM-L6-v2)"
+    )
+    parser.add_argument("--data", default=str(SCIFACT), help="BEIR SciFact folder")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
+
+def print_footer(device: str, json_path: str | None, results: dict[str, Any]) -> None:
+    """The torch thread count of a CPU run, and ``results`` written as JSON to ``json_path`` when given."""
+    if device == "cpu":
+        import torch
+
+        print(f"torch threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2, default=str))
+
+
 def print_header(header: str) -> None:
     """A table's header line and a ``-`` rule as wide as it underneath."""
     print(header)

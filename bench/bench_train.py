@@ -7,9 +7,12 @@ path: StatefulDataLoader, collator, BiEncoder, ContrastiveLoss, AdamW); sentence
 ``SentenceTransformerTrainer`` with ``MultipleNegativesRankingLoss`` (scale 20 = temperature 0.05) on
 (anchor, positive, negative_1..k) columns. Steps after ``--warmup`` are timed; the peer's tokens/s uses
 the real (non-padding) token count per sample measured on densetune's batches (same texts, same limits).
+Defaults against defaults: densetune with ``train.precision`` ``--precision`` (default auto: bf16 autocast
+where the device computes bf16 natively), the peer with its trainer's default fp32 (``--peer-bf16`` turns
+on its ``bf16`` training argument, a tuning step its users must take themselves).
 
-    python bench/bench_train.py                                   # CPU, 16 x (1+3), q 64 / p 256
-    python bench/bench_train.py --device cuda --batch 64 --negatives 7 --bf16 --steps 20
+    python bench/bench_train.py                                   # CPU, 32 x (1+3), q 64 / p 256
+    python bench/bench_train.py --device cuda --batch 64 --negatives 7 --peer-bf16 --steps 20
 
 Prints one table with samples/s, tokens/s and steps/s for both, and the ratios.
 """
@@ -25,7 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import SCIFACT, default_model, scifact_missing, set_offline_env, st_training_api
+from bench_common import (
+    add_model_data_device,
+    default_model,
+    print_footer,
+    scifact_missing,
+    set_offline_env,
+    st_training_api,
+)
 
 set_offline_env()
 
@@ -61,14 +71,18 @@ def build_rows(scifact: Path, n_rows: int, negatives: int, seed: int) -> list[di
     return rows
 
 
-def bench_densetune(args: argparse.Namespace, data: Path, work: Path) -> dict:
-    """Run the densetune recipe; time steps after the warm-up from its per-step metrics log."""
-    from densetune.train.config import load_config
-    from densetune.train.logging import read_metrics
-    from densetune.train.loop import TrainRecipe
+def write_rows(args: argparse.Namespace, work: Path) -> tuple[list[dict], Path]:
+    """The benchmark's rows (``--batch`` x all steps) and the JSONL file densetune trains on, in ``work``."""
+    rows = build_rows(Path(args.data), args.batch * (args.warmup + args.steps), args.negatives, seed=0)
+    data = work / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return rows, data
 
+
+def densetune_overrides(args: argparse.Namespace, data: Path, work: Path) -> list[str]:
+    """The densetune recipe of this benchmark, as ``densetune train`` overrides."""
     steps = args.warmup + args.steps
-    overrides = [
+    return [
         f"model.path={args.model}",
         f"data.train=[{data}]",
         f"data.cache_dir={work / 'cache'}",
@@ -81,7 +95,7 @@ def bench_densetune(args: argparse.Namespace, data: Path, work: Path) -> dict:
         f"train.batch_size={args.batch}",
         f"train.max_steps={steps}",
         f"train.device={args.device}",
-        f"train.precision={'bf16' if args.bf16 else 'fp32'}",
+        f"train.precision={args.precision}",
         "train.save_every=0",
         "train.log_every=1",
         "train.progress_bar=false",
@@ -92,7 +106,15 @@ def bench_densetune(args: argparse.Namespace, data: Path, work: Path) -> dict:
         "output.plot=false",
         "output.tensorboard=false",
     ]
-    recipe = TrainRecipe(load_config(None, [*overrides]))
+
+
+def bench_densetune(args: argparse.Namespace, data: Path, work: Path) -> dict:
+    """Run the densetune recipe; time steps after the warm-up from its per-step metrics log."""
+    from densetune.train.config import load_config
+    from densetune.train.logging import read_metrics
+    from densetune.train.loop import TrainRecipe
+
+    recipe = TrainRecipe(load_config(None, densetune_overrides(args, data, work)))
     recipe.save_checkpoint = lambda: None  # a benchmark writes no checkpoints
     try:
         recipe.setup()
@@ -101,6 +123,7 @@ def bench_densetune(args: argparse.Namespace, data: Path, work: Path) -> dict:
         recipe.cleanup()
     records = [r for r in read_metrics(work / "densetune" / "metrics.jsonl") if r["kind"] == "train"]
     timed = [r for r in records if r["step"] > args.warmup]
+    args.densetune_precision = recipe.precision.name
     seconds = timed[-1]["time"] - records[args.warmup - 1]["time"]
     samples = args.batch * len(timed)
     tokens_per_sample = sum(r["tokens_per_s"] / r["samples_per_s"] for r in timed) / len(timed)
@@ -149,7 +172,7 @@ def bench_sentence_transformers(args: argparse.Namespace, rows: list[dict], work
         max_steps=args.warmup + args.steps,
         learning_rate=2e-5,
         warmup_steps=0,
-        bf16=args.bf16,
+        bf16=args.peer_bf16,
         logging_steps=10_000,
         save_strategy="no",
         report_to=[],
@@ -173,18 +196,17 @@ def bench_sentence_transformers(args: argparse.Namespace, rows: list[dict], work
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--model", default=None, help="model folder (default: the installed all-MiniLM-L6-v2)"
-    )
-    parser.add_argument("--data", default=str(SCIFACT), help="BEIR SciFact folder")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--batch", type=int, default=16, help="queries per step")
+    add_model_data_device(parser)
+    parser.add_argument("--batch", type=int, default=32, help="queries per step")
     parser.add_argument("--negatives", type=int, default=3, help="hard negatives per query")
     parser.add_argument("--q-len", type=int, default=64)
     parser.add_argument("--p-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    parser.add_argument(
+        "--precision", default="auto", choices=("auto", "bf16", "fp32"), help="densetune's train.precision"
+    )
+    parser.add_argument("--peer-bf16", action="store_true", help="the peer's bf16 training argument")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (both trainers)")
     parser.add_argument(
         "--threads",
@@ -205,11 +227,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.device == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    rows = build_rows(Path(args.data), args.batch * (args.warmup + args.steps), args.negatives, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        data = work / "train.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        rows, data = write_rows(args, work)
         ours = bench_densetune(args, data, work)
         peer = None if args.skip_peer else bench_sentence_transformers(args, rows, work)
     if peer is not None:
@@ -217,28 +237,25 @@ def main(argv: list[str] | None = None) -> int:
 
     name = Path(args.model).name
     print(
-        f"\ntraining throughput: {name}, {args.device}{' bf16' if args.bf16 else ' fp32'}, "
-        f"{args.batch} x (1+{args.negatives}), q {args.q_len} / p {args.p_len}, {args.steps} timed steps"
+        f"\ntraining throughput: {name}, {args.device}, {args.batch} x (1+{args.negatives}), "
+        f"q {args.q_len} / p {args.p_len}, {args.steps} timed steps"
     )
     print(f"{'trainer':<40}{'steps/s':>10}{'samples/s':>12}{'tokens/s':>12}")
+    ours_name = f"densetune recipe ({args.densetune_precision})"
     print(
-        f"{'densetune recipe':<40}{ours['steps_per_s']:>10.3f}{ours['samples_per_s']:>12.1f}{ours['tokens_per_s']:>12.0f}"
+        f"{ours_name:<40}{ours['steps_per_s']:>10.3f}{ours['samples_per_s']:>12.1f}{ours['tokens_per_s']:>12.0f}"
     )
     if peer is not None:
         print(
-            f"{'sentence-transformers MNRL trainer':<40}{peer['steps_per_s']:>10.3f}"
+            f"{'sentence-transformers MNRL (' + ('bf16' if args.peer_bf16 else 'fp32') + ')':<40}"
+            f"{peer['steps_per_s']:>10.3f}"
             f"{peer['samples_per_s']:>12.1f}{peer['tokens_per_s']:>12.0f}"
         )
         print(
             f"{'ratio densetune / sentence-transformers':<40}{ours['steps_per_s'] / peer['steps_per_s']:>10.2f}x"
         )
     print(f"real tokens per sample (query + {1 + args.negatives} passages): {ours['tokens_per_sample']:.0f}")
-    if args.device == "cpu":
-        print(f"torch threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"args": vars(args), "densetune": ours, "peer": peer}, indent=2)
-        )
+    print_footer(args.device, args.json, {"args": vars(args), "densetune": ours, "peer": peer})
     return 0
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from densetune.errors import DensetuneError
+from densetune.precision import add_precision_argument
 
 REPORT_METRICS = ("ndcg@10", "mrr@10", "recall@100")
 EVAL_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map@100", "accuracy@1")
@@ -93,11 +94,13 @@ def run_quickstart(
     lr: float = 5e-5,
     max_length: int = 96,
     seed: int = 42,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Run the whole quickstart and return its summary (also written to ``out/summary.json``).
 
     ``max_steps=None`` trains ``epochs`` epochs on a GPU and at most :data:`CPU_MAX_STEPS` steps on a CPU,
-    so the default run ends in minutes on a laptop-class machine.
+    so the default run ends in minutes on a laptop-class machine. ``precision`` (``auto`` | ``bf16`` |
+    ``fp32``, :mod:`densetune.precision`) applies to every step.
     """
     from densetune.retrieval.evaluate import evaluate_model
     from densetune.retrieval.mine import MiningConfig, mine
@@ -123,6 +126,7 @@ def run_quickstart(
         max_length=max_length,
         device=dev,
         save_dir=out / "baseline",
+        precision=precision,
     )
     timings["baseline_s"] = time.time() - t
 
@@ -146,6 +150,7 @@ def run_quickstart(
         drop_empty=True,
         max_length=max_length,
         device=dev,
+        precision=precision,
     )
     timings["mine_s"] = time.time() - t
 
@@ -163,6 +168,7 @@ def run_quickstart(
         lr=lr,
         max_length=max_length,
         seed=seed,
+        precision=precision,
     )
     timings["train_s"] = time.time() - t
     trained = summary["model"]
@@ -177,6 +183,7 @@ def run_quickstart(
         max_length=max_length,
         device=dev,
         save_dir=out / "finetuned",
+        precision=precision,
     )
     timings["finetuned_s"] = time.time() - t
     timings["total_s"] = time.time() - started
@@ -211,6 +218,7 @@ def train_model(
     lr: float,
     max_length: int,
     seed: int,
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Fine-tune with the shared training recipe; returns its summary (``model`` = exported folder)."""
     from densetune.train.config import from_dict, merge_defaults
@@ -234,6 +242,7 @@ def train_model(
             "epochs": epochs,
             "max_steps": max_steps,
             "device": device,
+            "precision": precision,
             "save_every": 0,
             "log_every": 5,
         },
@@ -339,6 +348,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "negatives; none: leave out those that got no negative",
     )
     parser.add_argument("--seed", type=int, default=42)
+    add_precision_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -360,5 +370,6 @@ def main(args: argparse.Namespace) -> int:
         lr=args.lr,
         max_length=args.max_length,
         seed=args.seed,
+        precision=args.precision,
     )
     return 0

@@ -41,6 +41,7 @@ import torch
 
 from densetune import distributed
 from densetune.errors import DataError, DensetuneError
+from densetune.precision import add_precision_argument, set_inference_precision
 
 QUERY, DOC = "query", "doc"
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -603,14 +604,18 @@ def _merge_shards(out: Path, n_shards: int, n: int, dtype: str) -> None:
 # Model loading (shared with evaluate and mine)
 
 
-def load_encoder(model: str | Path | Encoder, *, device: str | None = None) -> Encoder:
+def load_encoder(
+    model: str | Path | Encoder, *, device: str | None = None, precision: str | None = None
+) -> Encoder:
     """A model folder/name -> :class:`densetune.models.biencoder.BiEncoder` on ``device`` (default: cuda if
-    available); an object with ``encode_texts`` is returned as it is."""
+    available); an object with ``encode_texts`` is returned as it is. ``precision`` (``auto`` | ``bf16`` |
+    ``fp32``): what its forwards run in (:func:`densetune.precision.set_inference_precision`); None: as it is."""
     if not isinstance(model, (str, Path)):
         if not hasattr(model, "encode_texts"):
             raise DensetuneError(
                 f"{type(model).__name__} has no encode_texts(); expected a model path or a BiEncoder"
             )
+        set_inference_precision(model, precision)
         return model
     from densetune.models.biencoder import BiEncoder
 
@@ -622,7 +627,9 @@ def load_encoder(model: str | Path | Encoder, *, device: str | None = None) -> E
     except (OSError, ValueError) as err:
         raise DensetuneError(f"{path}: could not load the model: {err}") from None
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return encoder.to(dev)
+    encoder = encoder.to(dev)
+    set_inference_precision(encoder, precision)
+    return encoder
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -656,6 +663,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--max-shards", type=int, default=None, help="stop after encoding this many new shards"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    add_precision_argument(parser)
     parser.add_argument(
         "--overwrite", action="store_true", help="discard earlier outputs in --out instead of resuming"
     )
@@ -677,7 +685,7 @@ def main(args: argparse.Namespace) -> int:
     device = args.device
     if world > 1 and device != "cpu" and torch.cuda.is_available():
         device = f"cuda:{local_rank}"
-    encoder = load_encoder(args.model, device=device)
+    encoder = load_encoder(args.model, device=device, precision=args.precision)
     meta = encoder_meta(encoder, str(Path(args.model).resolve()), args.max_length)
     if source is not None:
         start = time.perf_counter()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from densetune.errors import DataError, DensetuneError
+from densetune.precision import add_precision_argument
 from densetune.retrieval.metrics import (
     DEFAULT_METRICS,
     MISSING_QUERY_MODES,
@@ -79,6 +80,7 @@ def retrieve_beir(
     save_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    precision: str | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
     """Encode a BEIR split's queries and the corpus, and search: returns ``(run, qrels)``.
 
@@ -102,7 +104,7 @@ def retrieve_beir(
     query_ids, query_texts = read_queries(beir_dir, split)
     qrels = read_qrels(beir_dir / "qrels" / f"{split}.tsv")
     source = open_corpus(beir_dir, cache_dir=cache_dir)
-    encoder = load_encoder(model_or_path, device=device)
+    encoder = load_encoder(model_or_path, device=device, precision=precision)
     kwargs = {"batch_size": batch_size, "max_length": max_length, "show_progress": show_progress}
     query_emb = embed_texts(encoder, query_texts, is_query=True, **kwargs)
     if save_dir is None:
@@ -140,6 +142,7 @@ def evaluate_model(
     ignore_identical_ids: bool = False,
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    precision: str | None = None,
 ) -> dict[str, float]:
     """Encode a BEIR split's queries and corpus with a model, search, and evaluate.
 
@@ -157,6 +160,8 @@ def evaluate_model(
         missing_queries / ignore_identical_ids: see :mod:`densetune.retrieval.metrics`.
         cache_dir: corpus cache directory.
         show_progress: tqdm bars.
+        precision: ``auto`` | ``bf16`` | ``fp32`` for the model's forwards (:mod:`densetune.precision`);
+            None: the model as it is.
 
     Returns:
         ``{metric: mean value}``, e.g. ``{"ndcg@10": 0.645, ...}``.
@@ -177,6 +182,7 @@ def evaluate_model(
         save_dir=save_dir,
         cache_dir=cache_dir,
         show_progress=show_progress,
+        precision=precision,
     )
     means, per_query = evaluate_run(
         run, qrels, metrics, missing_queries=missing_queries, ignore_identical_ids=ignore_identical_ids
@@ -239,6 +245,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     mdl.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     mdl.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
     mdl.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    add_precision_argument(mdl)
     mdl.add_argument("--index", choices=INDEX_TYPES, default="exact", help="search method (default: exact)")
     mdl.add_argument("--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE)")
     parser.add_argument(
@@ -296,6 +303,7 @@ def main(args: argparse.Namespace) -> int:
             search_config=SearchConfig(index=args.index, device=args.device),
             save_dir=args.save_dir,
             cache_dir=args.cache_dir,
+            precision=args.precision,
         )
         source = {"model": str(args.model), "data": str(args.data), "split": args.split}
     else:

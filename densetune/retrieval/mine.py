@@ -23,6 +23,7 @@ import torch
 
 from densetune import distributed
 from densetune.errors import DataError, DensetuneError
+from densetune.precision import add_precision_argument
 from densetune.retrieval.negatives import (
     FILL,
     SAMPLING,
@@ -69,6 +70,7 @@ def mine(
     device: str | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    precision: str | None = None,
 ) -> MiningStats:
     """Mine hard negatives for a training file and write the result.
 
@@ -90,6 +92,7 @@ def mine(
         search_config: candidate retrieval settings.
         cache_dir: corpus cache directory.
         show_progress: tqdm bars.
+        precision: ``auto`` | ``bf16`` | ``fp32`` for the model's forwards (:mod:`densetune.precision`).
 
     Returns:
         The :class:`MiningStats` (also printed by the command, and saved in ``OUT.mine.json``).
@@ -126,7 +129,7 @@ def mine(
     rank, world = distributed.rank(), distributed.world_size()
     lo, hi = len(examples) * rank // world, len(examples) * (rank + 1) // world
     local = examples[lo:hi]
-    encoder = load_encoder(model, device=device)
+    encoder = load_encoder(model, device=device, precision=precision)
     meta = encoder_meta(
         encoder, str(Path(model).resolve()) if isinstance(model, (str, Path)) else "", max_length
     )
@@ -412,6 +415,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    add_precision_argument(parser)
     parser.add_argument(
         "--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE or ~/.cache/densetune)"
     )
@@ -454,6 +458,7 @@ def main(args: argparse.Namespace) -> int:
         search_config=SearchConfig(index=args.index, device=device),
         device=device,
         cache_dir=args.cache_dir,
+        precision=args.precision,
     )
     if rank == 0:
         print(stats.summary())

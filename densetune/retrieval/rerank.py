@@ -22,6 +22,7 @@ from typing import Any
 
 from densetune.data.trec import Run, read_run, write_run
 from densetune.errors import DataError, DensetuneError
+from densetune.precision import add_precision_argument
 
 # pairs handed to the model per call: enough for length sorting to pay, small enough for memory
 _PAIRS_PER_CALL = 4096
@@ -42,6 +43,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="model dtype: float32 (default), bfloat16, float16")
+    add_precision_argument(parser)
     parser.add_argument("--tag", default="densetune-rerank", help="run tag written in the last column")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -204,7 +206,9 @@ def main(args: argparse.Namespace) -> int:
     run = read_run(args.run)
     queries, corpus, qrels = _load_dataset(args.data, args.split)
     model_path = check_model_path(args.model)
-    model = load_reranker(model_path, max_length=args.max_length, dtype=args.dtype, device=args.device)
+    model = load_reranker(
+        model_path, max_length=args.max_length, dtype=args.dtype, device=args.device, precision=args.precision
+    )
 
     start = time.perf_counter()
     new_run, n_pairs = rerank_run(

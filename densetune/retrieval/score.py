@@ -40,6 +40,7 @@ from typing import Any
 from densetune import distributed
 from densetune.data.records import Example
 from densetune.errors import DensetuneError
+from densetune.precision import add_precision_argument, set_inference_precision
 
 OUTPUT_FORMATS = ("flag", "llm-embedder")
 PROGRESS_FILE = "progress.json"
@@ -69,6 +70,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="qrels split for BEIR directories (default train)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default=None, help="model dtype: float32 (default), bfloat16, float16")
+    add_precision_argument(parser)
     parser.add_argument("--restart", action="store_true", help="discard OUT.partial and start over")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # test hook: stop (as if interrupted) after this many chunks were written in this run
@@ -279,7 +281,11 @@ def main(args: argparse.Namespace) -> int:
                 chunk = batch[rank]
                 if model is None:
                     model = load_reranker(
-                        model_path, max_length=args.max_length, dtype=args.dtype, device=device
+                        model_path,
+                        max_length=args.max_length,
+                        dtype=args.dtype,
+                        device=device,
+                        precision=args.precision,
                     )
                 round_lost.clear()
                 n_pairs = score_examples(model, chunk, batch_size=args.batch_size)
@@ -340,10 +346,16 @@ def check_model_path(model: str, option: str = "--model") -> str:
 
 
 def load_reranker(
-    model: str, *, max_length: int | None = None, dtype: str | None = None, device: str | None = None
+    model: str,
+    *,
+    max_length: int | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
 ):
     """A :class:`~densetune.models.crossencoder.CrossEncoder` in eval mode on ``device`` (default: cuda when
-    available), for the score and rerank commands; a load failure becomes one line."""
+    available), for the score and rerank commands; a load failure becomes one line. ``precision``: what its
+    forwards run in (:func:`densetune.precision.set_inference_precision`)."""
     import torch
 
     from densetune.models.crossencoder import CrossEncoder
@@ -355,7 +367,9 @@ def load_reranker(
         text = str(err).strip()
         first = text.splitlines()[0] if text else type(err).__name__
         raise DensetuneError(f"--model {model}: cannot load a reranker: {first}") from None
-    return reranker.to(device).eval()
+    reranker = reranker.to(device).eval()
+    set_inference_precision(reranker, precision)
+    return reranker
 
 
 def _resume_or_start(partial: Path, wanted: ScoreProgress, *, restart: bool) -> ScoreProgress:

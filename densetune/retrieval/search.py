@@ -145,7 +145,8 @@ def exact_search(
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="search", unit="chunk")
-    with torch.inference_mode():
+    # scores in float32 even inside a caller's bf16 autocast (the trainer evaluates under it)
+    with torch.inference_mode(), torch.autocast(dev.type, enabled=False):
         for start in starts:
             chunk = torch.as_tensor(_as_float32(doc_emb[start : start + doc_chunk])).to(dev)
             if normalize:

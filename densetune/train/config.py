@@ -182,7 +182,7 @@ class OptimConfig:
         lr: peak learning rate.
         weight_decay: decoupled weight decay, not applied to biases and normalisation weights.
         betas, eps: AdamW moments.
-        fused: use the fused AdamW kernel; null = on CUDA only.
+        fused: use the fused AdamW kernel; null = on CUDA, and on CPU unless the parameters are FSDP shards.
         scheduler: ``constant`` | ``linear`` (to ``min_lr_ratio`` x lr) | ``cosine``.
         warmup_steps: linear warm-up steps; null = ``warmup_ratio`` x total steps.
         warmup_ratio: fraction of total steps used for warm-up when ``warmup_steps`` is null.
@@ -213,7 +213,8 @@ class TrainConfig:
         max_steps: optimizer steps to run; null = ``epochs`` x steps per epoch.
         grad_cache_chunk_size: gradient cache: encode in chunks of this many texts so memory stays
             constant while the loss sees the whole batch; null = off.
-        precision: ``auto`` (bf16 autocast on a GPU that supports it, fp32 on CPU) | ``fp32`` | ``bf16``.
+        precision: ``auto`` (bf16 autocast where the device computes bf16 natively: CUDA with bf16, CPUs
+            with AVX512-BF16 or AMX; fp32 elsewhere; :mod:`densetune.precision`) | ``fp32`` | ``bf16``.
         device: ``auto`` | ``cpu`` | ``cuda``.
         save_every: write a checkpoint every this many optimizer steps; 0 = only at the end.
         keep_last: checkpoints to keep (older ones are deleted).

@@ -25,6 +25,7 @@ from torch import nn
 from densetune.config import instantiate, locate
 from densetune.distributed import gather_objects, init_distributed
 from densetune.errors import ConfigError
+from densetune.precision import resolve_precision
 from densetune.train import checkpoint as ckpt
 from densetune.train.config import RecipeConfig, diff_configs, model_loader_kwargs, save_config
 from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_curves
@@ -69,9 +70,8 @@ class TrainRecipe:
                 f"FSDP shards over several processes: launch with torchrun --nproc_per_node=N, N >= 2 "
                 f"(here: {self.world_size} process), or set train.fsdp=false",
             )
-        self.use_bf16 = cfg.train.precision == "bf16" or (
-            cfg.train.precision == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()
-        )
+        self.precision = resolve_precision(cfg.train.precision, self.device)  # printed in _print_plan
+        self.use_bf16 = self.precision.bf16
         self.state = ckpt.ResumeState(
             seed=cfg.seed,
             world_size=self.world_size,
@@ -680,6 +680,7 @@ class TrainRecipe:
             f"densetune train: {self.cfg.model.path} on {self.device} ({mode}, {self.world_size} process(es), "
             f"{'bf16 autocast' if self.use_bf16 else 'fp32'}); trainable parameters {n_train:,} of {n_all:,}"
         )
+        self._say(str(self.precision))
         self._say(
             f"batch: {cfg.batch_size} queries per device x {self.world_size} device(s) x {cfg.grad_accum_steps} "
             f"accumulation = {self.global_batch_size} queries per optimizer step (global batch), each with "

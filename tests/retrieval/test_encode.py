@@ -214,6 +214,8 @@ def test_cli_encode_real_minilm_matches_sentence_transformers(minilm_path, beir_
         str(beir_dir),
         "--out",
         str(out),
+        "--precision",
+        "fp32",  # compared with sentence-transformers' fp32 vectors at 1e-4
     ]
     assert cli([*args, "--shard-size", "4", "--max-shards", "1"]) == 0
     assert len(list(out.glob("doc.shard-*.npy"))) == 1
@@ -233,3 +235,26 @@ def test_cli_encode_real_minilm_matches_sentence_transformers(minilm_path, beir_
     ref = st.encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(np.asarray(doc_emb), ref, atol=1e-4)
     np.testing.assert_allclose(query_emb[0], st.encode(["why do cats purr"])[0], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_encode_precision_real_minilm(minilm_path, beir_dir, tmp_path, capsys, monkeypatch):
+    """--precision reaches the model: bf16 autocast vectors are close to fp32 ones, not equal; stored as float32."""
+    from densetune import precision
+
+    embeddings = {}
+    for choice in ("fp32", "bf16"):
+        monkeypatch.setattr(precision, "_announced", set())  # announced once per process: each run here
+        out = tmp_path / choice
+        args = ["encode", "--model", minilm_path, "--corpus", str(beir_dir), "--out", str(out)]
+        assert cli([*args, "--precision", choice]) == 0
+        assert f"precision {'bf16 autocast' if choice == 'bf16' else 'fp32'} on cpu: asked for" in (
+            capsys.readouterr().out
+        )
+        ids, emb = load_embeddings(out, "doc")
+        assert emb.dtype == np.float32 and len(ids) == 10
+        embeddings[choice] = np.asarray(emb)
+    fp32, bf16 = embeddings["fp32"], embeddings["bf16"]
+    cosine = (fp32 * bf16).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(bf16, axis=1))
+    assert cosine.min() > 0.99
+    assert not np.array_equal(fp32, bf16)  # bf16 arithmetic really ran

@@ -51,7 +51,8 @@ def ranking(run: dict[str, dict[str, float]], qid: str) -> list[str]:
 
 def rerank(reranker_dir: str, run: Path, data: Path, out: Path, *extra: str) -> int:
     args = ["rerank", "--model", reranker_dir, "--run", str(run), "--data", str(data), "--out", str(out)]
-    return cli([*args, "--no-progress", *extra])
+    precision = [] if "--precision" in extra else ["--precision", "fp32"]  # compared with fp32 score_pairs
+    return cli([*args, "--no-progress", *precision, *extra])
 
 
 def test_top_k_reordered_by_the_reranker_and_the_rest_kept_below(tmp_path, reranker_dir, capsys):

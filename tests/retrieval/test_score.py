@@ -52,8 +52,21 @@ def expected_scores(reranker, query: str, docs: list[str]) -> list[float]:
 
 
 def score(reranker_dir: str, data: Path, out: Path, *extra: str) -> int:
+    """``densetune score`` in fp32 (the scores are compared with fp32 ``score_pairs``) unless ``extra`` says."""
+    precision = [] if "--precision" in extra else ["--precision", "fp32"]
     return cli(
-        ["score", "--model", reranker_dir, "--data", str(data), "--out", str(out), "--no-progress", *extra]
+        [
+            "score",
+            "--model",
+            reranker_dir,
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--no-progress",
+            *precision,
+            *extra,
+        ]
     )
 
 
@@ -156,3 +169,15 @@ def test_missing_inputs_are_one_line_errors(tmp_path, reranker_dir, capsys):
     write_jsonl(tmp_path / "bad.jsonl", [{"query": "q", "pos": "not a list", "neg": 3}])
     assert score(reranker_dir, tmp_path / "bad.jsonl", tmp_path / "o.jsonl") == 1
     assert "bad.jsonl:1: neg" in error_line(capsys)
+
+
+def test_precision_flag_reaches_the_reranker(tmp_path, reranker_dir, reranker):
+    """--precision bf16 scores under bf16 autocast: close to the fp32 scores, not equal to them."""
+    data = write_jsonl(tmp_path / "train.jsonl", RECORDS)
+    got = {}
+    for choice in ("fp32", "bf16"):
+        out = tmp_path / f"{choice}.jsonl"
+        assert score(reranker_dir, data, out, "--precision", choice) == 0
+        got[choice] = [s for row in read_jsonl(out) for s in row["pos_scores"] + row["neg_scores"]]
+    assert got["fp32"] == pytest.approx(got["bf16"], abs=0.05)
+    assert got["fp32"] != got["bf16"]

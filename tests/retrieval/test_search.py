@@ -38,6 +38,16 @@ def test_exact_equals_brute_force(query_block, doc_chunk, top_k):
     np.testing.assert_allclose(scores, ref_s, atol=1e-4)
 
 
+def test_scores_stay_float32_under_a_callers_bf16_autocast():
+    """The trainer evaluates inside its bf16 autocast: the search must not score in bf16."""
+    q, d = _data()
+    ref_s, ref_i = exact_search(q, d, 10, device="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores, idx = exact_search(q, d, 10, device="cpu")
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_array_equal(scores, ref_s)
+
+
 def test_top_k_larger_than_corpus_returns_everything():
     q, d = _data(n_d=13)
     scores, idx = exact_search(q, d, 50, doc_chunk=4)

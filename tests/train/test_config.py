@@ -202,3 +202,23 @@ def test_densetune_components_default_to_what_the_recipe_trains():
     for key in ("temperature", "in_batch_negatives", "mask_false_negatives", "cross_device"):
         assert getattr(loss, key) == cfg.loss.contrastive[key], key
     assert (loss.temperature, loss.cross_device) == (0.05, True)
+
+
+def test_cpu_adamw_is_fused_by_default_and_steps_like_the_loop_version(tmp_path):
+    """The default CPU optimizer uses torch's fused kernel (the per-tensor loop cost ~10x more time per step on
+    MiniLM, docs/BENCHMARKS.md); it computes the same update, and ``optim.fused=false`` still opts out."""
+    cfg = load_config(write(tmp_path, MINIMAL), ["optim.lr=0.01"])
+    models = {name: _Tiny() for name in ("default", "loop")}
+    models["loop"].load_state_dict(models["default"].state_dict())
+    fused = build_optimizer(models["default"], cfg.optim, torch.device("cpu"))
+    loop_cfg = load_config(write(tmp_path, MINIMAL), ["optim.lr=0.01", "optim.fused=false"])
+    loop = build_optimizer(models["loop"], loop_cfg.optim, torch.device("cpu"))
+    assert fused.defaults["fused"] is True and not loop.defaults["fused"]
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for model, opt in ((models["default"], fused), (models["loop"], loop)):
+            model.norm(model.lin(x)).pow(2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(models["default"].parameters(), models["loop"].parameters()):
+        torch.testing.assert_close(a, b)

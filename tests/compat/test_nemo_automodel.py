@@ -1,4 +1,5 @@
-"""The seeds' public data API: make_retrieval_dataset, the NeMo YAML data block, LLM-Embedder's classes."""
+"""NeMo Automodel's and LLM-Embedder's public data names: make_retrieval_dataset, the NeMo YAML data block,
+the collator helpers, LLM-Embedder's classes."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import pytest
 import torch
 
 from densetune.config import apply_overrides, check_arguments, instantiate, load_yaml, locate
-from densetune.data.compat import (
+from densetune.compat.llm_embedder import (
     TASK_CONFIG,
     RetrievalDataset,
     SameDatasetTrainDataset,
     get_query_prompt,
-    make_retrieval_dataset,
 )
+from densetune.compat.nemo_automodel import make_retrieval_dataset
 from densetune.data.records import doc_id_to_int64, text_doc_id
 from densetune.errors import ConfigError, DataError
 
@@ -185,10 +186,14 @@ def test_shipped_config_targets_accept_their_keys():
     assert locate("densetune.data.RetrievalBiencoderCollator") is locate(
         "densetune.data.collators.BiEncoderCollator"
     )
-    # LLM-Embedder's classes live in flag_compat; saved configs naming densetune.data.compat still load
+    # The names moved to densetune.compat; saved configs naming the old paths still load the same objects
     for name in ("RetrievalDataset", "SameDatasetTrainDataset"):
-        here = locate(f"densetune.data.flag_compat.{name}")
-        assert locate(f"densetune.data.compat.{name}") is here and locate(f"densetune.data.{name}") is here
+        here = locate(f"densetune.compat.llm_embedder.{name}")
+        for old in ("densetune.data.flag_compat", "densetune.data.compat", "densetune.data"):
+            assert locate(f"{old}.{name}") is here
+    here = locate("densetune.compat.nemo_automodel.make_retrieval_dataset")
+    assert locate("densetune.data.compat.make_retrieval_dataset") is here
+    assert locate("densetune.data.make_retrieval_dataset") is here
 
 
 def test_yaml_stateful_dataloader_batches_and_mid_epoch_resume(tmp_path, minilm_tokenizer):
@@ -409,3 +414,32 @@ def test_reexports_and_lazy_import():
     code = "import sys, densetune.data; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# -- NeMo Automodel's collator helpers ----------------------------------------------------------------------
+
+
+def test_merge_batch_dict_and_convert_dict_to_list_as_upstream(minilm_tokenizer):
+    from densetune.compat.nemo_automodel import BiEncoderCollator, _convert_dict_to_list, _merge_batch_dict
+
+    q = {"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1]]}
+    d = {"input_ids": [[5], [6, 7], [8], [9]], "attention_mask": [[1], [1, 1], [1], [1]]}
+    merged = _merge_batch_dict(q, d, train_n_passages=2)
+    assert merged == {
+        "q_input_ids": [[1, 2], [3]],
+        "q_attention_mask": [[1, 1], [1]],
+        "d_input_ids": [[[5], [6, 7]], [[8], [9]]],
+        "d_attention_mask": [[[1], [1, 1]], [[1], [1]]],
+    }
+    rows = _convert_dict_to_list(merged)
+    assert rows[1] == {
+        "q_input_ids": [3],
+        "q_attention_mask": [1],
+        "d_input_ids": [[8], [9]],
+        "d_attention_mask": [[1], [1]],
+    }
+    assert _convert_dict_to_list({"a": [1, 2], "b": [3, 4]}) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    # upstream calls them as methods of the collator, with keyword arguments
+    collate = BiEncoderCollator(minilm_tokenizer)
+    assert collate._merge_batch_dict(query_batch_dict=q, doc_batch_dict=d, train_n_passages=2) == merged
+    assert collate._convert_dict_to_list(merged) == rows

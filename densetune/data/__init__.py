@@ -43,9 +43,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from densetune.data.collators import BiEncoderCollator, CrossEncoderCollator, RetrievalBiencoderCollator
     from densetune.compat.llm_embedder import RetrievalDataset, SameDatasetTrainDataset
     from densetune.compat.nemo_automodel import make_retrieval_dataset
+    from densetune.data.collators import BiEncoderCollator, CrossEncoderCollator, RetrievalBiencoderCollator
     from densetune.data.dataset import RetrievalTrainDataset
     from densetune.data.flag_collators import RetrievalDataCollator, SameEmbedCollator
     from densetune.data.prompts import TASK_CONFIG, get_query_prompt

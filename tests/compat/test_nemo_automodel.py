@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from densetune.config import apply_overrides, check_arguments, instantiate, load_yaml, locate
 from densetune.compat.llm_embedder import (
     TASK_CONFIG,
     RetrievalDataset,
@@ -21,6 +20,7 @@ from densetune.compat.llm_embedder import (
     get_query_prompt,
 )
 from densetune.compat.nemo_automodel import make_retrieval_dataset
+from densetune.config import apply_overrides, check_arguments, instantiate, load_yaml, locate
 from densetune.data.records import doc_id_to_int64, text_doc_id
 from densetune.errors import ConfigError, DataError
 

@@ -13,11 +13,11 @@ from densetune.compat.llm_embedder import (
     SameDatasetTrainDataset,
     get_query_prompt,
 )
-from densetune.compat.nemo_automodel import NeMoRetrievalDataset, make_retrieval_dataset
+from densetune.compat.nemo_automodel import RetrievalTransform, make_retrieval_dataset
 
 __all__ = [
     "TASK_CONFIG",
-    "NeMoRetrievalDataset",
+    "RetrievalTransform",
     "RetrievalDataset",
     "SameDatasetTrainDataset",
     "get_query_prompt",

@@ -1,0 +1,121 @@
+"""Classic NeMo (seed 003): query files as qrels, the encode / search / evaluate chain, its config names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from densetune.cli import main as cli
+from densetune.data.qrels import load_qrels, read_query_file_qrels
+from densetune.errors import DataError
+
+REPO = Path(__file__).resolve().parents[2]
+NEMO_EVAL = REPO / "examples" / "nemo_eval"
+
+
+def test_qrels_from_every_source(tmp_path):
+    expected = {"q11600": {"d1172": 1}, "q5831": {"d577": 1}}
+    queries = tmp_path / "test_queries.jsonl"
+    queries.write_text(
+        '{"query": "a", "query_id": "q11600", "doc_id": "d1172"}\n{"query": "b", "query_id": "q5831", "doc_id": "d577"}\n'
+    )
+    assert load_qrels(queries) == read_query_file_qrels(queries) == expected
+    beir = tmp_path / "qrels.tsv"
+    beir.write_text("query-id\tcorpus-id\tscore\nq11600\td1172\t1\nq5831\td577\t1\n")
+    trec = tmp_path / "qrels.trec"
+    trec.write_text("q11600 0 d1172 1\nq5831 0 d577 1\n")
+    assert load_qrels(beir) == load_qrels(trec) == expected
+    # a list of relevant documents; query ids from question_id too
+    many = tmp_path / "many.jsonl"
+    many.write_text('{"query": "a", "question_id": "x", "doc_id": ["d1", "d2"]}\n')
+    assert load_qrels(many) == {"x": {"d1": 1, "d2": 1}}
+    # GPT-embedding training JSONL (query_id + doc_id name the positive)
+    gpt = tmp_path / "train.jsonl"
+    gpt.write_text('{"query": "a", "pos_doc": "p", "neg_doc": "n", "query_id": "q1", "doc_id": "d9"}\n')
+    assert load_qrels(gpt) == {"q1": {"d9": 1}}
+
+
+def test_qrels_from_a_corpus_id_file_and_a_beir_dir(tmp_path):
+    corpus_id = REPO / "examples" / "corpus_id" / "train.json"
+    data = json.loads(corpus_id.read_text())["data"]
+    qrels = load_qrels(corpus_id)
+    first = data[0]
+    pos = [d["id"] if isinstance(d, dict) else d for d in first["pos_doc"]]
+    assert qrels[first["question_id"]] == {p: 1 for p in pos}
+    assert len(qrels) == len({r["question_id"] for r in data})
+
+
+def test_qrels_errors_name_the_line(tmp_path):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text(
+        '{"query": "a", "query_id": "q1", "doc_id": "d1"}\n{"query": "b", "query_id": "q2", "doc_id": 5.5}\n'
+    )
+    with pytest.raises(DataError, match=r"q\.jsonl:2: doc_id: got a number"):
+        load_qrels(bad)
+    inline = tmp_path / "inline.jsonl"
+    inline.write_text('{"query": "a", "pos_doc": "p", "neg_doc": ["n"]}\n')
+    with pytest.raises(DataError, match="positives have no document ids"):
+        load_qrels(inline)
+    with pytest.raises(DataError, match="qrels file not found"):
+        load_qrels(tmp_path / "missing.tsv")
+
+
+@pytest.mark.slow
+def test_encode_search_evaluate_chain_on_nemo_files(minilm_path, tmp_path, capsys):
+    """Seed 003's inference layout, then "evaluate ... MRR or NDCG", with densetune's commands only."""
+    queries, docs = NEMO_EVAL / "test_queries.jsonl", NEMO_EVAL / "test_docs.jsonl"
+    q_dir, d_dir = tmp_path / "test_queries", tmp_path / "test_docs"
+    assert (
+        cli(
+            [
+                "encode",
+                "--model",
+                minilm_path,
+                "--queries",
+                str(queries),
+                "--out",
+                str(q_dir),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli(["encode", "--model", minilm_path, "--corpus", str(docs), "--out", str(d_dir), "--device", "cpu"])
+        == 0
+    )
+    # NeMo's layout: query.npy + query.ids, doc.npy + doc.ids, rows aligned with the ids
+    q_ids = (q_dir / "query.ids").read_text().split()
+    d_ids = (d_dir / "doc.ids").read_text().split()
+    assert q_ids == [json.loads(x)["query_id"] for x in queries.read_text().splitlines()]
+    assert d_ids == [json.loads(x)["doc_id"] for x in docs.read_text().splitlines()]
+    assert np.load(q_dir / "query.npy").shape == (6, 384) and np.load(d_dir / "doc.npy").shape == (10, 384)
+    run = tmp_path / "run.trec"
+    assert (
+        cli(["search", "--queries", str(q_dir), "--corpus", str(d_dir), "--out", str(run), "--top-k", "10"])
+        == 0
+    )
+    out = tmp_path / "metrics.json"
+    argv = [
+        "evaluate",
+        "--run",
+        str(run),
+        "--qrels",
+        str(queries),
+        "--metrics",
+        "mrr@10,ndcg@10",
+        "--out",
+        str(out),
+    ]
+    assert cli(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["queries"] == 6
+    # MiniLM finds every relevant document of these clearly separated pairs at rank 1
+    assert report["metrics"]["mrr@10"] == pytest.approx(1.0) and report["metrics"][
+        "ndcg@10"
+    ] == pytest.approx(1.0)
+    capsys.readouterr()

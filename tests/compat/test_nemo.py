@@ -119,3 +119,34 @@ def test_encode_search_evaluate_chain_on_nemo_files(minilm_path, tmp_path, capsy
         "ndcg@10"
     ] == pytest.approx(1.0)
     capsys.readouterr()
+
+
+def test_classic_nemo_negative_counts_are_aliases_of_n_passages(tmp_path, caplog):
+    import logging
+
+    from densetune.errors import ConfigError
+    from densetune.train.config import load_config
+
+    path = tmp_path / "nemo.yaml"
+    path.write_text(
+        "model:\n  path: m\ndata:\n  train: [t.jsonl]\n  selector:\n    hard_negatives_to_train: 4\n"
+    )
+    with caplog.at_level(logging.INFO, logger="densetune.train"):
+        cfg = load_config(path)
+    assert cfg.data.selector["n_passages"] == 5 and "hard_negatives_to_train" not in cfg.data.selector
+    assert "hard_negatives_to_train=4 (classic NeMo's name) means n_passages=5" in caplog.text
+    assert (
+        load_config(
+            None, ["model.path=m", "data.train=[t.jsonl]", "data.selector.num_hard_negatives=2"]
+        ).data.selector["n_passages"]
+        == 3
+    )
+    # the shipped NeMo-style config takes the override too
+    nemo_style = REPO / "configs" / "nemo_style.yaml"
+    assert (
+        load_config(nemo_style, ["data.selector.hard_negatives_to_train=7"]).data.selector["n_passages"] == 8
+    )
+    with pytest.raises(ConfigError, match="disagree"):
+        load_config(path, ["data.selector.num_hard_negatives=3"])
+    with pytest.raises(ConfigError, match=r"data.selector.num_hard_negatives: expected an integer >= 0"):
+        load_config(None, ["model.path=m", "data.train=[t.jsonl]", "data.selector.num_hard_negatives=-1"])

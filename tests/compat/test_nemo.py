@@ -150,3 +150,41 @@ def test_classic_nemo_negative_counts_are_aliases_of_n_passages(tmp_path, caplog
         load_config(path, ["data.selector.num_hard_negatives=3"])
     with pytest.raises(ConfigError, match=r"data.selector.num_hard_negatives: expected an integer >= 0"):
         load_config(None, ["model.path=m", "data.train=[t.jsonl]", "data.selector.num_hard_negatives=-1"])
+
+
+@pytest.mark.slow
+def test_nemo_style_config_trains_minilm_with_sbert_scoring(minilm_path, tmp_path):
+    """configs/nemo_style.yaml (SBERT scoring: in-batch positives + own hard negatives) runs on MiniLM."""
+    from densetune.train.config import load_config
+    from densetune.train.loop import TrainRecipe
+
+    data = tmp_path / "train.jsonl"
+    rows = [
+        {
+            "query": f"what is topic {i}",
+            "pos_doc": f"topic {i} is about thing {i}",
+            "neg_doc": [f"other {i}.{j}" for j in range(4)],
+        }
+        for i in range(8)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(
+        REPO / "configs" / "nemo_style.yaml",
+        [
+            f"model.path={minilm_path}",
+            f"data.train=[{data}]",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "data.collator.q_max_len=32",
+            "data.collator.p_max_len=32",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            "eval.every=0",
+            "eval.dev=[]",
+            f"output.dir={tmp_path / 'run'}",
+        ],
+    )
+    assert cfg.loss.contrastive["in_batch_scope"] == "positives" and cfg.data.selector["n_passages"] == 5
+    summary = TrainRecipe(cfg).run()
+    assert summary["steps"] == 2 and summary["final_loss"] > 0
+    card = (Path(summary["model"]) / "README.md").read_text()
+    assert "in_batch_scope" in card and "positives" in card

@@ -188,3 +188,19 @@ def test_nemo_style_config_trains_minilm_with_sbert_scoring(minilm_path, tmp_pat
     assert summary["steps"] == 2 and summary["final_loss"] > 0
     card = (Path(summary["model"]) / "README.md").read_text()
     assert "in_batch_scope" in card and "positives" in card
+
+
+def test_compat_module_names():
+    import torch
+
+    from densetune.compat import nemo
+
+    loss = nemo.sbert_contrastive_loss(temperature=0.5)
+    assert loss.in_batch_scope == "positives" and loss.temperature == 0.5
+    q, p = torch.eye(2), torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.6, 0.3]])
+    from densetune.losses import ContrastiveLoss
+
+    expected = ContrastiveLoss(temperature=0.5, in_batch_scope="positives")(q, p, n_passages=2)
+    assert loss(q, p, n_passages=2).item() == expected.item()
+    assert nemo.NEGATIVE_ALIASES == ("hard_negatives_to_train", "num_hard_negatives")
+    assert nemo.load_qrels(NEMO_EVAL / "test_queries.jsonl")["q11600"] == {"d1172": 1}

@@ -124,10 +124,12 @@ def _first_char(path: Path) -> str:
 
 
 def _is_query_file(path: Path) -> bool:
-    """Whether the first record has a ``doc_id`` and no training fields (a NeMo query file)."""
+    """Whether the first record looks like a NeMo query line (``doc_id`` or a query, and no training fields)."""
     for lineno, text in iter_text_lines(path):
         if isinstance(text, DataError):
             raise text
         obj = parse_json_line(text, path, lineno, "one JSON object per line")
-        return isinstance(obj, dict) and "doc_id" in obj and not any(k in obj for k in _TRAINING_KEYS)
+        if not isinstance(obj, dict) or any(k in obj for k in _TRAINING_KEYS):
+            return False
+        return any(k in obj for k in ("doc_id", "query", "question"))
     return False

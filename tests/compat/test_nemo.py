@@ -206,3 +206,17 @@ def test_compat_module_names():
     assert loss(q, p, n_passages=2).item() == expected.item()
     assert nemo.NEGATIVE_ALIASES == ("hard_negatives_to_train", "num_hard_negatives")
     assert nemo.load_qrels(NEMO_EVAL / "test_queries.jsonl")["q11600"] == {"d1172": 1}
+
+
+def test_evaluate_cli_reports_a_bad_query_file_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 d1 1 0.9 t\n")
+    bad = tmp_path / "test_queries.jsonl"
+    bad.write_text('{"query": "a", "query_id": "q1", "doc_id": "d1"}\n{"query": "b", "doc_id": "d2"}\n')
+    assert cli(["evaluate", "--run", str(run), "--qrels", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test_queries.jsonl:2: query_id: missing" in err[0]
+    # a query file without doc_id labels says so, on its first line
+    bad.write_text('{"query": "a", "query_id": "q1"}\n')
+    assert cli(["evaluate", "--run", str(run), "--qrels", str(bad)]) == 1
+    assert "test_queries.jsonl:1: doc_id: missing" in capsys.readouterr().err

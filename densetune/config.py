@@ -129,6 +129,14 @@ MOVED_TARGETS = {
         f"densetune.data.collators.{name}": f"densetune.data.flag_collators.{name}"
         for name in ("RetrievalDataCollator", "SameEmbedCollator", "NO_IN_BATCH_TYPES", "SAME_EMBED_OUTPUTS")
     },
+    # the seeds' data APIs moved from the data layer to densetune.compat (one module per upstream system)
+    **{
+        f"densetune.data.{old}.{name}": f"densetune.compat.llm_embedder.{name}"
+        for old in ("compat", "flag_compat")
+        for name in ("RetrievalDataset", "SameDatasetTrainDataset", "TASK_CONFIG", "get_query_prompt")
+    },
+    "densetune.data.compat.make_retrieval_dataset": "densetune.compat.nemo_automodel.make_retrieval_dataset",
+    "densetune.data.compat.RetrievalTransform": "densetune.compat.nemo_automodel.RetrievalTransform",
 }
 
 

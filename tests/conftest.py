@@ -104,3 +104,23 @@ def scifact_dir() -> Path:
 @pytest.fixture(scope="session")
 def nfcorpus_dir() -> Path:
     return shared_dataset("nfcorpus")
+
+
+@pytest.fixture(scope="session")
+def decoder_tokenizer(smollm2_dir):
+    """SmolLM2's real tokenizer, from the folder converted once from its GGUF (tests/conftest.py)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def icl_tokenizer(decoder_tokenizer):
+    """The decoder tokenizer with BGE-EN-ICL's special tokens added (a copy: the session one stays clean)."""
+    import copy
+
+    from densetune.data.prompts import LLM_SPECIAL_TOKENS
+
+    tok = copy.deepcopy(decoder_tokenizer)
+    tok.add_special_tokens({"additional_special_tokens": LLM_SPECIAL_TOKENS})
+    return tok

@@ -2,8 +2,11 @@
 
 The seeds' public names are importable from here, so a NeMo Automodel or FlagEmbedding user changes only the
 import (``from densetune.data import make_retrieval_dataset, RetrievalBiencoderCollator``) and YAML targets
-read ``densetune.data.RetrievalBiencoderCollator``. They load on first use: ``import densetune.data`` stays
-cheap (no torch, transformers or datasets until a name is touched).
+read ``densetune.data.RetrievalBiencoderCollator``. ``SameDatasetTrainDataset`` here is LLM-Embedder's (as it
+always was); BGE-EN-ICL's is ``densetune.compat.bge_icl.SameDatasetTrainDataset``. The names are defined in
+:mod:`densetune.compat` (one module per upstream system) and the core modules. They load on first use: ``import densetune.data`` stays
+cheap (no torch, transformers or datasets until a name is touched). This table is the one place the data layer
+names the seed-API modules: a facade for the seeds' users that no core module goes through.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 # name -> module that defines it
 _EXPORTS = {
-    "make_retrieval_dataset": "densetune.data.compat",
-    "RetrievalDataset": "densetune.data.flag_compat",
-    "SameDatasetTrainDataset": "densetune.data.flag_compat",
+    "make_retrieval_dataset": "densetune.compat.nemo_automodel",
+    "RetrievalDataset": "densetune.compat.llm_embedder",
+    "SameDatasetTrainDataset": "densetune.compat.llm_embedder",
     "TASK_CONFIG": "densetune.data.prompts",
     "get_query_prompt": "densetune.data.prompts",
     "BiEncoderCollator": "densetune.data.collators",
@@ -42,10 +45,8 @@ __all__ = [
 
 if TYPE_CHECKING:
     from densetune.data.collators import BiEncoderCollator, CrossEncoderCollator, RetrievalBiencoderCollator
-    from densetune.data.compat import make_retrieval_dataset
     from densetune.data.dataset import RetrievalTrainDataset
     from densetune.data.flag_collators import RetrievalDataCollator, SameEmbedCollator
-    from densetune.data.flag_compat import RetrievalDataset, SameDatasetTrainDataset
     from densetune.data.prompts import TASK_CONFIG, get_query_prompt
 
 

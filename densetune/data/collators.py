@@ -200,6 +200,33 @@ def _unpack_doc_values(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def _merge_batch_dict(
+    query_batch_dict: Mapping[str, Sequence[Any]],
+    doc_batch_dict: Mapping[str, Sequence[Any]],
+    train_n_passages: int,
+) -> dict[str, list[Any]]:
+    """Query and document encodings as one dict (NeMo Automodel's helper, for code that calls it).
+
+    Query keys get a ``q_`` prefix and keep their values; document keys get ``d_`` and their flat
+    ``[B * train_n_passages]`` values are regrouped per query: ``[B][train_n_passages]``. B is the number of
+    query ``input_ids``; documents beyond ``B * train_n_passages`` are left out, as upstream.
+    """
+    batch_size = len(query_batch_dict["input_ids"])
+    merged: dict[str, list[Any]] = {"q_" + k: v for k, v in query_batch_dict.items()}
+    for key, values in doc_batch_dict.items():
+        merged["d_" + key] = [
+            list(values[i * train_n_passages : (i + 1) * train_n_passages]) for i in range(batch_size)
+        ]
+    return merged
+
+
+def _convert_dict_to_list(input_dict: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """A dict of equal-length lists as a list of dicts: ``{"a": [1, 2], "b": [3, 4]}`` -> ``[{"a": 1, "b": 3},
+    {"a": 2, "b": 4}]`` (NeMo Automodel's helper; the first key's length counts)."""
+    keys = list(input_dict)
+    return [{k: input_dict[k][i] for k in keys} for i in range(len(input_dict[keys[0]]))]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # NeMo Automodel: bi-encoder and cross-encoder
 # ---------------------------------------------------------------------------------------------------------
@@ -296,6 +323,10 @@ class BiEncoderCollator:
         self.cache_tokens = cache_tokens
         # A cache per truncation length: a text is cut at q_max_len as a query, at p_max_len as a passage.
         self._caches = {n: _TokenCache(cache_tokens) for n in {q_max_len, p_max_len}}
+
+    # NeMo Automodel's helper methods, for code that calls them on the collator.
+    _merge_batch_dict = staticmethod(_merge_batch_dict)
+    _convert_dict_to_list = staticmethod(_convert_dict_to_list)
 
     def texts(self, batch: Sequence[Group | Mapping[str, Any]]) -> tuple[list[str], list[str], int]:
         """The query strings [B], document strings [B*n] and n, as the model will see them (prefixes applied)."""

@@ -54,7 +54,7 @@ class RetrievalDataCollator:
         query_max_length: query token limit.
         key_max_length: key (and corpus ``content``) token limit.
         inbatch_same_dataset: the DataLoader hands over one pre-built batch per step (from
-            :class:`~densetune.data.compat.SameDatasetTrainDataset` with ``batch_size=1``): the single item is a
+            :class:`~densetune.compat.llm_embedder.SameDatasetTrainDataset` with ``batch_size=1``): the single item is a
             list of rows or a dict of columns, and is unpacked. A list of lists is flattened in any mode.
         cross: give ``cross`` = (query, key) pair encodings [B*G, L] (truncated at
             ``query_max_length + key_max_length``) and ``batch_size`` instead of separate encodings.

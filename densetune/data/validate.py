@@ -25,6 +25,7 @@ import pyarrow as pa
 from densetune.data import beir
 from densetune.data.corpus import MERLIN_METADATA, CorpusError, load_corpus
 from densetune.data.formats import ReadStats, expand_paths, iter_chunks
+from densetune.data.qrels import count_document_file, evaluation_file_kind, read_query_file_qrels
 from densetune.errors import DataError
 
 
@@ -238,10 +239,35 @@ def validate_paths(
                     report.inputs.append(summary)
                     report.errors.extend(errors)
                 continue
+            if path.is_file() and (kind := _evaluation_kind(path, report)):
+                report.inputs.append(_summarise_evaluation_file(path, kind, report))
+                continue
             summary, errors = _summarise_examples(path, "train", cache_dir, str(path))
             report.inputs.append(summary)
             report.errors.extend(errors)
     return report
+
+
+def _evaluation_kind(path: Path, report: ValidationReport) -> str | None:
+    try:
+        return evaluation_file_kind(path)
+    except DataError:
+        return None  # unreadable: the training-data reader reports it with its line
+
+
+def _summarise_evaluation_file(path: Path, kind: str, report: ValidationReport) -> InputSummary:
+    """A classic NeMo evaluation file: its queries / documents counted and checked (not training data)."""
+    summary = InputSummary(str(path), format=f"{kind} (evaluation)")
+    try:
+        if kind == "nemo-queries":
+            qrels = read_query_file_qrels(path)
+            summary.unique_queries = len(qrels)
+        else:
+            summary.corpora = {path.stem: count_document_file(path)}
+    except DataError as err:
+        report.errors.append(err)
+        summary.problems = 1
+    return summary
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

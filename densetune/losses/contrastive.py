@@ -59,6 +59,20 @@ def contrastive_loss_from_scores(
     return F.cross_entropy(logits, targets, reduction="none")
 
 
+IN_BATCH_SCOPES = ("all", "positives")
+
+
+def other_negatives_mask(targets: Tensor, n_columns: int, n: int) -> Tensor:
+    """bool [B, C]: True on the hard negatives of other queries' groups (classic NeMo SBERT leaves them out).
+
+    Columns are groups of ``n`` (positive first); ``targets`` are each row's positive column (global index).
+    """
+    cols = torch.arange(n_columns, device=targets.device)
+    negative = (cols % n != 0).unsqueeze(0)  # [1, C]
+    own_group = (cols.unsqueeze(0) // n) == (targets.unsqueeze(1) // n)  # [B, C]
+    return negative & ~own_group
+
+
 class ContrastiveLoss(_ConfiguredLoss):
     """InfoNCE over each query's positive, its hard negatives and (optionally) every other passage.
 
@@ -84,6 +98,10 @@ class ContrastiveLoss(_ConfiguredLoss):
             yields the global-batch gradient (on by default, as in the recipe: k devices then train as one
             with the global batch). Needs ``in_batch_negatives`` to add negatives; without it only the
             scaling applies. Identity outside torch.distributed.
+        in_batch_scope: which passages of other queries are in-batch negatives: ``"all"`` (every passage,
+            NeMo Automodel / DPR / sentence-transformers) or ``"positives"`` (only their positives, as
+            classic NeMo's SBERT scores: each query against all positives of the batch plus its own hard
+            negatives). Applies only with in-batch negatives.
 
     Inputs:
         q: query embeddings [B, H]; p: passage embeddings [B*n, H] (groups contiguous, positive first).
@@ -118,8 +136,13 @@ class ContrastiveLoss(_ConfiguredLoss):
         mask_false_negatives: bool = True,
         margin_mask: float | None = None,
         cross_device: bool = True,
+        in_batch_scope: str = "all",
     ):
         super().__init__()
+        if in_batch_scope not in IN_BATCH_SCOPES:
+            raise ValueError(
+                f"in_batch_scope must be one of {', '.join(IN_BATCH_SCOPES)}, got {in_batch_scope!r}"
+            )
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0 (e.g. 0.02), got {temperature}")
         if margin_mask is not None and not -1e6 < float(margin_mask) < 1e6:
@@ -129,6 +152,7 @@ class ContrastiveLoss(_ConfiguredLoss):
         self.mask_false_negatives = bool(mask_false_negatives)
         self.margin_mask = None if margin_mask is None else float(margin_mask)
         self.cross_device = bool(cross_device)
+        self.in_batch_scope = in_batch_scope
 
     def get_config_dict(self) -> dict[str, Any]:
         """Settings for the model card."""
@@ -138,6 +162,7 @@ class ContrastiveLoss(_ConfiguredLoss):
             "mask_false_negatives": self.mask_false_negatives,
             "margin_mask": self.margin_mask,
             "cross_device": self.cross_device,
+            "in_batch_scope": self.in_batch_scope,
         }
 
     def per_query(
@@ -180,6 +205,9 @@ class ContrastiveLoss(_ConfiguredLoss):
             exclude = None
             if self.mask_false_negatives and column_ids is not None:
                 exclude = false_negative_mask(column_ids, targets, positive_doc_ids)
+            if in_batch and self.in_batch_scope == "positives" and n > 1:
+                others = other_negatives_mask(targets, scores.shape[1], n)
+                exclude = others if exclude is None else exclude | others
             if self.margin_mask is not None:
                 rows = torch.arange(n_q, device=q.device)
                 threshold = scores.detach()[rows, targets].unsqueeze(1) + self.margin_mask  # [B, 1]

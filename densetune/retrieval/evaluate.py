@@ -273,7 +273,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from densetune.data.trec import read_qrels, read_run
+    from densetune.data.qrels import load_qrels
+    from densetune.data.trec import read_run
 
     metrics = [m.label for m in parse_metrics(_metric_list(args.metrics, args.k))]
     start = time.perf_counter()
@@ -282,7 +283,7 @@ def main(args: argparse.Namespace) -> int:
             raise DensetuneError("give both --run and --qrels (or --model and --data)")
         if args.model or args.data:
             raise DensetuneError("give either --run/--qrels or --model/--data, not both")
-        qrels = read_qrels(args.qrels)
+        qrels = load_qrels(args.qrels, args.split)  # qrels, a NeMo query file or a training file with ids
         run = read_run(args.run)
         source = {"run": str(args.run), "qrels": str(args.qrels)}
     elif args.model and args.data:

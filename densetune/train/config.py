@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ import yaml
 
 from densetune.config import TARGET, apply_overrides, check_arguments, load_yaml, locate, signature_defaults
 from densetune.errors import ConfigError
+
+logger = logging.getLogger("densetune.train")
 
 # ----------------------------------------------------------------------------------------------------
 # Default component nodes. Keys of a user node without `_target_` are merged into these; a node naming
@@ -336,7 +339,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """
     raw = load_yaml(path) if path is not None else {}
     merged = merge_defaults(raw)
-    merged = apply_overrides(merged, list(overrides or []))
+    # The NeMo aliases are not schema keys, so an override naming one adds it (no "+" needed).
+    aliases = {f"data.selector.{name}" for name in NEGATIVE_ALIASES}
+    overrides = [f"+{o}" if o.split("=", 1)[0] in aliases else o for o in overrides or []]
+    merged = apply_overrides(merged, overrides)
     return from_dict(merged)
 
 
@@ -384,8 +390,39 @@ def _reject_unknown(raw: dict[str, Any], fields: dict[str, Any], prefix: str) ->
         raise ConfigError(where, f"unknown key; valid keys here: {valid}")
 
 
+# Classic NeMo's names for the number of hard negatives per query (SBERT's model.data.hard_negatives_to_train,
+# GPT embedding's num_hard_negatives): accepted in the selector node as n_passages = value + 1.
+NEGATIVE_ALIASES = ("hard_negatives_to_train", "num_hard_negatives")
+
+
+def _resolve_negative_aliases(data: dict[str, Any]) -> None:
+    """Rewrite ``data.selector.{hard_negatives_to_train,num_hard_negatives}: k`` as ``n_passages: k + 1``."""
+    node = (data.get("data") or {}).get("selector")
+    if not isinstance(node, dict):
+        return
+    given = {name: node.pop(name) for name in NEGATIVE_ALIASES if name in node}
+    if not given:
+        return
+    values = set(map(repr, given.values()))
+    if len(values) > 1:
+        raise ConfigError(
+            "data.selector." + " / data.selector.".join(given),
+            f"disagree ({given}); give one number of negatives",
+        )
+    name, k = next(iter(given.items()))
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ConfigError(
+            f"data.selector.{name}", f"expected an integer >= 0 (hard negatives per query), got {k!r}"
+        )
+    node["n_passages"] = k + 1
+    logger.info(
+        "data.selector.%s=%d (classic NeMo's name) means n_passages=%d (1 positive + %d)", name, k, k + 1, k
+    )
+
+
 def from_dict(data: dict[str, Any]) -> RecipeConfig:
     """Build a validated :class:`RecipeConfig` from a fully merged dict (see :func:`merge_defaults`)."""
+    _resolve_negative_aliases(data)
     cfg = _build(RecipeConfig, data, "")
     _check_values(cfg)
     return cfg

@@ -19,7 +19,6 @@ from densetune.data.collators import (
     group_to_features,
 )
 from densetune.data.flag_collators import RetrievalDataCollator, SameEmbedCollator
-from densetune.data.prompts import LLM_SPECIAL_TOKENS
 from densetune.data.records import Doc, Group
 
 PROMPT = "Given a question, retrieve passages that answer it"
@@ -43,24 +42,6 @@ def nemo_item(i: int, n: int = 4, ids: bool = True, scores: bool = False) -> dic
     if scores:
         item["teacher_scores"] = [float(n - j) for j in range(n)]
     return item
-
-
-@pytest.fixture(scope="session")
-def decoder_tokenizer(smollm2_dir):
-    """SmolLM2's real tokenizer, from the folder converted once from its GGUF (tests/conftest.py)."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(smollm2_dir)
-
-
-@pytest.fixture(scope="session")
-def icl_tokenizer(decoder_tokenizer):
-    """The decoder tokenizer with BGE-EN-ICL's special tokens added (a copy: the session one stays clean)."""
-    import copy
-
-    tok = copy.deepcopy(decoder_tokenizer)
-    tok.add_special_tokens({"additional_special_tokens": LLM_SPECIAL_TOKENS})
-    return tok
 
 
 # -- seed helpers -----------------------------------------------------------------------------------------

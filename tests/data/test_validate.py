@@ -396,6 +396,25 @@ def test_validate_examples_dir_is_clean():
     assert report.examples >= 10
 
 
+def test_validate_recognises_classic_nemo_evaluation_files(tmp_path):
+    """A NeMo query file (doc_id labels) and document file are evaluation inputs: counted and checked, not
+    reported as broken training data; a bad row in one is still a file:line: field: error."""
+    queries, docs = tmp_path / "test_queries.jsonl", tmp_path / "test_docs.jsonl"
+    queries.write_text(
+        '{"query": "a?", "query_id": "q1", "doc_id": "d1"}\n{"query": "b?", "query_id": "q2", "doc_id": ["d2"]}\n'
+    )
+    docs.write_text('{"doc_id": "d1", "pos_doc": "alpha"}\n{"doc_id": "d2", "pos_doc": "beta"}\n')
+    report = validate_paths([tmp_path])
+    assert report.ok, report.render()
+    kinds = {Path(s.path).name: s for s in report.inputs}
+    assert kinds["test_queries.jsonl"].format == "nemo-queries (evaluation)"
+    assert kinds["test_queries.jsonl"].unique_queries == 2
+    assert kinds["test_docs.jsonl"].corpora == {"test_docs": 2}
+    docs.write_text('{"doc_id": "d1", "pos_doc": "alpha"}\n{"doc_id": "d1", "pos_doc": "beta"}\n')
+    report = validate_paths([docs])
+    assert [str(e) for e in report.errors] == [f"{docs}:2: doc_id: duplicate document id 'd1'"]
+
+
 def test_validate_scifact(scifact_dir):
     report = validate_paths([scifact_dir])
     assert report.ok, report.render()

@@ -28,6 +28,7 @@ SCENARIOS = {
     "gradcache": (3, 3, True, "contrastive", False),
     "objective": (3, 3, False, "objective", False),
     "ids_on_one_rank": (3, 3, False, "contrastive", True),
+    "sbert_scope_uneven": (2, 4, False, "sbert", False),  # in_batch_scope="positives" over gathered columns
 }
 
 
@@ -57,8 +58,9 @@ def global_batch() -> dict:
 
 
 def make_loss(kind: str, cross_device: bool):
-    contrastive = ContrastiveLoss(temperature=0.05, cross_device=cross_device)
-    if kind == "contrastive":
+    scope = "positives" if kind == "sbert" else "all"
+    contrastive = ContrastiveLoss(temperature=0.05, cross_device=cross_device, in_batch_scope=scope)
+    if kind in ("contrastive", "sbert"):
         return contrastive
     return RetrievalObjective(contrastive, DistillationLoss("kl"), contrastive_weight=0.3, distill_weight=1.0)
 

@@ -384,3 +384,23 @@ def test_batches_without_a_task_warn_once_when_tasks_have_settings(caplog):
         objective(Q, P, n_passages=2)
         objective(Q, P, n_passages=2)
     assert caplog.text.count("came without a task") == 1
+
+
+def test_sbert_scope_scores_all_positives_and_only_own_hard_negatives():
+    # classic NeMo SBERT: query 0 sees positives [0.9 (own), 0.2 (q1's)] + its negative 0.5, not q1's 0.6
+    loss = ContrastiveLoss(temperature=0.5, in_batch_scope="positives")(Q, P, n_passages=2)
+    row0 = [v / 0.5 for v in (0.9, 0.5, 0.2)]
+    row1 = [v / 0.5 for v in (0.1, 0.8, 0.3)]
+    assert loss.item() == pytest.approx((_ce(row0, 0) + _ce(row1, 1)) / 2, rel=1e-5)
+    # without in-batch negatives the scope changes nothing; with one passage per query it is plain in-batch
+    own = ContrastiveLoss(temperature=0.5, in_batch_negatives=False, in_batch_scope="positives")
+    assert own(Q, P, n_passages=2).item() == pytest.approx(
+        ContrastiveLoss(temperature=0.5, in_batch_negatives=False)(Q, P, n_passages=2).item()
+    )
+    pairs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    assert ContrastiveLoss(in_batch_scope="positives")(Q, pairs, n_passages=1).item() == pytest.approx(
+        ContrastiveLoss()(Q, pairs, n_passages=1).item()
+    )
+    assert ContrastiveLoss(in_batch_scope="positives").get_config_dict()["in_batch_scope"] == "positives"
+    with pytest.raises(ValueError, match="in_batch_scope must be one of all, positives"):
+        ContrastiveLoss(in_batch_scope="negatives")

@@ -1,10 +1,14 @@
-"""FlagEmbedding LLM-Embedder's data API (:class:`RetrievalDataset`, :class:`SameDatasetTrainDataset`), on densetune's core.
+"""FlagEmbedding LLM-Embedder's public data names (seed 001), on densetune's core.
+
+:class:`RetrievalDataset`, :class:`SameDatasetTrainDataset`, :data:`TASK_CONFIG` and
+``RetrievalDataCollator`` (defined in :mod:`densetune.data.flag_collators`, which training uses too).
 
 The names, signatures and defaults are the seed's (``get_train_process_fn``, ``prepare_train_dataset``,
 ``prepare_eval_dataset``, ``prepare_corpus``; :data:`TASK_CONFIG`; BGE-EN-ICL's :func:`get_query_prompt`);
 groups come from :class:`~densetune.data.groups.GroupSelector` and same-task batches from
 :class:`~densetune.data.samplers.SameTaskBatchSampler`. The differences on purpose are listed in
-:mod:`densetune.data.compat`, which re-exports these names.
+docs/compat.md: random choices are seeded (the seed used the global RNG); rows the rules drop and batches the
+planner leaves out are logged with counts; errors name the record and field.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from densetune.data.corpus import doc_text
+from densetune.data.flag_collators import RetrievalDataCollator
 from densetune.data.groups import GroupSelector
 from densetune.data.prompts import TASK_CONFIG, apply_instruction, get_query_prompt
 from densetune.data.records import Doc, Example, Group
@@ -27,7 +32,13 @@ from densetune.errors import ConfigError, DataError
 
 logger = logging.getLogger("densetune.data")
 
-__all__ = ["TASK_CONFIG", "RetrievalDataset", "SameDatasetTrainDataset", "get_query_prompt"]
+__all__ = [
+    "TASK_CONFIG",
+    "RetrievalDataCollator",
+    "RetrievalDataset",
+    "SameDatasetTrainDataset",
+    "get_query_prompt",
+]
 
 
 def _train_features() -> Any:

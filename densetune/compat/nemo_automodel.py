@@ -1,48 +1,44 @@
-"""The seeds' public data API (NeMo Automodel, FlagEmbedding LLM-Embedder), built on densetune's core.
+"""NeMo Automodel's public data names (seed 000 / 004), on densetune's core.
 
-A user of the seed switches by changing an import; the names, signatures and defaults are the seeds':
-
-- NeMo Automodel: :func:`make_retrieval_dataset` (items ``question``, ``doc_text``, ``doc_image``,
-  ``doc_id``, ``query_instruction``, ``passage_instruction``), for ``RetrievalBiencoderCollator`` /
-  ``CrossEncoderCollator`` (:mod:`densetune.data.collators`).
-- FlagEmbedding LLM-Embedder (in :mod:`densetune.data.flag_compat`, re-exported here):
-  :class:`RetrievalDataset` (``get_train_process_fn``,
-  ``prepare_train_dataset``, ``prepare_eval_dataset``, ``prepare_corpus``), :class:`SameDatasetTrainDataset`,
-  :data:`TASK_CONFIG`; BGE-EN-ICL: :func:`get_query_prompt`.
+A user of NeMo Automodel switches by changing an import (``nemo_automodel.components.datasets.llm`` ->
+``densetune.compat.nemo_automodel``); the names, signatures and defaults are NeMo Automodel's:
+:func:`make_retrieval_dataset` (a ``datasets.Dataset`` of ``question``, ``doc_text``, ``doc_image``,
+``query_instruction``, ``passage_instruction``, plus ``doc_id``), ``RetrievalBiencoderCollator`` /
+``BiEncoderCollator`` / ``CrossEncoderCollator`` (defined in :mod:`densetune.data.collators`, which training
+uses too) and the collator helpers :func:`_merge_batch_dict` and :func:`_convert_dict_to_list`.
 
 Underneath, files are read by :mod:`densetune.data.formats` / :mod:`densetune.data.store` (format detected by
-content, every bad record reported as ``path:line: field: message``), groups are chosen by
-:class:`~densetune.data.groups.GroupSelector` (deterministic from the seed, the epoch and the item) and
-same-task batches are planned by :class:`~densetune.data.samplers.SameTaskBatchSampler`.
+content, every bad record reported as ``path:line: field: message``) and groups are chosen by
+:class:`~densetune.data.groups.GroupSelector` (deterministic from the seed, the epoch and the item).
 
-Differences from the seeds, on purpose (each also noted where it applies):
+Differences from NeMo Automodel, on purpose (docs/compat.md lists them all):
 
-- Random choices (LLM-Embedder's random negatives) are seeded and reproducible; the seeds used the global RNG.
 - Documents of inline data carry ids derived from their text (``doc_id`` is ``"txt-..."``, not ``""``), so
   the bi-encoder collator emits ``passage_doc_ids`` and the loss can mask in-batch duplicates.
 - A negative identical to a positive of the same example is not used as a negative (GroupSelector).
-- Rows the LLM-Embedder rules drop and batches the same-task planner leaves out are logged with counts.
-- Errors name the file, record and field (the seeds raised bare KeyError / assert).
+- Errors name the file, record and field (NeMo Automodel raised bare KeyError / assert).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset
 
-from densetune.data.dataset import RetrievalTrainDataset
-from densetune.data.flag_compat import (
-    TASK_CONFIG,
-    RetrievalDataset,
-    SameDatasetTrainDataset,
-    get_query_prompt,
+from densetune.data.collators import (
+    BiEncoderCollator,
+    CrossEncoderCollator,
+    RetrievalBiencoderCollator,
+    _convert_dict_to_list,
+    _merge_batch_dict,
+    _unpack_doc_values,
 )
+from densetune.data.dataset import RetrievalTrainDataset
 from densetune.data.groups import GroupSelector
 from densetune.data.records import Doc, Group
 from densetune.errors import ConfigError, DataError
@@ -50,15 +46,19 @@ from densetune.errors import ConfigError, DataError
 logger = logging.getLogger("densetune.data")
 
 __all__ = [
-    "TASK_CONFIG",
-    "NeMoRetrievalDataset",
-    "RetrievalDataset",
-    "SameDatasetTrainDataset",
-    "get_query_prompt",
+    "BiEncoderCollator",
+    "CrossEncoderCollator",
+    "RetrievalBiencoderCollator",
+    "RetrievalTransform",
+    "_convert_dict_to_list",
+    "_merge_batch_dict",
+    "_unpack_doc_values",
     "make_retrieval_dataset",
 ]
 
 DATA_TYPES = ("train", "eval")
+# What an item holds (NeMo Automodel's training-time schema, plus doc_id).
+ITEM_COLUMNS = ("question", "doc_text", "doc_image", "doc_id", "query_instruction", "passage_instruction")
 MODEL_TYPES = ("bi_encoder", "cross_encoder")
 _ENTRY_KEYS = {"path", "num_samples"}
 
@@ -96,58 +96,40 @@ def _parse_entries(data_dir_list: Any) -> list[tuple[str, int | None]]:
     return out
 
 
-class NeMoRetrievalDataset(Dataset):
-    """What :func:`make_retrieval_dataset` returns: a map-style dataset of NeMo Automodel items.
+class RetrievalTransform:
+    """The lazy per-batch step of :func:`make_retrieval_dataset` (NeMo Automodel's ``RetrievalTransform``).
 
-    ``dataset[i]`` is ``{"question", "doc_text": [positive, negatives...], "doc_image", "doc_id",
-    "query_instruction", "passage_instruction"}`` for the current epoch (:meth:`set_epoch`; positives rotate
-    with it when ``cycle_positive_docs``). Items are built on request (the seed's lazy ``set_transform``);
-    ``__getitems__`` builds a whole batch with one corpus lookup. Use it as the ``dataset`` of a
-    ``torch.utils.data.DataLoader`` or ``torchdata.stateful_dataloader.StatefulDataLoader``.
+    ``datasets`` calls it (``Dataset.set_transform``) with a batch of raw rows (``question_id``, ``question``,
+    ``corpus_id``, ``pos_doc``, ``neg_doc``, ``_row``: the row's index in the example store) and gets the
+    training columns back: ``question``, ``doc_text`` (positive first), ``doc_image``, ``doc_id``,
+    ``query_instruction``, ``passage_instruction``, built for the current epoch (:meth:`set_epoch`; positives
+    rotate with it when ``cycle_positive_docs``). One corpus lookup per batch. It pickles with the store (by
+    path), so DataLoader workers rebuild it cheaply.
 
     Attributes:
-        store: the :class:`~densetune.data.store.ExampleStore` the items come from.
-        order: the store index of each item (after ``num_samples``, shuffling and the sample window).
-        selector: the :class:`GroupSelector` (``negative="cycle"``: negatives in file order, wrapping).
+        groups: the :class:`~densetune.data.dataset.RetrievalTrainDataset` groups come from (``store``,
+            ``selector``: ``negative="cycle"``, negatives in file order, wrapping).
+        epoch: the current epoch.
     """
 
     def __init__(
-        self,
-        groups: RetrievalTrainDataset,
-        order: np.ndarray,
-        use_dataset_instruction: bool,
-        use_text_in_document: bool,
+        self, groups: RetrievalTrainDataset, use_dataset_instruction: bool, use_text_in_document: bool
     ):
-        self._groups = groups
-        self.store = groups.store
-        self.selector = groups.selector
-        self.order = np.asarray(order, dtype=np.int64)
+        self.groups = groups
         self.use_dataset_instruction = use_dataset_instruction
         self.use_text_in_document = use_text_in_document
 
-    def __len__(self) -> int:
-        return len(self.order)
-
     @property
     def epoch(self) -> int:
-        return self._groups.epoch
+        return self.groups.epoch
 
     def set_epoch(self, epoch: int) -> None:
-        """Build items for ``epoch`` from now on (the seed's ``dataset.set_epoch``)."""
-        self._groups.set_epoch(epoch)
+        """Build items for ``epoch`` from now on (NeMo Automodel's ``dataset.set_epoch``)."""
+        self.groups.set_epoch(epoch)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.__getitems__([i])[0]
-
-    def __getitems__(self, items: Sequence[int]) -> list[dict[str, Any]]:
-        n = len(self.order)
-        rows = []
-        for i in items:
-            i = int(i)
-            if not -n <= i < n:
-                raise IndexError(f"item {i} out of range (dataset has {n})")
-            rows.append(int(self.order[i]))
-        return [self._item(g) for g in self._groups.__getitems__(rows)]
+    def __call__(self, batch: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+        items = [self._item(g) for g in self.groups.__getitems__([int(r) for r in batch["_row"]])]
+        return {key: [item[key] for item in items] for key in ITEM_COLUMNS}
 
     def _item(self, group: Group) -> dict[str, Any]:
         return {
@@ -167,6 +149,41 @@ class NeMoRetrievalDataset(Dataset):
         return doc.text.strip() if doc.image else doc.text
 
 
+def _raw_rows(store: Any, paths: list[str], cache_dir: str | Path | None) -> Any:
+    """The store's examples as a memory-mapped ``datasets.Dataset`` of raw rows (cached Arrow stream file).
+
+    Columns as NeMo Automodel's raw records: ``question_id``, ``question``, ``corpus_id``, ``pos_doc`` and
+    ``neg_doc`` (document ids), plus ``_row``, the example's index in ``store``.
+    """
+    import datasets
+    import pyarrow as pa
+
+    from densetune.data.corpus import cache_key, default_cache_dir, fingerprint
+    from densetune.data.formats import expand_paths
+
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    key = cache_key("nemo-automodel-rows", fingerprint(expand_paths(paths, corpora=True)), len(store))
+    path = root / "nemo_automodel" / f"{key}.arrow"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ids = pa.list_(pa.string())
+        table = pa.table(
+            {
+                "question_id": pa.array(store.column("query_id"), pa.string()),
+                "question": pa.array(store.column("query"), pa.string()),
+                "corpus_id": pa.array(store.column("corpus_id"), pa.string()),
+                "pos_doc": pa.array(store.column("pos_ids"), ids),
+                "neg_doc": pa.array(store.column("neg_ids"), ids),
+                "_row": pa.array(np.arange(len(store), dtype=np.int64)),
+            }
+        )
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        os.replace(tmp, path)  # atomic: readers never see half a file
+    return datasets.Dataset.from_file(str(path))
+
+
 def make_retrieval_dataset(
     data_dir_list: Any = None,
     data_type: str = "train",
@@ -182,8 +199,8 @@ def make_retrieval_dataset(
     train_n_passages: int | None = None,
     model_type: str = "bi_encoder",
     cache_dir: str | Path | None = None,
-) -> NeMoRetrievalDataset:
-    """NeMo Automodel's retrieval dataset factory: groups of 1 positive + ``n_passages - 1`` negatives.
+) -> Any:
+    """NeMo Automodel's retrieval dataset factory: a ``datasets.Dataset`` of groups, 1 positive + negatives.
 
     Inputs are read by content, so NeMo inline JSONL/JSON, corpus-id JSON (corpus directories with
     ``merlin_metadata.json``, paths relative to the JSON file) and every other format densetune reads work.
@@ -198,13 +215,14 @@ def make_retrieval_dataset(
         n_passages: documents per group (1 positive + n-1 negatives).
         eval_negative_size: negatives per group for ``data_type="eval"``.
         seed: seed of the ``num_samples`` draws and of ``do_shuffle``.
-        do_shuffle: shuffle the examples once, before the ``max_train_samples`` window (training only; the
-            per-epoch order is the sampler's business).
+        do_shuffle: with ``max_train_samples``, shuffle the examples once (``Dataset.shuffle(seed=seed)``)
+            before taking the window, as NeMo Automodel does; without it nothing is shuffled (the per-epoch
+            order is the sampler's business).
         max_train_samples: keep this many training examples, from ``train_data_select_offset``.
         train_data_select_offset: start of the ``max_train_samples`` window.
         use_dataset_instruction: fill ``query_instruction`` / ``passage_instruction`` from corpus metadata
             (``""`` otherwise, and always for inline data).
-        cycle_positive_docs: rotate the positive with the epoch (:meth:`NeMoRetrievalDataset.set_epoch`).
+        cycle_positive_docs: rotate the positive with the epoch (``dataset.set_epoch(epoch)``).
         use_text_in_document: keep the text of documents that have an image (image-only otherwise).
         train_n_passages: the older name of ``n_passages``; wins when given.
         model_type: ``"bi_encoder"`` or ``"cross_encoder"``; items are grouped either way (the
@@ -212,7 +230,12 @@ def make_retrieval_dataset(
         cache_dir: where converted data is cached (default ``$DENSETUNE_CACHE`` or ``~/.cache/densetune``).
 
     Returns:
-        A :class:`NeMoRetrievalDataset`.
+        A ``datasets.Dataset`` (Arrow, memory-mapped from densetune's cache) whose raw columns are
+        ``question_id``, ``question``, ``corpus_id``, ``pos_doc``, ``neg_doc`` (ids) and ``_row``, with a
+        :class:`RetrievalTransform` set (``set_transform``): indexing returns ``question``, ``doc_text``,
+        ``doc_image``, ``doc_id``, ``query_instruction``, ``passage_instruction``. ``dataset.set_epoch(e)``
+        moves the transform to epoch ``e``. ``.select``, ``.shuffle``, ``.filter`` and ``.map`` work as on any
+        ``datasets.Dataset`` (``with_format(None)`` shows the raw rows).
 
     Raises:
         ConfigError: a bad argument (unknown ``data_type``, malformed ``data_dir_list`` entry), naming it.
@@ -256,12 +279,17 @@ def make_retrieval_dataset(
     if offset != len(store):  # defensive: the per-entry sizes must add up to the combined store
         raise DataError(f"inputs changed while loading ({offset} vs {len(store)} examples); load again")
 
+    dataset = _raw_rows(store, [p for p, _ in entries], cache_dir)
+    if order != list(range(len(store))):
+        dataset = dataset.select(order)
     if data_type == "train":
-        if do_shuffle:
-            random.Random(seed).shuffle(order)
+        # NeMo Automodel: shuffle (Dataset.shuffle(seed), the same permutation for the same rows and seed)
+        # and the window apply only when max_train_samples is set; the per-epoch order is the sampler's.
         if max_train_samples is not None:
+            if do_shuffle:
+                dataset = dataset.shuffle(seed=seed)
             start = max(0, train_data_select_offset)
-            order = order[start : start + max_train_samples]
+            dataset = dataset.select(range(start, min(start + max_train_samples, len(dataset))))
         selector = GroupSelector(
             n_passages, positive="cycle" if cycle_positive_docs else "first", negative="cycle", seed=seed
         )
@@ -273,8 +301,12 @@ def make_retrieval_dataset(
             seed=seed,
             eval_negative_size=eval_negative_size if eval_negative_size is not None else n_passages - 1,
         )
-    groups = RetrievalTrainDataset(store, selector)
-    logger.info("created %s dataset with %d examples from %d source(s)", data_type, len(order), len(entries))
-    return NeMoRetrievalDataset(
-        groups, np.asarray(order, dtype=np.int64), use_dataset_instruction, use_text_in_document
+    transform = RetrievalTransform(
+        RetrievalTrainDataset(store, selector), use_dataset_instruction, use_text_in_document
     )
+    dataset.set_transform(transform)
+    dataset.set_epoch = transform.set_epoch  # as NeMo Automodel: the recipe calls dataset.set_epoch(epoch)
+    logger.info(
+        "created %s dataset with %d examples from %d source(s)", data_type, len(dataset), len(entries)
+    )
+    return dataset

@@ -1,4 +1,5 @@
-"""The seeds' public data API: make_retrieval_dataset, the NeMo YAML data block, LLM-Embedder's classes."""
+"""NeMo Automodel's and LLM-Embedder's public data names: make_retrieval_dataset, the NeMo YAML data block,
+the collator helpers, LLM-Embedder's classes."""
 
 from __future__ import annotations
 
@@ -9,17 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from densetune.config import apply_overrides, check_arguments, instantiate, load_yaml, locate
-from densetune.data.compat import (
+from densetune.compat.llm_embedder import (
     TASK_CONFIG,
     RetrievalDataset,
     SameDatasetTrainDataset,
     get_query_prompt,
-    make_retrieval_dataset,
 )
+from densetune.compat.nemo_automodel import make_retrieval_dataset
+from densetune.config import apply_overrides, check_arguments, instantiate, load_yaml, locate
 from densetune.data.records import doc_id_to_int64, text_doc_id
 from densetune.errors import ConfigError, DataError
 
@@ -105,7 +107,7 @@ def test_corpus_id_instructions_cycling_and_eval_size(tmp_path):
     assert ds[0]["doc_id"] == ["a0", "a2", "a3"] and ds[0]["doc_text"] == ["doc a0", "doc a2", "doc a3"]
     assert ds[0]["query_instruction"] == "Q:" and ds[0]["passage_instruction"] == "P:"
     ds.set_epoch(1)
-    assert ds.epoch == 1 and ds[0]["doc_id"] == ["a1", "a2", "a3"]
+    assert ds[0]["doc_id"] == ["a1", "a2", "a3"]
     plain = make_retrieval_dataset(path, n_passages=3)
     plain.set_epoch(1)
     assert plain[0]["doc_id"][0] == "a0" and plain[0]["query_instruction"] == ""
@@ -119,16 +121,19 @@ def test_num_samples_shuffle_and_window(tmp_path, caplog):
     a = str(nemo_inline(tmp_path / "a.jsonl", 10))
     b = str(nemo_inline(tmp_path / "b.jsonl", 4))
     ds = make_retrieval_dataset([{"path": a, "num_samples": 3}, b], n_passages=2, seed=5)
-    assert ds.order.tolist() == random.Random(5).sample(range(10), 3) + [10, 11, 12, 13]
+    assert ds.with_format(None)["_row"] == random.Random(5).sample(range(10), 3) + [10, 11, 12, 13]
     with caplog.at_level(logging.WARNING, logger="densetune.data"):
         ds = make_retrieval_dataset([{"path": b, "num_samples": 9}], n_passages=2)
     assert len(ds) == 4 and "requested 9 samples" in caplog.text
     window = make_retrieval_dataset(a, n_passages=2, max_train_samples=3, train_data_select_offset=4)
     assert [window[i]["question"] for i in range(3)] == ["query 4", "query 5", "query 6"]
-    shuffled = make_retrieval_dataset(a, n_passages=2, do_shuffle=True, seed=1)
-    expected = list(range(10))
-    random.Random(1).shuffle(expected)
-    assert shuffled.order.tolist() == expected
+    # do_shuffle applies with max_train_samples, as Dataset.shuffle(seed) (NeMo Automodel's rows for the seed)
+    shuffled = make_retrieval_dataset(a, n_passages=2, do_shuffle=True, seed=1, max_train_samples=4)
+    expected = np.random.default_rng(1).permutation(10)[:4].tolist()
+    assert shuffled.with_format(None)["_row"] == expected
+    assert [shuffled[i]["question"] for i in range(4)] == [f"query {i}" for i in expected]
+    unshuffled = make_retrieval_dataset(a, n_passages=2, do_shuffle=True, seed=1)
+    assert unshuffled.with_format(None)["_row"] == list(range(10))
     # Evaluation ignores the training window.
     assert len(make_retrieval_dataset(a, data_type="eval", max_train_samples=3)) == 10
 
@@ -185,10 +190,14 @@ def test_shipped_config_targets_accept_their_keys():
     assert locate("densetune.data.RetrievalBiencoderCollator") is locate(
         "densetune.data.collators.BiEncoderCollator"
     )
-    # LLM-Embedder's classes live in flag_compat; saved configs naming densetune.data.compat still load
+    # The names moved to densetune.compat; saved configs naming the old paths still load the same objects
     for name in ("RetrievalDataset", "SameDatasetTrainDataset"):
-        here = locate(f"densetune.data.flag_compat.{name}")
-        assert locate(f"densetune.data.compat.{name}") is here and locate(f"densetune.data.{name}") is here
+        here = locate(f"densetune.compat.llm_embedder.{name}")
+        for old in ("densetune.data.flag_compat", "densetune.data.compat", "densetune.data"):
+            assert locate(f"{old}.{name}") is here
+    here = locate("densetune.compat.nemo_automodel.make_retrieval_dataset")
+    assert locate("densetune.data.compat.make_retrieval_dataset") is here
+    assert locate("densetune.data.make_retrieval_dataset") is here
 
 
 def test_yaml_stateful_dataloader_batches_and_mid_epoch_resume(tmp_path, minilm_tokenizer):
@@ -409,3 +418,122 @@ def test_reexports_and_lazy_import():
     code = "import sys, densetune.data; print('torch' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+# -- NeMo Automodel's collator helpers ----------------------------------------------------------------------
+
+
+def test_merge_batch_dict_and_convert_dict_to_list_as_upstream(minilm_tokenizer):
+    from densetune.compat.nemo_automodel import BiEncoderCollator, _convert_dict_to_list, _merge_batch_dict
+
+    q = {"input_ids": [[1, 2], [3]], "attention_mask": [[1, 1], [1]]}
+    d = {"input_ids": [[5], [6, 7], [8], [9]], "attention_mask": [[1], [1, 1], [1], [1]]}
+    merged = _merge_batch_dict(q, d, train_n_passages=2)
+    assert merged == {
+        "q_input_ids": [[1, 2], [3]],
+        "q_attention_mask": [[1, 1], [1]],
+        "d_input_ids": [[[5], [6, 7]], [[8], [9]]],
+        "d_attention_mask": [[[1], [1, 1]], [[1], [1]]],
+    }
+    rows = _convert_dict_to_list(merged)
+    assert rows[1] == {
+        "q_input_ids": [3],
+        "q_attention_mask": [1],
+        "d_input_ids": [[8], [9]],
+        "d_attention_mask": [[1], [1]],
+    }
+    assert _convert_dict_to_list({"a": [1, 2], "b": [3, 4]}) == [{"a": 1, "b": 3}, {"a": 2, "b": 4}]
+    # upstream calls them as methods of the collator, with keyword arguments
+    collate = BiEncoderCollator(minilm_tokenizer)
+    assert collate._merge_batch_dict(query_batch_dict=q, doc_batch_dict=d, train_n_passages=2) == merged
+    assert collate._convert_dict_to_list(merged) == rows
+
+
+# -- seed 000's documented usage: a real datasets.Dataset --------------------------------------------------
+
+
+def test_seed_usage_a_datasets_dataset_feeding_the_collator(minilm_tokenizer):
+    import pickle
+
+    import datasets
+
+    from densetune.compat.nemo_automodel import RetrievalBiencoderCollator
+
+    examples = REPO / "examples"
+    ds = make_retrieval_dataset(
+        data_dir_list=[str(examples / "flag.jsonl")],  # what configs/nemo_dataloader.yaml reads
+        data_type="train",
+        train_n_passages=3,
+        do_shuffle=True,
+        use_dataset_instruction=False,
+    )
+    assert isinstance(ds, datasets.Dataset) and ds.cache_files  # Arrow, memory-mapped from a cache file
+    assert ds.column_names == ["question_id", "question", "corpus_id", "pos_doc", "neg_doc", "_row"]
+    item = ds[0]
+    assert list(item) == [
+        "question",
+        "doc_text",
+        "doc_image",
+        "doc_id",
+        "query_instruction",
+        "passage_instruction",
+    ]
+    assert len(item["doc_text"]) == len(item["doc_image"]) == 3 and item["doc_image"] == ["", "", ""]
+    # corpus-id rows resolve their documents from the corpus (one of the example's records has no negatives)
+    by_id = make_retrieval_dataset(str(examples / "corpus_id" / "train.json"), train_n_passages=1)
+    last = by_id[len(by_id) - 1]
+    assert last["doc_text"][0] and last["doc_id"][0] == by_id.with_format(None)[len(by_id) - 1]["pos_doc"][0]
+    # the datasets API works and keeps the transform
+    assert ds.select([1, 0])[1] == item
+    assert (
+        len(ds.shuffle(seed=0)) == len(ds)
+        and ds.with_format(None).filter(lambda r: r["corpus_id"] == "__inline__").num_rows == 3
+    )
+    mapped = ds.with_format(None).map(lambda r: {"n_neg": len(r["neg_doc"])})
+    assert sorted(mapped["n_neg"]) == [1, 2, 2]
+    # it pickles (DataLoader workers) and feeds the seed's collator
+    again = pickle.loads(pickle.dumps(ds))
+    assert again[2] == ds[2]
+    collate = RetrievalBiencoderCollator(
+        minilm_tokenizer,
+        q_max_len=512,
+        p_max_len=512,
+        query_prefix="query:",
+        passage_prefix="passage:",
+        pad_to_multiple_of=8,
+    )
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=collate)))
+    assert batch["q_input_ids"].shape[0] == 2 and batch["d_input_ids"].shape[0] == 6
+    assert batch["d_input_ids"].shape[1] % 8 == 0
+
+
+def test_shuffle_window_selects_nemo_automodels_rows(tmp_path):
+    import datasets
+
+    path = nemo_inline(tmp_path / "a.jsonl", 30)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    for seed, offset, size in ((42, 0, 10), (7, 5, 12), (3, 25, 10)):
+        ours = make_retrieval_dataset(
+            str(path),
+            n_passages=2,
+            do_shuffle=True,
+            seed=seed,
+            max_train_samples=size,
+            train_data_select_offset=offset,
+        )
+        # NeMo Automodel: Dataset.from_list(raw records).shuffle(seed).select(range(offset, min(offset+size, n)))
+        theirs = datasets.Dataset.from_list(records).shuffle(seed=seed)
+        theirs = theirs.select(range(offset, min(offset + size, len(theirs))))
+        assert [ours[i]["question"] for i in range(len(ours))] == theirs["query"]
+
+
+def test_set_epoch_cycles_positives_and_negatives_stay_in_file_order(tmp_path):
+    path = write_jsonl(
+        tmp_path / "m.jsonl", [{"query": "q", "pos_doc": ["p0", "p1"], "neg_doc": ["n0", "n1", "n2"]}]
+    )
+    ds = make_retrieval_dataset(str(path), n_passages=3, cycle_positive_docs=True)
+    assert ds[0]["doc_text"] == ["p0", "n0", "n1"]
+    ds.set_epoch(1)
+    assert ds[0]["doc_text"] == ["p1", "n0", "n1"]
+    ds.set_epoch(2)
+    assert ds[0]["doc_text"] == ["p0", "n0", "n1"]

@@ -233,7 +233,11 @@ def _metric_list(metrics: str | None, k: str | None) -> list[str]:
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("a run file")
     src.add_argument("--run", help="TREC run file (qid Q0 docid rank score tag)")
-    src.add_argument("--qrels", help="qrels: TREC (qid 0 docid rel) or BEIR TSV")
+    src.add_argument(
+        "--qrels",
+        help="qrels: TREC (qid 0 docid rel), BEIR TSV, a BEIR directory, a NeMo query file (doc_id labels) "
+        "or a training file whose positives have ids",
+    )
     mdl = parser.add_argument_group("a model on a BEIR split")
     mdl.add_argument("--model", help="model directory")
     mdl.add_argument("--data", help="BEIR directory")

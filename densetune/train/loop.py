@@ -9,6 +9,7 @@ Launched by ``torchrun`` it trains with DDP (or FSDP2 with ``train.fsdp=true``);
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import random
@@ -929,8 +930,13 @@ def _save_atomically(model: nn.Module, out: Path, card: dict[str, Any]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(str(tmp), model_card=card)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            raise DensetuneError(
+                f"disk full exporting the model to {out}: the partial export was removed; the last checkpoint "
+                "holds the trained weights: free some space and rerun with resume=auto to export it"
+            ) from None
         raise
     if out.exists():
         old = out.parent / f".tmp-old-{out.name}-{os.getpid()}"

@@ -395,6 +395,25 @@ def test_disk_full_is_simulated_in_process(recipe, monkeypatch, capsys):
     assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step_00000002"]
 
 
+def test_disk_full_during_the_export_is_one_line_and_leaves_no_partial_model(recipe, monkeypatch, capsys):
+    import errno
+
+    from densetune.models import loading
+
+    cfg, out = recipe
+    real = loading.save_backbone
+
+    def full_disk(model, target):
+        real(model, target)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(loading, "save_backbone", full_disk)
+    assert cli.main(["train", str(cfg), "output.save_model=true"]) == 1
+    assert "disk full exporting the model" in one_error_line(capsys.readouterr().err)
+    assert not (out / "model").exists() and not list(out.glob(".tmp-*"))
+    assert ckpt.checkpoint_problem(ckpt.latest_checkpoint(out / "checkpoints")) is None
+
+
 # -------------------------------------------------------------------------------- 7. bad input, one line
 def test_bad_train_inputs_are_one_line_errors_and_leave_no_empty_metrics_file(recipe, tmp_path, capsys):
     cfg, out = recipe

@@ -327,6 +327,21 @@ def test_loaders_refuse_an_incomplete_model_folder_in_one_line(tiny_bert, tmp_pa
     assert "incomplete model folder" in one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
+def test_the_real_minilm_folder_loads_and_a_copy_with_truncated_weights_is_refused(minilm_path, tmp_path):
+    """The completeness check on a folder transformers wrote (no false alarm), then on a damaged copy."""
+    from densetune.errors import DataError
+    from densetune.models.biencoder import BiEncoder
+
+    BiEncoder.from_pretrained(minilm_path)
+    copy = tmp_path / "minilm"
+    shutil.copytree(minilm_path, copy)
+    weights = copy / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2)
+    with pytest.raises(DataError, match="incomplete model folder: model.safetensors is truncated"):
+        BiEncoder.from_pretrained(str(copy))
+
+
 # -------------------------------------------------------------------------------- 6. disk full
 @pytest.fixture
 def small_tmpfs(tmp_path):

@@ -175,7 +175,8 @@ def run_sections(
             **(train or {}),
         },
         "eval": {"at_end": False},
-        "output": {"dir": str(out), "tensorboard": False, **(output or {})},
+        # a re-run trains afresh in the same folder: discard the previous run's outputs
+        "output": {"dir": str(out), "tensorboard": False, "overwrite": True, **(output or {})},
     }
 
 

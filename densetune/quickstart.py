@@ -247,7 +247,8 @@ def train_model(
             "log_every": 5,
         },
         "eval": {"at_end": False},
-        "output": {"dir": str(out), "tensorboard": False},
+        # a re-run of the quickstart redoes every step in its folder, training too
+        "output": {"dir": str(out), "tensorboard": False, "overwrite": True},
     }
     return TrainRecipe(from_dict(merge_defaults(raw))).run()
 

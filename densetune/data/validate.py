@@ -165,6 +165,9 @@ def _summarise_examples(
                 summary.positives[len(pos)] += 1
                 summary.negatives[len(neg)] += 1
                 summary.tasks[ex.task] += 1
+                overflow = _overflowing_scores(ex)
+                if overflow is not None:
+                    errors.append(overflow)
     except DataError as err:
         errors.extend(err.errors if isinstance(err, CorpusError) else [err])
     except (
@@ -182,6 +185,26 @@ def _summarise_examples(
     errors = stats.errors + errors
     summary.problems = len(errors)
     return summary, errors
+
+
+# Teacher scores are divided by a temperature (0.01 and up) and subtracted in float32 (max 3.4e38): beyond
+# this magnitude the distillation loss overflows to inf / NaN.
+SCORE_LIMIT = 1e36
+
+
+def _overflowing_scores(ex) -> DataError | None:
+    """A problem for the first teacher score whose magnitude would make the loss overflow, or None."""
+    for key in ("pos_scores", "neg_scores"):
+        for j, score in enumerate(getattr(ex, key) or ()):
+            if abs(score) > SCORE_LIMIT:
+                path, _, line = (ex.source or "").rpartition(":")
+                return DataError(
+                    f"teacher score {score:g} overflows the float32 loss; expected |score| <= {SCORE_LIMIT:g}",
+                    path or ex.source,
+                    int(line) if line.isdigit() else None,
+                    f"{key}[{j}]",
+                )
+    return None
 
 
 def _summarise_corpus(path: Path, cache_dir: str | Path | None) -> tuple[InputSummary, list[DataError]]:

@@ -414,6 +414,8 @@ class CrossEncoder(nn.Module):
         if num_labels != 1:
             raise ValueError(f"num_labels must be 1 (one relevance logit per pair), got {num_labels}")
         path = str(path)
+        if not gguf_file:
+            loading.refuse_incomplete_folder(path)  # before anything reads its config
         saved = _read_saved_config(path)
         if kind == "auto":
             kind = saved.get("kind") or ("decoder" if gguf_file else _detect_kind(path))

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from densetune.errors import DataError
 from densetune.models.lora import merged_state_dict, unwrap_peft
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -81,6 +82,8 @@ def load_backbone(
         kwargs["dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"] = resolved
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    else:
+        refuse_incomplete_folder(path)
 
     def load(attn: str | None):
         return loader.from_pretrained(path, attn_implementation=attn, output_loading_info=True, **kwargs)
@@ -146,12 +149,75 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     unwrap_peft(model).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
+# ---------------------------------------------------------------------- incomplete folders
+_TOWERS = ("query_encoder", "passage_encoder")  # biencoder.QUERY_TOWER / PASSAGE_TOWER
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                    "spiece.model", "sentencepiece.bpe.model")  # fmt: skip
+
+
+def refuse_incomplete_folder(path: str | Path) -> None:
+    """Refuse a local model folder that an interrupted save left incomplete: no ``config.json``, no
+    weights (or a shard its index lists), a truncated ``.safetensors`` file. Hub names pass untouched.
+
+    Raises:
+        DataError: one line naming the folder and what is missing.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    towers = [folder / name for name in _TOWERS if (folder / name).is_dir()]
+    if towers:  # a bi-encoder saved with separate towers: each is a backbone folder
+        for tower in towers:
+            refuse_incomplete_folder(tower)
+        return
+    if not (folder / "config.json").is_file():
+        raise DataError("incomplete model folder: no config.json", folder)
+    weights = [folder / name for name in _WEIGHT_FILES if (folder / name).is_file()]
+    for index in (folder / name for name in _WEIGHT_INDEXES):
+        if index.is_file():
+            shards = sorted(set(read_json(index).get("weight_map", {}).values()))
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise DataError(
+                    f"incomplete model folder: shard {missing[0]} listed in {index.name} is missing", folder
+                )
+            weights += [folder / s for s in shards]
+    if not weights:
+        raise DataError(
+            f"incomplete model folder: no weights ({', '.join(_WEIGHT_FILES)} or a sharded index)", folder
+        )
+    for file in weights:
+        if file.suffix == ".safetensors" and not _safetensors_complete(file):
+            raise DataError(f"incomplete model folder: {file.name} is truncated", folder)
+
+
+def _safetensors_complete(file: Path) -> bool:
+    """Whether the file is as long as its header says (8-byte length, JSON header, then the data)."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                return False
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return False
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and "data_offsets" in v]
+    return 8 + n + max(ends, default=0) == size
+
+
 # ---------------------------------------------------------------------- tokenizer
 def load_tokenizer(path: str, gguf_file: str | None):
     from transformers import AutoTokenizer
 
     if gguf_file:
         return AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    refuse_incomplete_folder(path)
+    folder = Path(path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise DataError("incomplete model folder: no tokenizer files (tokenizer.json, vocab.txt...)", folder)
     return AutoTokenizer.from_pretrained(path)
 
 

@@ -10,12 +10,17 @@ A checkpoint is a directory ``<output>/checkpoints/step_00000120/`` holding
 - ``state.json``: the :class:`ResumeState` sidecar, readable by a person (step, epoch, position, seed...).
 
 It is written into a temporary directory beside its final place and moved there with one ``os.replace``,
-so a run killed while saving leaves no half checkpoint under a ``step_*`` name.
+so a run killed while saving leaves no half checkpoint under a ``step_*`` name. ``state.json`` records the
+run's id and each file's size and SHA-256 (:func:`verify_checkpoint`), so ``resume=auto`` skips a damaged
+checkpoint for the newest intact one. A disk that fills up mid-save leaves no partial directory behind
+(:class:`DiskFullError` says how much space the checkpoint needed).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import hashlib
 import json
 import os
 import random
@@ -29,7 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from densetune.errors import ConfigError
+from densetune.errors import ConfigError, DensetuneError
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -61,6 +66,9 @@ class ResumeState:
         total_steps: the planned number of optimizer steps.
         elapsed_s: training seconds so far (across restarts).
         last_loss: the last logged training loss, or None.
+        run_id: the id of the run that wrote the checkpoint (also in ``<output>/run.json``): a run only
+            resumes or prunes checkpoints of its own.
+        files: each checkpoint file's ``{"size": bytes, "sha256": hex}``, written last and checked on resume.
     """
 
     step: int = 0
@@ -75,6 +83,8 @@ class ResumeState:
     total_steps: int = 0
     elapsed_s: float = 0.0
     last_loss: float | None = None
+    run_id: str = ""
+    files: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -113,11 +123,21 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints (and leftovers of interrupted saves); return the deleted."""
+def prune_checkpoints(root: str | Path, keep: int, current: str | Path | None = None) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (and leftovers of interrupted saves); return the deleted.
+
+    With ``current`` (the checkpoint just written) that one is the newest: checkpoints of later steps are
+    from a future this run abandoned (it resumed from an earlier one) and are deleted, so that
+    ``resume=auto`` can never pick them.
+    """
     root = Path(root)
     ckpts = list_checkpoints(root)
-    doomed = ckpts[: max(0, len(ckpts) - keep)]
+    doomed = []
+    if current is not None:
+        step = _step_of(Path(current))
+        doomed = [p for p in ckpts if _step_of(p) > step]
+        ckpts = [p for p in ckpts if _step_of(p) <= step]
+    doomed += ckpts[: max(0, len(ckpts) - keep)]
     if root.is_dir():
         doomed += [p for p in root.iterdir() if p.name.startswith(".tmp-")]
     for p in doomed:
@@ -125,10 +145,42 @@ def prune_checkpoints(root: str | Path, keep: int) -> list[Path]:
     return doomed
 
 
+def _step_of(path: Path) -> int:
+    m = _STEP_DIR.match(path.name)
+    return int(m.group(1)) if m else -1
+
+
+class DiskFullError(DensetuneError):
+    """The disk filled up while a checkpoint was written; the partial checkpoint is already removed."""
+
+
+CHECKED_FILES = (MODEL_FILE, OPTIMIZER_FILE, TRAINER_FILE, CONFIG_FILE)
+
+
 def _fsync_write(path: Path, write: Any) -> None:
     write(path)
     with open(path, "rb") as f:
         os.fsync(f.fileno())
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """``{"size", "sha256"}`` of a file (read in 8 MB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors inside ``obj`` (dicts, lists, tuples): what saving it will take, about."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def save_checkpoint(
@@ -143,31 +195,52 @@ def save_checkpoint(
 
     Args:
         root: the checkpoints directory (created if missing).
-        state: the resume sidecar; its ``step`` names the directory.
+        state: the resume sidecar; its ``step`` names the directory (saved with ``files`` filled in).
         model_state: trainable tensors by parameter name (saved as safetensors).
         optimizer_state: ``optimizer.state_dict()`` (or the FQN-keyed full state under FSDP).
         trainer_state: scheduler, per-rank dataloader and RNG states (see the module docstring keys).
         config_yaml: the resolved config as YAML text.
+
+    Raises:
+        DiskFullError: the disk filled up; nothing of this checkpoint is left, older ones are untouched.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(root, state.step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    # safetensors refuses tensors sharing storage (tied weights): save each storage once.
-    tensors, seen = {}, set()
-    for name, t in model_state.items():
-        t = t.detach().cpu()
-        ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        tensors[name] = t.clone().contiguous() if ptr in seen else t.contiguous()
-        seen.add(ptr)
-    _fsync_write(tmp / MODEL_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    _fsync_write(tmp / OPTIMIZER_FILE, lambda p: torch.save(optimizer_state, p))
-    _fsync_write(tmp / TRAINER_FILE, lambda p: torch.save(trainer_state, p))
-    _fsync_write(tmp / CONFIG_FILE, lambda p: p.write_text(config_yaml, encoding="utf-8"))
-    # The sidecar goes last: a directory without it is never taken for a complete checkpoint.
-    _fsync_write(tmp / STATE_FILE, lambda p: p.write_text(state.to_json(), encoding="utf-8"))
+    needed = _nbytes(model_state) + _nbytes(optimizer_state) + _nbytes(trainer_state) + len(config_yaml)
+    try:
+        tmp.mkdir()
+        # safetensors refuses tensors sharing storage (tied weights): save each storage once.
+        tensors, seen = {}, set()
+        for name, t in model_state.items():
+            t = t.detach().cpu()
+            ptr = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+            tensors[name] = t.clone().contiguous() if ptr in seen else t.contiguous()
+            seen.add(ptr)
+        _fsync_write(tmp / MODEL_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+        _fsync_write(tmp / OPTIMIZER_FILE, lambda p: torch.save(optimizer_state, p))
+        _fsync_write(tmp / TRAINER_FILE, lambda p: torch.save(trainer_state, p))
+        _fsync_write(tmp / CONFIG_FILE, lambda p: p.write_text(config_yaml, encoding="utf-8"))
+        files = {name: file_record(tmp / name) for name in CHECKED_FILES}
+        sidecar = dataclasses.replace(state, files=files).to_json()
+        # The sidecar goes last: a directory without it is never taken for a complete checkpoint.
+        _fsync_write(tmp / STATE_FILE, lambda p: p.write_text(sidecar, encoding="utf-8"))
+    except Exception as err:
+        # torch.save reports a full disk as a RuntimeError without errno: judge by the space left too.
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(root).free
+        full = getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < needed
+        if not full:
+            raise
+        last = latest_checkpoint(root)
+        kept = f"the last good checkpoint {last} is kept" if last else "there is no earlier checkpoint"
+        raise DiskFullError(
+            f"disk full writing checkpoint {final.name} in {root}: it needs about {needed / 1e6:.1f} MB, "
+            f"{free / 1e6:.1f} MB are free there; the partial checkpoint was removed and {kept}. "
+            "Free some space (or lower train.keep_last) and resume with resume=auto"
+        ) from None
     if final.exists():  # the same step saved again (e.g. a resumed run's final save): replace it
         old = root / f".tmp-old-{final.name}-{os.getpid()}"
         os.replace(final, old)
@@ -176,21 +249,66 @@ def save_checkpoint(
     return final
 
 
-def resolve_resume(resume: str | None, root: str | Path) -> Path | None:
-    """The checkpoint to resume from: None for a fresh run, the newest under ``root`` for ``auto``.
+def checkpoint_problem(path: str | Path) -> str | None:
+    """What is wrong with the checkpoint at ``path`` (a missing, truncated or altered file), or None.
+
+    Checkpoints written before sizes and hashes were recorded are checked for their files only.
+    """
+    path = Path(path)
+    try:
+        state = ResumeState.from_json((path / STATE_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"no {STATE_FILE}"
+    except (OSError, ValueError, TypeError) as err:
+        return f"{STATE_FILE} is unreadable ({type(err).__name__}: {err})"
+    for name in CHECKED_FILES:
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        expected = state.files.get(name)
+        if not expected:
+            continue
+        size = file.stat().st_size
+        if size != expected.get("size"):
+            return f"{name} is {size} bytes, {expected.get('size')} were written"
+        if file_record(file)["sha256"] != expected.get("sha256"):
+            return f"{name} does not match the SHA-256 recorded when it was written (corrupted)"
+    return None
+
+
+def resolve_resume(
+    resume: str | None, root: str | Path, say: Any = print, run_id: str | None = None
+) -> Path | None:
+    """The checkpoint to resume from: None for a fresh run; for ``auto`` the newest intact one under
+    ``root`` (of run ``run_id`` when given), saying which damaged or foreign ones it skipped.
 
     Raises:
-        ConfigError: ``resume`` names a directory that is not a complete checkpoint.
+        ConfigError: ``resume`` names a directory that is not a complete, intact checkpoint.
     """
     if resume is None:
         return None
     if resume == "auto":
-        return latest_checkpoint(root)
+        for path in reversed(list_checkpoints(root)):
+            problem = checkpoint_problem(path)
+            if problem:
+                say(f"resume=auto: skipping damaged checkpoint {path}: {problem}")
+                continue
+            owner = ResumeState.from_json((path / STATE_FILE).read_text(encoding="utf-8")).run_id
+            if run_id and owner and owner != run_id:
+                say(
+                    f"resume=auto: skipping {path}: written by run {owner}, not by this directory's run {run_id}"
+                )
+                continue
+            return path
+        return None
     path = Path(resume)
     if not (path / STATE_FILE).is_file():
         raise ConfigError(
             "resume", f"{path} is not a complete checkpoint (no {STATE_FILE}); expected a step_* dir"
         )
+    problem = checkpoint_problem(path)
+    if problem:
+        raise ConfigError("resume", f"{path} is a damaged checkpoint: {problem}")
     return path
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -226,6 +227,11 @@ class TrainConfig:
             do not fit one GPU); otherwise DDP when launched with torchrun.
         find_unused_parameters: DDP option, for models with parameters that get no gradient.
         progress_bar: show a tqdm progress bar on rank 0.
+        on_nonfinite: what a non-finite (NaN / inf) loss or gradient norm does: ``stop`` (default) ends the
+            run with an error naming the step and its batch's query ids, found at the next log or save
+            without a host sync per step (the last checkpoint stays the last good one); ``skip`` drops
+            that step's update and goes on (one host sync per step, to decide before the optimizer step).
+            Either way a non-finite model is never saved or exported.
     """
 
     batch_size: int = 16
@@ -241,6 +247,7 @@ class TrainConfig:
     fsdp: bool = False
     find_unused_parameters: bool = False
     progress_bar: bool = True
+    on_nonfinite: str = _choice("stop", "stop", "skip")
 
 
 @dataclass
@@ -286,12 +293,15 @@ class OutputConfig:
         save_model: export the final model with ``save_pretrained`` (loads in sentence-transformers).
         tensorboard: also log to TensorBoard when it is installed.
         plot: draw ``training_curve.png`` at the end.
+        overwrite: a fresh run in a ``dir`` holding another run's outputs (checkpoints, model, metrics)
+            discards them; false (default) refuses with an error (``resume=auto`` continues that run).
     """
 
     dir: str = "runs/densetune"
     save_model: bool = True
     tensorboard: bool = True
     plot: bool = True
+    overwrite: bool = False
 
 
 @dataclass
@@ -521,8 +531,12 @@ def _check_values(cfg: RecipeConfig) -> None:
     for key, value in {"train.save_every": cfg.train.save_every, "eval.every": cfg.eval.every}.items():
         if value < 0:
             raise ConfigError(key, f"expected an integer >= 0 (0 = only at the end); got {value}")
-    if cfg.optim.lr <= 0:
-        raise ConfigError("optim.lr", f"expected a positive number; got {cfg.optim.lr}")
+    if not (0 < cfg.optim.lr < math.inf):  # also false for NaN
+        raise ConfigError("optim.lr", f"expected a positive, finite number; got {cfg.optim.lr}")
+    for key in ("weight_decay", "eps", "max_grad_norm"):
+        value = getattr(cfg.optim, key)
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"optim.{key}", f"expected a finite number; got {value}")
     if not 0 <= cfg.optim.warmup_ratio < 1:
         raise ConfigError("optim.warmup_ratio", f"expected 0 <= ratio < 1; got {cfg.optim.warmup_ratio}")
     if not 0 <= cfg.optim.min_lr_ratio <= 1:

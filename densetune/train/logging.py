@@ -25,7 +25,9 @@ class MetricsLogger:
         tensorboard: also write TensorBoard scalars under ``<dir>/tensorboard`` when the package is present.
         progress_bar: draw a tqdm bar for training steps.
         resume_step: on resume, records after this step (written by the interrupted run after its last
-            checkpoint) are dropped from ``metrics.jsonl`` so the file reads as one run.
+            checkpoint) are dropped from ``metrics.jsonl`` so the file reads as one run; ``dropped`` counts
+            them (the recipe says so). ``metrics.jsonl`` is created with the first record, so a run that
+            fails before logging anything leaves no empty file behind.
 
     Example:
         >>> log = MetricsLogger("runs/x", tensorboard=False, progress_bar=False)
@@ -45,17 +47,21 @@ class MetricsLogger:
         self.path = Path(out_dir) / METRICS_FILE
         self._bar: Any = None
         self._tb: Any = None
+        self._file: Any = None
+        self.dropped = 0
         self._use_bar = progress_bar
         self.tensorboard_note = ""
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            self.path.write_text("", encoding="utf-8")
+            self.path.unlink(missing_ok=True)  # a fresh run's own file (the recipe refuses another run's)
         else:
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= resume_step]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        self._file = open(self.path, "a", encoding="utf-8")
+            records = read_metrics(self.path)
+            kept = [r for r in records if r.get("step", 0) <= resume_step]
+            self.dropped = len(records) - len(kept)
+            if self.dropped:
+                self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -86,6 +92,8 @@ class MetricsLogger:
         if not self.enabled:
             return
         record = {"step": step, "kind": kind, "time": round(time.time(), 3), **_plain(metrics)}
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._tb is not None:
@@ -112,7 +120,8 @@ class MetricsLogger:
         self.end_progress()
         if self._tb is not None:
             self._tb.close()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 _BAR_KEYS = ("loss", "lr", "grad_norm", "samples_per_s")

@@ -9,7 +9,9 @@ Launched by ``torchrun`` it trains with DDP (or FSDP2 with ``train.fsdp=true``);
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
+import os
 import random
 import time
 import warnings
@@ -24,12 +26,13 @@ from torch import nn
 
 from densetune.config import instantiate, locate
 from densetune.distributed import gather_objects, init_distributed
-from densetune.errors import ConfigError
+from densetune.errors import ConfigError, DensetuneError
 from densetune.precision import resolve_precision
 from densetune.train import checkpoint as ckpt
 from densetune.train.config import RecipeConfig, diff_configs, model_loader_kwargs, save_config
 from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_curves
 from densetune.train.optim import build_optimizer, build_scheduler, lr_factor, warmup_steps
+from densetune.train.rundir import OutputDir, new_run_id
 from densetune.train.sharding import (
     apply_fsdp,
     load_model_state,
@@ -60,6 +63,7 @@ class TrainRecipe:
         self.cfg = cfg
         self.out_dir = Path(cfg.output.dir)
         self.ckpt_root = self.out_dir / "checkpoints"
+        self.outdir = OutputDir(self.out_dir)
         self.rank, self.world_size, self.local_rank = init_distributed(cfg.train.device)
         self.is_main = self.rank == 0
         self.device = pick_device(cfg.train.device, self.local_rank)
@@ -102,6 +106,8 @@ class TrainRecipe:
         6. the checkpoint's tensors, last: every object they restore exists by then, and the RNG states
            are restored after all set-up randomness is spent.
         """
+        if self.is_main:
+            self._claim_output_dir()
         _seed_everything(self.cfg.seed)
         self._setup_resume()
         self.log = MetricsLogger(
@@ -111,6 +117,11 @@ class TrainRecipe:
             progress_bar=self.cfg.train.progress_bar,
             resume_step=self.state.step if self._resume_from else None,
         )
+        if self.log.dropped:
+            self._say(
+                f"{self.log.path}: dropped {self.log.dropped} record(s) after step {self.state.step}, written "
+                "after the checkpoint this run resumes from"
+            )
         self._setup_model()
         _seed_everything(self.cfg.seed + self.rank)  # dropout differs per rank; data order uses the base seed
         self._setup_data()
@@ -131,17 +142,43 @@ class TrainRecipe:
         finally:
             self.cleanup()
 
+    def _claim_output_dir(self) -> None:
+        """Lock ``output.dir`` for this process (rank 0) and remove what interrupted saves left there.
+
+        Nothing is written into the directory before the lock is held, so two runs never mix their files.
+        """
+        self.outdir.lock()
+        for stale in self.outdir.remove_stale_temporaries():
+            self._say(f"removed {stale}, left by an interrupted save")
+
+    def _own_run(self, path: Path | None) -> None:
+        """Settle which run this is (rank 0): a fresh run refuses, or with ``output.overwrite`` discards,
+        another run's outputs and takes a new id; a resumed run keeps its checkpoint's id."""
+        owner = self.outdir.run_id()
+        inside = path is not None and path.resolve().parent == self.ckpt_root.resolve()
+        if not inside:
+            self.outdir.claim_fresh(self.cfg.output.overwrite, self._say)
+            owner = None
+        run_id = self.state.run_id or owner or new_run_id()
+        self.state.run_id = run_id
+        self.outdir.write_run_id(run_id)
+
     def _setup_resume(self) -> None:
         """Pick the checkpoint to resume from and say which values win (config or checkpoint).
 
         Progress (step, epoch, data position), weights, optimizer moments, schedule position and RNG states
         come from the checkpoint; hyperparameters (lr, schedule shape, max_steps, logging, eval, output)
         from the config. Values that fix the data order must match, or the resume could not be exact.
+        ``resume=auto`` skips damaged checkpoints (and those of another run) for the newest intact one.
         """
-        path = ckpt.resolve_resume(self.cfg.resume, self.ckpt_root)
+        path = ckpt.resolve_resume(
+            self.cfg.resume, self.ckpt_root, say=self._say, run_id=self.outdir.run_id()
+        )
         if path is None:
             if self.cfg.resume == "auto":
-                self._say(f"resume=auto: no checkpoint in {self.ckpt_root}; starting a fresh run")
+                self._say(f"resume=auto: no intact checkpoint in {self.ckpt_root}; starting a fresh run")
+            if self.is_main:
+                self._own_run(None)
             return
         saved = ckpt.ResumeState.from_json((path / ckpt.STATE_FILE).read_text(encoding="utf-8"))
         for key in ckpt.DATA_ORDER_KEYS:
@@ -156,6 +193,8 @@ class TrainRecipe:
                 )
         self._resume_from = path
         self.state = saved
+        if self.is_main:
+            self._own_run(path)
         self._say(
             f"resuming from {path} at step {saved.step} (epoch {saved.epoch}, batch {saved.batches_in_epoch}). "
             "Checkpoint wins for weights, optimizer moments, schedule position, data position and RNG states; "
@@ -173,7 +212,7 @@ class TrainRecipe:
         ``self.model`` is what the loop calls: the DDP / FSDP module under torchrun, else the same object.
         """
         load = locate(self.cfg.model._target_, "model._target_")
-        raw = load(self.cfg.model.path, **model_loader_kwargs(self.cfg))
+        raw = _load_model(load, self.cfg.model.path, model_loader_kwargs(self.cfg))
         raw.to(self.device)
         self.raw_model = raw
         self.tokenizer = raw.tokenizer
@@ -241,7 +280,7 @@ class TrainRecipe:
             self.loader = StatefulDataLoader(
                 self.dataset,
                 batch_sampler=self.sampler,
-                collate_fn=self.collator,
+                collate_fn=_WithQueryIds(self.collator),
                 num_workers=dcfg.num_workers,
                 pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(self.cfg.seed),
@@ -353,17 +392,41 @@ class TrainRecipe:
     # One step
     # ------------------------------------------------------------------------------------------------
 
-    def _optimizer_step(self) -> torch.Tensor:
-        """Clip (or just measure) the gradient norm, step AdamW and the schedule; returns the norm."""
+    def _optimizer_step(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """Clip (or just measure) the gradient norm, step AdamW and the schedule; returns the norm, or
+        None when ``train.on_nonfinite=skip`` dropped this step's update (``loss`` or the norm not finite)."""
         max_norm = self.cfg.optim.max_grad_norm or float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
         if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor
             norm = norm.full_tensor()
         self._window.lr = self.optimizer.param_groups[0]["lr"]  # the lr this step uses
+        if self.cfg.train.on_nonfinite == "skip" and not self._finite_here(loss, norm):
+            self._nonfinite.counter += 1
+            self.scheduler.step()  # the schedule keeps counting steps, as the data position does
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self._nonfinite.observe(loss, norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm.detach()
+
+    def _finite_here(self, loss: torch.Tensor, norm: torch.Tensor) -> bool:
+        """``on_nonfinite=skip``: whether this step's loss and gradient norm are finite on every rank.
+
+        The one host sync per step skipping costs: the answer is needed before the optimizer step.
+        """
+        ok = (torch.isfinite(loss) & torch.isfinite(norm)).to(torch.int32)
+        if self.world_size > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        if bool(ok):
+            return True
+        ids = self._nonfinite.ids.get(self.state.step + 1, [])
+        self._say(
+            f"step {self.state.step + 1}: non-finite loss or gradient norm, update skipped "
+            f"(train.on_nonfinite=skip); batch query ids: {_show_ids(ids)}"
+        )
+        return False
 
     # ------------------------------------------------------------------------------------------------
     # The loop
@@ -377,6 +440,7 @@ class TrainRecipe:
             self.evaluate()
         self.log.start_progress(self.total_steps, initial=st.step)
         self.model.train()
+        self._nonfinite = _NonFiniteWatch(self.device, st.step)
         self._window = _Window()
         t_start = time.perf_counter() - st.elapsed_s
         while st.step < self.total_steps:
@@ -389,17 +453,22 @@ class TrainRecipe:
             while st.batches_in_epoch < self.batches_per_epoch and st.step < self.total_steps:
                 # The last window of an epoch may be short; its loss is averaged over the batches it has.
                 n_micro = min(accum, self.batches_per_epoch - st.batches_in_epoch)
+                step_loss: Any = 0.0
                 for i in range(n_micro):
-                    batch = next(batches)
+                    batch, query_ids = next(batches)
+                    self._nonfinite.note(st.step + 1, query_ids)
                     self._window.add(*self.step.count(batch))
                     batch = _to_device(batch, self.device)
                     with self._no_sync(last=i == n_micro - 1):
-                        self._window.loss += (
-                            self.step.backward(self.model, batch, scale=1.0 / n_micro) / n_micro
+                        step_loss = (
+                            step_loss + self.step.backward(self.model, batch, scale=1.0 / n_micro) / n_micro
                         )
                     st.batches_in_epoch += 1
-                self._window.grad_norm += self._optimizer_step()
-                self._window.steps += 1
+                norm = self._optimizer_step(step_loss)
+                if norm is not None:  # a skipped step adds nothing to the logged averages
+                    self._window.loss += step_loss
+                    self._window.grad_norm += norm
+                    self._window.steps += 1
                 st.step += 1
                 self.log.advance()
                 # "End of epoch e" is stored as "start of epoch e+1", in the state and in checkpoints.
@@ -423,7 +492,12 @@ class TrainRecipe:
         self.log.end_progress()
 
     def _flush_window(self) -> None:
-        """Log loss, lr, grad norm and throughput (all ranks' samples and real tokens) since the last log."""
+        """Log loss, lr, grad norm and throughput (all ranks' samples and real tokens) since the last log.
+
+        First the steps since the last log are checked for a non-finite loss or gradient norm (one host
+        sync per log line): ``train.on_nonfinite=stop`` ends the run there, before anything is logged or saved.
+        """
+        self._stop_if_nonfinite()
         window, self._window = self._window, _Window()
         if window.steps == 0:
             return
@@ -447,6 +521,20 @@ class TrainRecipe:
         }
         self.state.last_loss = metrics["loss"]
         self.log.log(self.state.step, metrics, kind="train")
+
+    def _stop_if_nonfinite(self) -> None:
+        """Raise :class:`NonFiniteError` when a step since the last check had a non-finite loss or norm."""
+        watch = getattr(self, "_nonfinite", None)
+        found = watch.check(self.world_size) if watch is not None else None
+        if found is None:
+            return
+        step, ids = found
+        last = f"the last good one is {self.last_checkpoint}" if self.last_checkpoint else "there is none yet"
+        raise NonFiniteError(
+            f"non-finite loss or gradient norm at step {step} (batch query ids: {_show_ids(ids)}); "
+            f"train.on_nonfinite=stop: stopped without saving a checkpoint or the model ({last}). "
+            "Lower optim.lr, check teacher scores with densetune validate, or set train.on_nonfinite=skip"
+        )
 
     # ------------------------------------------------------------------------------------------------
     # Evaluation
@@ -531,10 +619,11 @@ class TrainRecipe:
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 writes; every rank contributes its RNG and data
         position), then prune to ``train.keep_last``."""
-        self._flush_window()  # the log then holds every step the checkpoint holds
+        self._flush_window()  # the log then holds every step the checkpoint holds (and stops on NaN)
         model_state = trainable_state(
             self.model if self.cfg.train.fsdp else self.raw_model, self.trainable_names
         )
+        _refuse_nonfinite_weights(model_state, self.state.step)
         if self.cfg.train.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -558,7 +647,7 @@ class TrainRecipe:
             path = ckpt.save_checkpoint(
                 self.ckpt_root, self.state, model_state, optim_state, trainer_state, config_yaml
             )
-            ckpt.prune_checkpoints(self.ckpt_root, self.cfg.train.keep_last)
+            ckpt.prune_checkpoints(self.ckpt_root, self.cfg.train.keep_last, current=path)
             self.log.print(f"saved checkpoint {path}")
         if self.world_size > 1:
             dist.barrier()
@@ -624,7 +713,7 @@ class TrainRecipe:
             model = self._fresh_cpu_model()
             model.load_state_dict(full, strict=False)
         if self.is_main:
-            model.save_pretrained(str(out), model_card=card)
+            _save_atomically(model, out, card)
             self.log.print(f"saved model {out}")
         if self.world_size > 1:
             dist.barrier()
@@ -639,6 +728,7 @@ class TrainRecipe:
         """Close the logger and leave the process group."""
         if hasattr(self, "log"):
             self.log.close()
+        self.outdir.release()
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
 
@@ -726,6 +816,73 @@ class TrainRecipe:
 # ----------------------------------------------------------------------------------------------------
 
 
+class NonFiniteError(DensetuneError):
+    """A training step had a non-finite loss or gradient norm (``train.on_nonfinite=stop``)."""
+
+
+class _NonFiniteWatch:
+    """Remembers the first step with a non-finite loss or gradient norm, on the device: no host sync per
+    step. :meth:`check` (at log and save time) reads it once, with the query ids of that step's batch.
+
+    Args:
+        device: where losses and norms live.
+        step: the step count at the start (steps are counted on the device from there).
+    """
+
+    NONE = 2**62
+
+    def __init__(self, device: torch.device, step: int):
+        self.counter = torch.tensor(step, dtype=torch.int64, device=device)
+        self.first = torch.tensor(self.NONE, dtype=torch.int64, device=device)
+        self.none = self.first.clone()
+        self.ids: dict[int, list[str]] = {}  # step -> its batch's query ids, since the last check
+
+    def note(self, step: int, query_ids: list[str]) -> None:
+        self.ids.setdefault(step, []).extend(query_ids)
+
+    def observe(self, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        self.counter += 1
+        bad = ~(torch.isfinite(torch.as_tensor(loss)) & torch.isfinite(norm))
+        self.first = torch.minimum(self.first, torch.where(bad, self.counter, self.none))
+
+    def check(self, world_size: int) -> tuple[int, list[str]] | None:
+        """(first bad step, its query ids) on any rank since the last check, or None; then forget them."""
+        first = self.first.clone()
+        if world_size > 1:
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        step = int(first)  # the host sync, once per check
+        ids, self.ids = self.ids, {}
+        self.first = self.none.clone()
+        if step == self.NONE:
+            return None
+        return step, ids.get(step, [])
+
+
+class _WithQueryIds:
+    """A collate function that also returns the batch's query ids (for messages about that batch)."""
+
+    def __init__(self, collate: Any):
+        self.collate = collate
+
+    def __call__(self, groups: list[Any]) -> tuple[Any, list[str]]:
+        return self.collate(groups), [str(getattr(g, "query_id", "")) for g in groups]
+
+
+def _show_ids(ids: list[str], n: int = 8) -> str:
+    shown = ", ".join(ids[:n]) or "unknown"
+    return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+def _refuse_nonfinite_weights(tensors: dict[str, torch.Tensor], step: int) -> None:
+    """Never save (or then export) weights holding NaN or inf."""
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise NonFiniteError(
+            f"step {step}: {len(bad)} weight tensor(s) are not finite ({', '.join(bad[:3])}); nothing saved. "
+            "Lower optim.lr or check the data's teacher scores with densetune validate"
+        )
+
+
 class _Window:
     """Sums over the steps since the last log line."""
 
@@ -742,6 +899,50 @@ class _Window:
         """Count a batch's queries and real (non-padding) tokens (read on CPU, before the copy)."""
         self.samples += samples
         self.tokens += tokens
+
+
+def _load_model(load: Any, path: str, kwargs: dict[str, Any]) -> nn.Module:
+    """``load(path, **kwargs)``, with a missing folder or an unknown hub name as one ``model.path`` line.
+
+    A path no hub name could be (absolute, ``./``, ``../``, ``~``, deeper than ``org/name``) must exist;
+    anything else that transformers cannot find raises its OSError, reported by its first line.
+    """
+    local = os.path.isabs(path) or path.startswith((".", "~")) or len(Path(path).parts) > 2
+    if local and not Path(path).expanduser().exists():
+        raise ConfigError("model.path", f"{path}: no such directory; expected a model folder or hub name")
+    try:
+        return load(path, **kwargs)
+    except OSError as err:
+        if Path(path).exists():
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            "model.path", f"{path} is neither a local folder nor a model available offline: {first}"
+        ) from None
+
+
+def _save_atomically(model: nn.Module, out: Path, card: dict[str, Any]) -> None:
+    """``save_pretrained`` into a temporary folder beside ``out``, then rename it to ``out``: a kill or a
+    full disk during the export leaves the previous ``out`` (or none), never a half-written one."""
+    import shutil
+
+    tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(str(tmp), model_card=card)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            raise DensetuneError(
+                f"disk full exporting the model to {out}: the partial export was removed; the last checkpoint "
+                "holds the trained weights: free some space and rerun with resume=auto to export it"
+            ) from None
+        raise
+    if out.exists():
+        old = out.parent / f".tmp-old-{out.name}-{os.getpid()}"
+        os.replace(out, old)
+        shutil.rmtree(old, ignore_errors=True)
+    os.replace(tmp, out)
 
 
 def _seed_everything(seed: int) -> None:

@@ -27,10 +27,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--check", action="store_true", help="validate the config and its components, then exit"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard another run's outputs in output.dir (same as output.overwrite=true)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    overrides = [*args.overrides, "output.overwrite=true"] if args.overwrite else args.overrides
+    cfg = load_config(args.config, overrides)
     problems = check_components(cfg)
     if problems:
         raise ConfigError(args.config, f"{len(problems)} problem(s): " + "; ".join(problems))

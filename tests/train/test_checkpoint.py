@@ -35,6 +35,9 @@ def test_save_then_load_round_trips_every_part(tmp_path):
     sidecar = json.loads((path / ckpt.STATE_FILE).read_text())
     assert sidecar["step"] == 7 and sidecar["epoch"] == 1 and sidecar["batches_in_epoch"] == 3
     state, weights, optim, trainer = ckpt.load_checkpoint(path)
+    assert set(state.files) == {ckpt.MODEL_FILE, ckpt.OPTIMIZER_FILE, ckpt.TRAINER_FILE, ckpt.CONFIG_FILE}
+    assert state.files[ckpt.MODEL_FILE]["size"] == (path / ckpt.MODEL_FILE).stat().st_size
+    state.files = {}
     assert state == ckpt.ResumeState(step=7, epoch=1, batches_in_epoch=3, seed=5, total_steps=20)
     assert torch.equal(weights["w"], torch.full((2, 3), 7.0))
     assert torch.equal(optim["state"][0]["exp_avg"], torch.ones(2))
@@ -68,6 +71,31 @@ def test_keep_last_k(tmp_path):
     deleted = ckpt.prune_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in deleted) == ["step_00000001", "step_00000002"]
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+
+
+def test_pruning_keeps_the_checkpoint_just_written_and_drops_an_abandoned_future(tmp_path):
+    """A run resumed from step 2 with an older step 80 beside it: its new step 4 must survive pruning (it
+    used to be pruned as soon as written, step 80 counting as newest) and step 80 must go, so resume=auto
+    can never pick it."""
+    for step in (2, 80):
+        _save(tmp_path, step)
+    current = _save(tmp_path, 4)
+    deleted = ckpt.prune_checkpoints(tmp_path, keep=2, current=current)
+    assert [p.name for p in deleted] == ["step_00000080"]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step_00000002", "step_00000004"]
+
+
+def test_checkpoint_problem_names_the_damaged_file(tmp_path):
+    path = _save(tmp_path, 5)
+    assert ckpt.checkpoint_problem(path) is None
+    (path / ckpt.TRAINER_FILE).write_bytes((path / ckpt.TRAINER_FILE).read_bytes()[:-10])
+    assert ckpt.checkpoint_problem(path).startswith("trainer.pt is ")
+    other = _save(tmp_path, 6)
+    (other / ckpt.CONFIG_FILE).unlink()
+    assert ckpt.checkpoint_problem(other) == "config.yaml is missing"
+    with pytest.raises(ConfigError, match="damaged checkpoint: config.yaml is missing"):
+        ckpt.resolve_resume(str(other), tmp_path)
+    assert ckpt.resolve_resume("auto", tmp_path, say=lambda _: None) is None
 
 
 def test_saving_the_same_step_again_replaces_it(tmp_path):

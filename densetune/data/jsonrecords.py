@@ -31,6 +31,7 @@ __all__ = [
     "RawRecord",
     "Record",
     "carries_value",
+    "check_text_head",
     "find_lone_surrogate",
     "iter_raw_records",
     "iter_text_lines",
@@ -161,6 +162,29 @@ def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str | DataError]]:
 # A file's layout, and its raw records
 
 
+def check_text_head(head: bytes, path: str | Path, expected: str) -> None:
+    """Refuse a file whose first bytes show it is not UTF-8 text: a UTF-16/32 byte-order mark, a known
+    binary format, or NUL bytes (also UTF-16 without a byte-order mark).
+
+    Raises:
+        DataError: naming the file, the line and what was expected (``expected``: e.g. "a TREC run").
+    """
+    for bom, name in (
+        (codecs.BOM_UTF32_LE, "UTF-32"),
+        (codecs.BOM_UTF32_BE, "UTF-32"),
+        (codecs.BOM_UTF16_LE, "UTF-16"),
+        (codecs.BOM_UTF16_BE, "UTF-16"),
+    ):
+        if head.startswith(bom):
+            raise DataError(f"file is {name}-encoded; expected UTF-8 text (re-save it as UTF-8)", path, 1)
+    for magic, what in _BINARY_MAGIC.items():
+        if head.startswith(magic):
+            raise DataError(f"binary file ({what}); expected {expected}", path, 1)
+    if b"\x00" in head:
+        line = head[: head.index(b"\x00")].count(b"\n") + 1
+        raise DataError(f"binary file (contains NUL bytes); expected {expected}", path, line)
+
+
 def sniff_layout(path: Path) -> str:
     """Check a data file is non-empty UTF-8 text and return its layout: ``jsonl``, ``json-array``, ``json-object``.
 
@@ -173,22 +197,7 @@ def sniff_layout(path: Path) -> str:
         head = f.read(_SNIFF_BYTES)
     if not head.strip():
         raise DataError("empty file; expected JSON lines or a JSON document with training records", path)
-    for bom, name in (
-        (codecs.BOM_UTF32_LE, "UTF-32"),
-        (codecs.BOM_UTF32_BE, "UTF-32"),
-        (codecs.BOM_UTF16_LE, "UTF-16"),
-        (codecs.BOM_UTF16_BE, "UTF-16"),
-    ):
-        if head.startswith(bom):
-            raise DataError(f"file is {name}-encoded; expected UTF-8 text (re-save it as UTF-8)", path, 1)
-    for magic, what in _BINARY_MAGIC.items():
-        if head.startswith(magic):
-            raise DataError(f"binary file ({what}); expected UTF-8 JSON lines or a JSON document", path, 1)
-    if b"\x00" in head:
-        line = head[: head.index(b"\x00")].count(b"\n") + 1
-        raise DataError(
-            "binary file (contains NUL bytes); expected UTF-8 JSON lines or a JSON document", path, line
-        )
+    check_text_head(head, path, "UTF-8 JSON lines or a JSON document")
     # Bytes that are not UTF-8 later in the file are reported where they are (per line in JSON lines);
     # here only the start of the file must be readable to tell its layout.
     text = head.decode("utf-8", errors="replace")

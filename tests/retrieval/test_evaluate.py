@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -159,3 +160,20 @@ def test_cli_evaluate_real_minilm_equals_sentence_transformers_pipeline(minilm_p
     expected = evaluate(read_qrels(beir_dir / "qrels" / "test.tsv"), run)
     assert metrics == pytest.approx(expected, abs=1e-6)
     assert metrics["accuracy@10"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "which,data,match",
+    [
+        ("run", "q1 Q0 d1 1 0.5 tag\n".encode("utf-16"), r"run\.trec:1: file is UTF-16-encoded"),
+        ("run", b"q1 Q0 d1 1 0.5 tag\nq1 Q0 d\xe9 2 0.4 tag\n", r"run\.trec:2: not valid UTF-8 \(byte 0xe9"),
+        ("qrels", "q1\td1\t1\n".encode("utf-16-le"), r"test\.tsv:1: binary file \(contains NUL bytes\)"),
+        ("qrels", b"q1\td1\t1\nq\xff2\td3\t1\n", r"test\.tsv:2: not valid UTF-8 \(byte 0xff"),
+    ],
+)
+def test_cli_run_or_qrels_not_utf8_is_one_line(files, capsys, which, data, match):
+    qrels, run = files
+    (run if which == "run" else qrels).write_bytes(data)
+    assert cli(["evaluate", "--run", str(run), "--qrels", str(qrels)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(match, err), err

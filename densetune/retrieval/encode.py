@@ -147,7 +147,27 @@ def load_embeddings(directory: str | Path, kind: str, *, mmap: bool = True) -> t
         raise DataError(
             f"{len(ids)} ids in {ids_path.name} but array shape {emb.shape}; expected one row per id", npy
         )
+    _check_finite(emb, npy, ids)
     return ids, emb
+
+
+def _check_finite(emb: np.ndarray, npy: Path, ids: Sequence[str], rows: int = 65536) -> None:
+    """A NaN or infinite embedding would give NaN scores silently: refuse it, naming the row and its id.
+    Read in blocks of ``rows`` so a memory-mapped array larger than RAM is checked in bounded memory."""
+    if emb.dtype.kind != "f":
+        return  # integers cannot be NaN
+    for start in range(0, emb.shape[0], rows):
+        bad = ~np.isfinite(np.asarray(emb[start : start + rows])).all(axis=1)
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            more = int(bad.sum()) - 1
+            raise DataError(
+                f"embedding of id {ids[row]!r} holds NaN or inf"
+                + (f" ({more} more such rows after it in this block)" if more else "")
+                + "; expected finite embeddings (re-encode with a model that gives finite outputs)",
+                npy,
+                f"row {row}",
+            )
 
 
 def read_meta(directory: str | Path, kind: str) -> dict[str, Any]:

@@ -247,6 +247,7 @@ def _write_corpus_id(examples: Iterable[Example], path: Path, counts: Counter) -
             for out in corpora.values():
                 out.close()
             data.flush()
+            _check_some(n, path, counts)
             tmp = path.with_name(path.name + ".tmp")
             with open(tmp, "w", encoding="utf-8") as f, open(data.name, encoding="utf-8") as body:
                 entries = ",\n".join(f"    {json.dumps({'path': cid})}" for cid in corpora)
@@ -257,6 +258,18 @@ def _write_corpus_id(examples: Iterable[Example], path: Path, counts: Counter) -
         finally:
             os.unlink(data.name)
     return n
+
+
+def _check_some(n: int, path: Path, counts: Counter) -> None:
+    """An output without a single example is not written (a 0-byte training file only fails later)."""
+    if n == 0:
+        left_out = ", ".join(f"{name} ({c})" for name, c in counts.items())
+        raise DataError(
+            "no examples to write"
+            + (f" (left out: {left_out})" if left_out else " (the input has none)")
+            + "; nothing written",
+            path,
+        )
 
 
 def _count(ex: Example, fmt: str, counts: Counter) -> bool:
@@ -324,6 +337,7 @@ def write_examples(examples: Iterable[Example], path: str | Path, fmt: str) -> i
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 n = _write_jsonl(examples, f, fmt, counts)
+            _check_some(n, path, counts)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)

@@ -385,7 +385,13 @@ def expand_paths(paths: str | Path | Iterable[str | Path], *, corpora: bool = Fa
             if beir.is_beir_dir(p) or (p / MERLIN_METADATA).is_file():
                 out.append(p)
             else:
-                out.extend(_walk(p, corpora))
+                found = _walk(p, corpora)
+                if not found:
+                    raise DataError(
+                        "directory holds no training data; expected *.jsonl / *.json files or BEIR datasets",
+                        p,
+                    )
+                out.extend(found)
         elif p.is_file():
             out.append(p)
         else:

@@ -235,13 +235,23 @@ def validate_paths(
                     )
                 for s in splits:
                     summary, errors = _summarise_examples(path, s, cache_dir, f"{path} (split {s})")
-                    report.inputs.append(summary)
-                    report.errors.extend(errors)
+                    _add(report, summary, errors, path)
                 continue
             summary, errors = _summarise_examples(path, "train", cache_dir, str(path))
-            report.inputs.append(summary)
-            report.errors.extend(errors)
+            _add(report, summary, errors, path)
     return report
+
+
+def _add(report: ValidationReport, summary: InputSummary, errors: list[DataError], path: Path) -> None:
+    """Record one input's counts and problems; an input that reads cleanly but yields no example is a
+    problem too (zero usable inputs never validates as OK)."""
+    if summary.format and not summary.examples and not errors:
+        errors = [
+            DataError(f"no usable examples ({', '.join(summary.notes) or 'nothing to train on'})", path)
+        ]
+        summary.problems = 1
+    report.inputs.append(summary)
+    report.errors.extend(errors)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

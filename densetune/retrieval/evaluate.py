@@ -308,6 +308,12 @@ def main(args: argparse.Namespace) -> int:
         ignore_identical_ids=args.ignore_identical_ids,
         relevance_level=args.relevance_level,
     )
+    if not per_query:
+        raise DataError(
+            "no query of the run has relevance judgements (0 queries to evaluate); expected a run and qrels "
+            "with query ids in common",
+            args.run or args.data,
+        )
     print(format_table(means))
     print(f"{len(per_query)} queries evaluated in {time.perf_counter() - start:.1f}s")
     if args.out:

@@ -177,3 +177,36 @@ def test_cli_run_or_qrels_not_utf8_is_one_line(files, capsys, which, data, match
     assert cli(["evaluate", "--run", str(run), "--qrels", str(qrels)]) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
+
+
+@pytest.mark.parametrize(
+    "run_text,qrels_text,match",
+    [
+        ("", QRELS, r"run\.trec: empty run"),
+        ("\n\n", QRELS, r"run\.trec: empty run"),
+        (None, "query-id\tcorpus-id\tscore\n", r"test\.tsv: no relevance judgements"),
+        (None, "q1\td1\t0.5\n", r"test\.tsv:1: score: relevance must be an integer grade, got '0.5'"),
+        (
+            None,
+            "q1 0 d1 1\nq1 0 d2 1\nq1 0 d1 2\n",
+            r"test\.tsv:3: score: query 'q1' document 'd1' judged 1 on line 1",
+        ),
+        (None, "q7\td1\t1\n", r"run\.trec: no query of the run has relevance judgements"),
+    ],
+)
+def test_cli_empty_lossy_or_conflicting_inputs_are_errors(files, capsys, run_text, qrels_text, match):
+    qrels, run = files
+    if run_text is not None:
+        run.write_text(run_text)
+    qrels.write_text(qrels_text)
+    assert cli(["evaluate", "--run", str(run), "--qrels", str(qrels)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
+
+
+def test_identical_duplicate_qrels_rows_are_read_once_and_counted(tmp_path, caplog):
+    path = tmp_path / "qrels.txt"
+    path.write_text("q1 0 d1 1\nq1 0 d1 1\nq1 0 d2 1.0\nq1 0 d2 1\n")
+    with caplog.at_level("WARNING"):
+        assert read_qrels(path) == {"q1": {"d1": 1, "d2": 1}}
+    assert "2 repeated (query, document) rows with the same relevance" in caplog.text

@@ -1,0 +1,62 @@
+"""Hostile inputs to the readers and the commands built on them: empty, looped, mixed, special files.
+
+Each case is a real file (or directory) given to the command a user would run; the answer must be one line
+naming the file (and line) with exit 1, or a counted warning, never silence or a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from densetune import cli
+from densetune.data.store import load_examples
+from densetune.data.validate import validate_paths
+from densetune.errors import DataError
+
+REC = {"query": "what purrs", "pos_doc": ["cats purr"], "neg_doc": ["dogs bark"]}
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DENSETUNE_CACHE", str(tmp_path / "cache"))
+
+
+def jsonl(path: Path, *records) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+# --- zero usable inputs ------------------------------------------------------------------------------------
+
+
+def test_empty_directory_fails_validate_convert_and_loading(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    report = validate_paths([empty])
+    assert not report.ok and "directory holds no training data" in str(report.errors[0])
+    assert cli.main(["validate", str(empty)]) == 1
+    assert "FAILED" in capsys.readouterr().out
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["convert", str(empty), str(out), "--to", "flag"]) == 1
+    assert f"{empty}: directory holds no training data" in one_error(capsys)
+    assert not out.exists()
+    with pytest.raises(DataError, match="directory holds no training data"):
+        load_examples([empty])
+
+
+def test_convert_with_no_writable_example_writes_no_file(tmp_path, capsys):
+    src = jsonl(tmp_path / "bad.jsonl", {"query": "q", "pos": []}, {"query": "q", "pos": []})
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["convert", str(src), str(out), "--to", "inline", "--skip-invalid"]) == 1
+    assert f"{out}: no examples to write" in one_error(capsys)
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))

@@ -70,28 +70,37 @@ def check_input_file(path: str | Path, what: str = "file") -> Path:
 
 
 def walk_once(directory: Path, keep: Callable[[Path], bool | None]) -> Iterator[Path]:
-    """Paths under ``directory`` in sorted order, following each real directory once.
+    """Paths under ``directory`` in sorted order, each real file or directory once.
 
-    ``keep(child)`` decides for each entry: True yields it (and does not descend), False skips it, None
-    descends into a directory (a file is skipped). A directory already visited (a symlink to an ancestor or
-    to a sibling) is not read again, so a loop cannot multiply the data.
+    ``keep(child)`` decides for each entry (hidden ones are skipped): True yields it (a directory is not
+    descended into), False skips it, None descends into a directory (a file is skipped). A directory or file
+    already reached (through a symlink to an ancestor, a sibling or a file) is not read again, so a loop
+    cannot multiply the data.
     """
     seen: set[tuple[int, int]] = set()
 
+    def first_time(p: Path) -> bool:
+        try:
+            st = p.stat()
+        except OSError:
+            return True  # a broken entry: the reader says what is wrong with it
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
     def visit(d: Path) -> Iterator[Path]:
-        st = d.stat()
-        if (st.st_dev, st.st_ino) in seen:
-            return
-        seen.add((st.st_dev, st.st_ino))
         for child in sorted(d.iterdir()):
             if child.name.startswith("."):
                 continue
             decision = keep(child)
-            if decision:
+            if decision and first_time(child):
                 yield child
-            elif decision is None and child.is_dir():
+            elif decision is None and child.is_dir() and first_time(child):
                 yield from visit(child)
 
+    first_time(directory)
     yield from visit(directory)
 
 

@@ -33,6 +33,7 @@ from densetune.data.idindex import Column, IdIndex
 from densetune.data.jsonrecords import carries_value, iter_text_lines, jtype, parse_json_line
 from densetune.data.records import INLINE_CORPUS_ID, Doc
 from densetune.errors import DataError
+from densetune.paths import walk_once
 
 # 2: examples carry `category`; 3: corpus rows keep their other fields in `extra`; 4: examples too
 CACHE_VERSION = 4
@@ -310,13 +311,12 @@ def _corpus_files(path: Path, corpus_id: str | None) -> _CorpusFiles:
         return _CorpusFiles(path, corpus_id or path.stem, {}, [path], [path])
     if (path / MERLIN_METADATA).is_file() or not (path / "corpus.jsonl").is_file():
         meta = read_merlin_metadata(path)
+        # each real directory once: a symlink loop inside a corpus directory cannot repeat its files
         files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file()
-            and p.suffix in CORPUS_SUFFIXES
-            and p.name != MERLIN_METADATA
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            walk_once(
+                path,
+                lambda p: p.suffix in CORPUS_SUFFIXES and p.name != MERLIN_METADATA if p.is_file() else None,
+            )
         )
         if not files:
             raise DataError(

@@ -39,6 +39,7 @@ from densetune.data.jsonrecords import (
 )
 from densetune.data.records import EXAMPLE_TYPES, Doc, Example
 from densetune.errors import DataError
+from densetune.paths import walk_once
 
 __all__ = [
     "FORMATS",
@@ -400,21 +401,19 @@ def expand_paths(paths: str | Path | Iterable[str | Path], *, corpora: bool = Fa
 
 
 def _walk(directory: Path, corpora: bool) -> list[Path]:
-    out: list[Path] = []
-    for child in sorted(directory.iterdir()):
-        if child.name.startswith("."):
-            continue
+    """Data files and BEIR / corpus directories under ``directory``, each real directory read once (a
+    symlink loop would otherwise read the same files again and again)."""
+
+    def keep(child: Path) -> bool | None:
         if child.is_dir():
             if beir.is_beir_dir(child):
-                out.append(child)
-            elif (child / MERLIN_METADATA).is_file():
-                if corpora:
-                    out.append(child)
-            else:
-                out.extend(_walk(child, corpora))
-        elif child.suffix in DATA_SUFFIXES and child.name != MERLIN_METADATA:
-            out.append(child)
-    return out
+                return True
+            if (child / MERLIN_METADATA).is_file():
+                return corpora
+            return None  # descend
+        return child.suffix in DATA_SUFFIXES and child.name != MERLIN_METADATA
+
+    return list(walk_once(directory, keep))
 
 
 def iter_chunks(

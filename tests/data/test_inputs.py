@@ -60,3 +60,37 @@ def test_convert_with_no_writable_example_writes_no_file(tmp_path, capsys):
     assert cli.main(["convert", str(src), str(out), "--to", "inline", "--skip-invalid"]) == 1
     assert f"{out}: no examples to write" in one_error(capsys)
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+
+
+# --- directory loops ---------------------------------------------------------------------------------------
+
+
+def looped_dir(tmp_path: Path, n: int = 32) -> Path:
+    """A directory of ``n`` records holding a symlink to itself and one to its parent (two loops)."""
+    data = tmp_path / "data"
+    jsonl(data / "part.jsonl", *({**REC, "query": f"query {i}"} for i in range(n)))
+    (data / "self").symlink_to(data, target_is_directory=True)
+    (data / "sub").mkdir()
+    (data / "sub" / "up").symlink_to(data, target_is_directory=True)
+    return data
+
+
+def test_a_directory_loop_is_read_once_by_validate_convert_and_loading(tmp_path, capsys):
+    data = looped_dir(tmp_path)
+    report = validate_paths([data])
+    assert report.ok and report.examples == 32
+    out = tmp_path / "out.jsonl"
+    assert cli.main(["convert", str(data), str(out), "--to", "flag"]) == 0
+    assert len(out.read_text().splitlines()) == 32
+    assert len(load_examples([data], cache_dir=tmp_path / "store")) == 32
+
+
+def test_a_corpus_directory_loop_is_read_once(tmp_path):
+    from densetune.data.corpus import load_corpus
+
+    corpus = tmp_path / "wiki"
+    corpus.mkdir()
+    (corpus / "merlin_metadata.json").write_text(json.dumps({"class": "TextQADataset", "corpus_id": "wiki"}))
+    jsonl(corpus / "part.jsonl", {"id": "d1", "text": "one"}, {"id": "d2", "text": "two"})
+    (corpus / "again").symlink_to(corpus, target_is_directory=True)
+    assert len(load_corpus(corpus)) == 2

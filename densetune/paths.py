@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import os
 import stat
@@ -105,15 +106,30 @@ def walk_once(directory: Path, keep: Callable[[Path], bool | None]) -> Iterator[
 
 
 def check_output(path: str | Path, overwrite: bool, flag: str = OVERWRITE_FLAG) -> Path:
-    """The one rule for outputs: an existing output is refused unless ``overwrite``.
+    """The one rule for outputs: an existing output file (or a non-empty output directory) is refused
+    unless ``overwrite``; an empty directory is fine.
 
     Raises:
-        DensetuneError: ``path exists; pass --overwrite to replace it``.
+        DensetuneError: ``PATH: exists; pass --overwrite to replace it``.
     """
     path = Path(path)
-    if not overwrite and (path.exists() or path.is_symlink()):
+    if overwrite:
+        return path
+    if path.is_dir() and not path.is_symlink():
+        if any(path.iterdir()):
+            raise DensetuneError(
+                f"{path}: directory exists and is not empty; pass {flag} to replace its outputs"
+            )
+    elif path.exists() or path.is_symlink():
         raise DensetuneError(f"{path}: exists; pass {flag} to replace it (or write to another path)")
     return path
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str = "the output") -> None:
+    """The ``--overwrite`` flag every command that writes takes (same name and meaning everywhere)."""
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"replace {what} if it exists (default: refuse)"
+    )
 
 
 def tmp_path(path: Path) -> Path:
@@ -133,3 +149,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """``path.write_text(text)`` that never leaves a half file."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

@@ -43,6 +43,7 @@ from densetune.data.corpus import MERLIN_METADATA, doc_text
 from densetune.data.jsonrecords import READ_FIELDS
 from densetune.data.records import INLINE_CORPUS_ID, Doc, Example, text_doc_id
 from densetune.errors import DataError
+from densetune.paths import add_overwrite_argument, atomic_path, check_output
 
 logger = logging.getLogger("densetune.data")
 
@@ -248,13 +249,12 @@ def _write_corpus_id(examples: Iterable[Example], path: Path, counts: Counter) -
                 out.close()
             data.flush()
             _check_some(n, path, counts)
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f, open(data.name, encoding="utf-8") as body:
-                entries = ",\n".join(f"    {json.dumps({'path': cid})}" for cid in corpora)
-                f.write('{\n  "corpus": [\n' + entries + '\n  ],\n  "data": [\n')
-                shutil.copyfileobj(body, f)
-                f.write("\n  ]\n}\n")
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                with open(tmp, "w", encoding="utf-8") as f, open(data.name, encoding="utf-8") as body:
+                    entries = ",\n".join(f"    {json.dumps({'path': cid})}" for cid in corpora)
+                    f.write('{\n  "corpus": [\n' + entries + '\n  ],\n  "data": [\n')
+                    shutil.copyfileobj(body, f)
+                    f.write("\n  ]\n}\n")
         finally:
             os.unlink(data.name)
     return n
@@ -333,14 +333,10 @@ def write_examples(examples: Iterable[Example], path: str | Path, fmt: str) -> i
     if fmt == "corpus-id":
         n = _write_corpus_id(examples, path, counts)
     else:
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        with atomic_path(path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 n = _write_jsonl(examples, f, fmt, counts)
             _check_some(n, path, counts)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     if counts:
         lost = ", ".join(f"{name} ({count} examples)" for name, count in counts.items())
         logger.warning("%s: the %s format cannot carry: %s", path, fmt, lost)
@@ -362,11 +358,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE or ~/.cache/densetune)"
     )
+    add_overwrite_argument(parser, "OUTPUT")
 
 
 def main(args: argparse.Namespace) -> int:
     from densetune.data.formats import ReadStats, iter_examples
 
+    check_output(args.output, args.overwrite)
     stats = ReadStats()
     examples = iter_examples(
         args.input, split=args.split, skip_invalid=args.skip_invalid, stats=stats, cache_dir=args.cache_dir

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from densetune.errors import DataError, DensetuneError
+from densetune.paths import add_overwrite_argument, atomic_path, check_output, write_text_atomic
 
 QUERY, DOC = "query", "doc"
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -64,23 +65,15 @@ class Encoder(Protocol):
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _write_ids(path: Path, ids: Sequence[str]) -> None:
     for i in ids:
         if "\n" in i or "\r" in i:
             raise DataError(f"id {i!r} contains a line break; ids are written one per line", path)
-    _atomic_write_text(path, "".join(f"{i}\n" for i in ids))
+    write_text_atomic(path, "".join(f"{i}\n" for i in ids))
 
 
 def read_ids(path: str | Path) -> list[str]:
@@ -112,7 +105,7 @@ def write_embeddings(
     info.update(
         rows=len(ids), dim=int(embeddings.shape[1]) if embeddings.ndim == 2 else 0, dtype=dtype, complete=True
     )
-    _atomic_write_text(out / f"{kind}.meta.json", json.dumps(info, indent=2, sort_keys=True))
+    write_text_atomic(out / f"{kind}.meta.json", json.dumps(info, indent=2, sort_keys=True))
     return out
 
 
@@ -508,7 +501,7 @@ def encode_corpus(
         for p in out.glob(f"{DOC}.shard-*"):  # left over if the last run stopped right after merging
             p.unlink()
         return CorpusEncodeResult(True, n_shards, n_shards, 0, n)
-    _atomic_write_text(meta_path, json.dumps({**settings, "complete": False}, indent=2, sort_keys=True))
+    write_text_atomic(meta_path, json.dumps({**settings, "complete": False}, indent=2, sort_keys=True))
 
     done = 0
     while done < n_shards and _shard_paths(out, done)[0].is_file():
@@ -546,7 +539,7 @@ def encode_corpus(
     if done < n_shards:
         return CorpusEncodeResult(False, n_shards, done, done - first_new, n)
     _merge_shards(out, n_shards, n, dtype)
-    _atomic_write_text(
+    write_text_atomic(
         meta_path, json.dumps({**settings, "complete": True, "dim": _dim(out)}, indent=2, sort_keys=True)
     )
     for k in range(n_shards):
@@ -653,8 +646,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--max-shards", type=int, default=None, help="stop after encoding this many new shards"
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="discard earlier outputs in --out instead of resuming"
+    add_overwrite_argument(
+        parser, "query embeddings in --out; corpus: discard earlier shards instead of resuming"
     )
     parser.add_argument(
         "--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE or ~/.cache/densetune)"
@@ -669,6 +662,8 @@ def main(args: argparse.Namespace) -> int:
     # read inputs before loading the model, so bad input fails fast
     queries = read_queries(args.queries, args.split) if args.queries else None
     source = open_corpus(args.corpus, cache_dir=args.cache_dir) if args.corpus else None
+    if queries is not None:
+        check_output(Path(args.out) / f"{QUERY}.npy", args.overwrite)
     encoder = load_encoder(args.model, device=args.device)
     meta = encoder_meta(encoder, str(Path(args.model).resolve()), args.max_length)
     if queries is not None:

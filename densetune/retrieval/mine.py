@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from densetune.errors import DataError, DensetuneError
+from densetune.paths import add_overwrite_argument, check_output, write_text_atomic
 from densetune.retrieval.negatives import (
     FILL,
     SAMPLING,
@@ -217,7 +218,7 @@ def mine(
         "stats": mined.stats.to_dict(),
         "dropped_empty": mined.stats.empty_queries if drop_empty else 0,
     }
-    Path(str(out) + ".mine.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_text_atomic(str(out) + ".mine.json", json.dumps(report, indent=2))
     return mined.stats
 
 
@@ -354,6 +355,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE or ~/.cache/densetune)"
     )
+    add_overwrite_argument(parser, "--out and its .mine.json")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -369,6 +371,8 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         fill=args.fill,
     )
+    for path in (args.out, f"{args.out}.mine.json"):
+        check_output(path, args.overwrite)
     if args.with_scores and args.format != "flag":
         print(f"note: the {args.format} format cannot carry scores; use --format flag to keep them")
     start = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from densetune.data.jsonrecords import check_text_head, iter_text_lines
 from densetune.errors import DataError
-from densetune.paths import check_input_file
+from densetune.paths import atomic_path, check_input_file
 
 logger = logging.getLogger("densetune.retrieval")
 
@@ -136,12 +136,8 @@ def read_run(path: str | Path) -> Run:
 def write_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str = "densetune") -> None:
     """Write a TREC run atomically, each query's documents in trec_eval's order (score descending, then doc
     id descending), so the rank column is the rank trec_eval and :mod:`densetune.retrieval.metrics` use."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for qid, docs in run.items():
             ranked = sorted(docs.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
             for rank, (did, score) in enumerate(ranked, 1):
                 f.write(f"{qid} Q0 {did} {rank} {score:.9g} {tag}\n")
-    tmp.replace(path)

@@ -78,7 +78,7 @@ def test_cli_metrics_and_cutoffs(files, tmp_path, capsys):
     metrics = json.loads(out.read_text())["metrics"]
     assert list(metrics) == ["ndcg@1", "ndcg@3", "recall@5", "mrr@1", "mrr@3"]
     assert metrics["mrr@1"] == pytest.approx(1 / 3)  # q3 is missing from the run and counts as 0
-    assert cli([*args, "--k", "10"]) == 0
+    assert cli([*args, "--k", "10", "--overwrite"]) == 0
     assert set(json.loads(out.read_text())["metrics"]) == {
         f"{m}@10" for m in ("ndcg", "mrr", "recall", "map", "p", "accuracy")
     }

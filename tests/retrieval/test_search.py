@@ -146,6 +146,7 @@ def test_cli_search_writes_a_trec_run(tmp_path):
             str(out),
             "--index",
             "flat",
+            "--overwrite",
         ]
     )
     assert rc == 0

@@ -39,7 +39,7 @@ from densetune.data.jsonrecords import (
 )
 from densetune.data.records import EXAMPLE_TYPES, Doc, Example
 from densetune.errors import DataError
-from densetune.paths import walk_once
+from densetune.paths import path_problem, walk_once
 
 __all__ = [
     "FORMATS",
@@ -92,6 +92,29 @@ class ReadStats:
 
 _FLAG_KEYS = {"pos_scores", "neg_scores", "prompt", "type", "category"}
 _LLM_KEYS = {"teacher_scores", "history", "answers", "task"}
+
+
+# record families: formats a single record already tells apart (the exact format inside a family may need
+# several records, the suffix or the layout). One file holds one family; a record of another is reported.
+_FAMILY_NAMES = {"tevatron": "Tevatron", "pos": "FlagEmbedding / LLM-Embedder", "nemo": "NeMo"}
+_FORMAT_FAMILY = {
+    "tevatron": "tevatron",
+    "flag": "pos",
+    "llm-embedder": "pos",
+    "nemo-inline": "nemo",
+    "sbert": "nemo",
+    "gpt-embedding": "nemo",
+}
+
+
+def _family(record: dict) -> str | None:
+    if "positive_passages" in record:
+        return "tevatron"
+    if "pos" in record or "history" in record:
+        return "pos"
+    if "pos_doc" in record or "question" in record:
+        return "nemo"
+    return None
 
 
 def _record_format(keys: set[str], layout: str, suffix: str, records: list[dict]) -> str | None:
@@ -177,6 +200,13 @@ def _detect(path: Path) -> tuple[str, str]:
         raise DataError(
             'no JSON object records; expected objects such as {"query": ..., "pos": [...]}', path, first_line
         )
+    families = Counter(f for f in map(_family, records) if f is not None)
+    if len(families) > 1:
+        # a mixed file: read it as its majority family; every record of another family is reported by
+        # _inline_items at its own line (instead of one format, chosen by a late record, blaming line 1)
+        first = next(f for f in map(_family, records) if f is not None)
+        major = max(families, key=lambda f: (families[f], f == first))
+        records = [r for r in records if _family(r) in (major, None)]
     keys = set().union(*records)
     fmt = _record_format(keys, layout, path.suffix, records)
     if fmt is None:
@@ -327,6 +357,7 @@ _CONVERTERS = {
 def _inline_items(path: Path, fmt: str, layout: str, notes: Counter) -> Iterator[Example | DataError]:
     task = path.parent.name if fmt == "llm-embedder" else path.stem
     convert = _CONVERTERS[fmt]
+    family = _FORMAT_FAMILY[fmt]
     for raw in iter_raw_records(path, layout):
         if isinstance(raw.obj, DataError):
             yield raw.obj
@@ -334,6 +365,14 @@ def _inline_items(path: Path, fmt: str, layout: str, notes: Counter) -> Iterator
         rec = Record(path, raw)
         if not isinstance(raw.obj, dict):
             yield rec.err("", f"got {jtype(raw.obj)}; expected a JSON object (one training record)")
+            continue
+        other = _family(raw.obj)
+        if other is not None and other != family:
+            yield rec.err(
+                "",
+                f"mixed formats: a {_FAMILY_NAMES[other]} record in a file read as {fmt} (its other records); "
+                "expected one format per file",
+            )
             continue
         try:
             example = convert(rec, task)
@@ -396,7 +435,8 @@ def expand_paths(paths: str | Path | Iterable[str | Path], *, corpora: bool = Fa
         elif p.is_file():
             out.append(p)
         else:
-            raise DataError("file or directory not found", p)
+            problem = path_problem(p)
+            raise DataError("file or directory not found" if problem == "not found" else problem, p)
     return out
 
 

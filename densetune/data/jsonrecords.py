@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 from densetune.data.records import Doc, text_doc_id
 from densetune.errors import DataError
+from densetune.paths import check_input_file
 
 __all__ = [
     "READ_FIELDS",
@@ -43,6 +44,7 @@ __all__ = [
     "sniff_layout",
 ]
 
+_EMPTY_DOC = "empty document (no text, title or image); expected the passage's text"
 _SNIFF_BYTES = 1 << 16
 _MAX_FIRST_LINE = 16 << 20
 
@@ -191,8 +193,7 @@ def sniff_layout(path: Path) -> str:
     Raises:
         DataError: empty, binary, UTF-16/32 or otherwise not UTF-8, or not starting with ``{`` / ``[``.
     """
-    if not path.exists():
-        raise DataError("file not found", path)
+    check_input_file(path, "training file")  # a FIFO or /dev/zero would block or never end
     with open(path, "rb") as f:
         head = f.read(_SNIFF_BYTES)
     if not head.strip():
@@ -481,6 +482,8 @@ class Record:
         docs = []
         for j, item in enumerate(value):
             if isinstance(item, str):
+                if not item.strip():
+                    raise self.err(f"{key}[{j}]", _EMPTY_DOC)
                 docs.append(Doc(id=text_doc_id(item), text=item))
             elif isinstance(item, dict) and dicts:
                 docs.append(self._dict_doc(item, f"{key}[{j}]"))
@@ -503,6 +506,8 @@ class Record:
         for name in ("title", "image"):
             if item.get(name) is not None and not isinstance(item[name], str):
                 raise self.err(f"{fld}.{name}", f"got {jtype(item[name])}; expected a string")
+        if not (text.strip() or item.get("title") or item.get("image")):
+            raise self.err(f"{fld}.{text_key}", _EMPTY_DOC)
         return Doc(
             id=str(doc_id) if doc_id not in (None, "") else text_doc_id(text),
             text=text,

@@ -168,7 +168,7 @@ _score = st.floats(allow_nan=False, allow_infinity=False, width=64)
 
 @st.composite
 def _doc(draw, ids: bool = True, rich: bool = True) -> Doc:
-    text = draw(_text)
+    text = draw(_query)  # an empty document is refused by the readers
     doc_id = (
         draw(st.sampled_from(["", text_doc_id(text)]) | st.from_regex(r"[a-z0-9]{1,6}", fullmatch=True))
         if ids

@@ -7,6 +7,7 @@ naming the file (and line) with exit 1, or a counted warning, never silence or a
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,68 @@ def test_a_corpus_directory_loop_is_read_once(tmp_path):
     jsonl(corpus / "part.jsonl", {"id": "d1", "text": "one"}, {"id": "d2", "text": "two"})
     (corpus / "again").symlink_to(corpus, target_is_directory=True)
     assert len(load_corpus(corpus)) == 2
+
+
+# --- special files -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this OS")
+def test_fifo_device_and_symlink_loop_are_named_precisely(tmp_path, capsys):
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)
+    cases = [(fifo, "is a FIFO (named pipe), not a regular file"), (loop, "symlink loop")]
+    if Path("/dev/zero").exists():
+        cases.append((Path("/dev/zero"), "is a character device, not a regular file"))
+    for path, what in cases:
+        for argv in (
+            ["validate", str(path)],
+            ["convert", str(path), str(tmp_path / "o.jsonl"), "--to", "flag"],
+        ):
+            assert cli.main(argv) == 1
+            captured = capsys.readouterr()
+            text = captured.out + captured.err
+            assert f"{path}: {what}" in text and "not found" not in text, text
+        qrels = tmp_path / "q.tsv"
+        qrels.write_text("q1\td1\t1\n")
+        assert cli.main(["evaluate", "--run", str(path), "--qrels", str(qrels)]) == 1
+        assert f"{path}: {what}" in one_error(capsys)
+    # inside a directory the FIFO is one problem of that input, and reading never blocks on it
+    jsonl(tmp_path / "good.jsonl", REC)
+    report = validate_paths([tmp_path])
+    assert report.examples == 1 and any("is a FIFO" in str(e) for e in report.errors)
+
+
+# --- mixed formats and empty or conflicting documents ------------------------------------------------------
+
+
+def test_mixed_formats_name_the_offending_lines(tmp_path):
+    flag = {"query": "q", "pos": ["p"], "neg": ["n"]}
+    tev = {"query_id": "t", "query": "q", "positive_passages": [{"docid": "1", "title": "", "text": "p"}]}
+    path = jsonl(tmp_path / "mixed.jsonl", *([REC] * 8), flag, tev)
+    report = validate_paths([path])
+    assert report.inputs[0].format == "nemo-inline" and report.examples == 8
+    assert [str(e) for e in report.errors] == [
+        f"{path}:9: mixed formats: a FlagEmbedding / LLM-Embedder record in a file read as nemo-inline "
+        "(its other records); expected one format per file",
+        f"{path}:10: mixed formats: a Tevatron record in a file read as nemo-inline (its other records); "
+        "expected one format per file",
+    ]
+
+
+@pytest.mark.parametrize(
+    "record,field",
+    [
+        ({"query": "q", "pos_doc": ""}, "pos_doc[0]"),
+        ({"query": "q", "pos_doc": ["ok"], "neg_doc": ["  "]}, "neg_doc[0]"),
+        ({"query": "q", "pos_doc": [{"text": "", "id": "d1"}]}, "pos_doc[0].text"),
+        ({"query": "q", "pos": ["ok", ""]}, "pos[1]"),
+    ],
+)
+def test_an_empty_document_is_an_error(tmp_path, record, field):
+    path = jsonl(tmp_path / "data.jsonl", record)
+    report = validate_paths([path])
+    assert [str(e) for e in report.errors] == [
+        f"{path}:1: {field}: empty document (no text, title or image); expected the passage's text"
+    ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,55 @@ def test_an_empty_document_is_an_error(tmp_path, record, field):
     assert [str(e) for e in report.errors] == [
         f"{path}:1: {field}: empty document (no text, title or image); expected the passage's text"
     ]
+
+
+# --- validate checks every kind of input its help names ----------------------------------------------------
+
+
+def test_validate_checks_runs_qrels_recipes_and_a_corpus_jsonl(tmp_path, capsys):
+    run = tmp_path / "run.trec"
+    run.write_text("q1 Q0 d1 1 0.9 t\nq1 Q0 d2 2 0.5 t\n")
+    qrels = tmp_path / "qrels.tsv"
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    corpus = jsonl(tmp_path / "corpus.jsonl", {"_id": "d1", "text": "one"}, {"_id": "d2", "text": ""})
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  path: some/model\ndata:\n  train: train.jsonl\n")
+    report = validate_paths([run, qrels, corpus, recipe])
+    assert report.ok, [str(e) for e in report.errors]
+    kinds = {Path(s.path).name: s.format for s in report.inputs}
+    assert kinds == {
+        "run.trec": "run",
+        "qrels.tsv": "qrels",
+        "corpus.jsonl": "corpus",
+        "recipe.yaml": "config",
+    }
+    assert cli.main(["validate", str(run), str(qrels), str(corpus), str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "judgements" in out and re.search(r"empty documents\s+1  \(warning\)", out)
+
+    run.write_text("q1 Q0 d1 1 0.9 t\nq1 Q0 d1 2 0.5 t\n")
+    qrels.write_text("q1\td1\t0.5\n")
+    jsonl(corpus, {"_id": "d1", "text": ""}, {"_id": "d2", "text": ""})
+    recipe.write_text("model:\n  path: m\noptim:\n  lr: 1\n  lr: 2\n")
+    report = validate_paths([run, qrels, corpus, recipe])
+    assert [str(e) for e in report.errors] == [
+        f"{run}:2: document 'd1' listed twice for query 'q1'",
+        f"{qrels}:1: score: relevance must be an integer grade, got '0.5' (not rounded: fix the file)",
+        f"{corpus}: all 2 documents are empty (no text, title or image); expected texts",
+        f"{recipe}:5: invalid YAML: duplicate key 'lr' (first on line 4)",
+    ]
+
+
+def test_a_tevatron_docid_with_two_texts_is_a_counted_warning(tmp_path, capsys):
+    def rec(qid, text):
+        return {
+            "query_id": qid,
+            "query": "q",
+            "positive_passages": [{"docid": "d1", "title": "", "text": text}],
+        }
+
+    path = jsonl(tmp_path / "tev.jsonl", rec("a", "one text"), rec("b", "one text"), rec("c", "another text"))
+    report = validate_paths([path])
+    assert report.ok and report.inputs[0].notes["document ids with two different texts"] == "1  (warning)"
+    assert cli.main(["validate", str(path)]) == 0
+    assert re.search(r"document ids with two different texts\s+1  \(warning\)", capsys.readouterr().out)

@@ -33,7 +33,7 @@ from densetune.data.idindex import Column, IdIndex
 from densetune.data.jsonrecords import carries_value, iter_text_lines, jtype, parse_json_line
 from densetune.data.records import INLINE_CORPUS_ID, Doc
 from densetune.errors import DataError
-from densetune.paths import walk_once
+from densetune.paths import path_problem, walk_once
 
 # 2: examples carry `category`; 3: corpus rows keep their other fields in `extra`; 4: examples too
 CACHE_VERSION = 4
@@ -301,8 +301,10 @@ def read_merlin_metadata(corpus_dir: str | Path) -> dict[str, Any]:
 
 
 def _corpus_files(path: Path, corpus_id: str | None) -> _CorpusFiles:
-    if not path.exists():
-        raise DataError("corpus not found; expected a corpus directory or a .jsonl/.parquet file", path)
+    problem = path_problem(path)
+    if problem == "not found" or (problem is not None and not path.is_dir()):
+        what = "corpus not found" if problem == "not found" else problem
+        raise DataError(f"{what}; expected a corpus directory or a .jsonl/.parquet file", path)
     if path.is_file():
         if path.suffix not in CORPUS_SUFFIXES:
             raise DataError(

@@ -40,7 +40,13 @@ import numpy as np
 import torch
 
 from densetune.errors import DataError, DensetuneError
-from densetune.paths import add_overwrite_argument, atomic_path, check_output, write_text_atomic
+from densetune.paths import (
+    add_overwrite_argument,
+    atomic_path,
+    check_input_file,
+    check_output,
+    write_text_atomic,
+)
 
 QUERY, DOC = "query", "doc"
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -232,8 +238,7 @@ def read_queries(path: str | Path, split: str = "test") -> tuple[list[str], list
             )
         keep = [(i, t) for i, t in zip(ids, texts) if i in qrels]
         return [i for i, _ in keep], [t for _, t in keep]
-    if not path.is_file():
-        raise DataError("query file not found", path)
+    check_input_file(path, "query file")
     ids: list[str] = []
     texts: list[str] = []
     seen: set[str] = set()
@@ -304,8 +309,8 @@ def open_corpus(path: str | Path, *, cache_dir: str | Path | None = None) -> Doc
         DataError: missing path, bad rows, duplicate ids.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError("corpus not found", path)
+    if not path.is_dir():
+        check_input_file(path, "corpus")  # a FIFO or a device is named, never opened
     if _is_nemo_doc_file(path):
         ids: list[str] = []
         texts: list[str] = []
@@ -654,6 +659,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _queries_key(args: argparse.Namespace, queries: tuple[list[str], list[str]]) -> str:
+    """What identifies a query encoding: the model folder, token limit, dtype, ids and texts."""
+    what = [str(Path(args.model).resolve()), str(args.max_length), args.dtype, *queries[0], *queries[1]]
+    return _ids_digest(what)
+
+
+def _done(out: str | Path, key: str) -> bool:
+    """Whether ``out`` already holds the query encoding ``key`` names (a re-run of the same command, as
+    when resuming a corpus encode, is not an overwrite: there is nothing to replace)."""
+    return (Path(out) / f"{QUERY}.npy").is_file() and read_meta(out, QUERY).get("inputs") == key
+
+
 def main(args: argparse.Namespace) -> int:
     if not args.queries and not args.corpus:
         raise DensetuneError("nothing to encode: give --queries and/or --corpus")
@@ -662,8 +679,14 @@ def main(args: argparse.Namespace) -> int:
     # read inputs before loading the model, so bad input fails fast
     queries = read_queries(args.queries, args.split) if args.queries else None
     source = open_corpus(args.corpus, cache_dir=args.cache_dir) if args.corpus else None
-    if queries is not None:
+    query_key = _queries_key(args, queries) if queries is not None else None
+    if queries is not None and _done(args.out, query_key):
+        print(f"{args.out}/{QUERY}.npy already holds these {len(queries[0])} queries; nothing to do")
+        queries = None
+    elif queries is not None:
         check_output(Path(args.out) / f"{QUERY}.npy", args.overwrite)
+    if queries is None and source is None:
+        return 0
     encoder = load_encoder(args.model, device=args.device)
     meta = encoder_meta(encoder, str(Path(args.model).resolve()), args.max_length)
     if queries is not None:
@@ -675,7 +698,7 @@ def main(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             batch_size=args.batch_size,
             max_length=args.max_length,
-            meta=meta,
+            meta={**meta, "inputs": query_key},
         )
         print(
             f"encoded {len(queries[0])} queries in {time.perf_counter() - start:.1f}s -> {args.out}/query.npy"

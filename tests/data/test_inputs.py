@@ -213,3 +213,16 @@ def test_a_tevatron_docid_with_two_texts_is_a_counted_warning(tmp_path, capsys):
     assert report.ok and report.inputs[0].notes["document ids with two different texts"] == "1  (warning)"
     assert cli.main(["validate", str(path)]) == 0
     assert re.search(r"document ids with two different texts\s+1  \(warning\)", capsys.readouterr().out)
+
+
+@pytest.mark.skipif(
+    not Path("/dev/zero").exists() or not hasattr(os, "mkfifo"), reason="no /dev/zero or FIFOs"
+)
+def test_encode_names_a_device_corpus_and_a_fifo_query_file(tmp_path, capsys):
+    fifo = tmp_path / "queries.jsonl"
+    os.mkfifo(fifo)
+    out = str(tmp_path / "emb")
+    assert cli.main(["encode", "--model", "m", "--corpus", "/dev/zero", "--out", out]) == 1
+    assert "/dev/zero: is a character device, not a regular file; expected a corpus" in one_error(capsys)
+    assert cli.main(["encode", "--model", "m", "--queries", str(fifo), "--out", out]) == 1
+    assert f"{fifo}: is a FIFO (named pipe), not a regular file; expected a query file" in one_error(capsys)

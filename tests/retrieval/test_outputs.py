@@ -120,3 +120,20 @@ def test_an_empty_output_directory_is_not_refused(inputs, tmp_path):
         str(out / "m.json"),
     ]
     assert cli(argv) == 0 and json.loads((out / "m.json").read_text())["queries"] == 2
+
+
+def test_encode_queries_rerun_is_nothing_to_do_but_other_queries_are_refused(
+    beir_dir, tmp_path, minilm_path, capsys
+):
+    from tiny_models import save_tiny_bert
+
+    model = save_tiny_bert(tmp_path / "tiny", minilm_path)
+    out = tmp_path / "emb"
+    args = ["encode", "--model", model, "--queries", str(beir_dir), "--split", "test", "--out", str(out)]
+    assert cli(args) == 0
+    first = (out / "query.npy").read_bytes()
+    assert cli(args) == 0 and "already holds these" in capsys.readouterr().out
+    assert cli([*args[:-3], "train", "--out", str(out)]) == 1  # other queries: refused, file kept
+    assert "query.npy: exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "query.npy").read_bytes() == first
+    assert cli([*args[:-3], "train", "--out", str(out), "--overwrite"]) == 0

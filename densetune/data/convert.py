@@ -43,7 +43,7 @@ from densetune.data.corpus import MERLIN_METADATA, doc_text
 from densetune.data.jsonrecords import READ_FIELDS
 from densetune.data.records import INLINE_CORPUS_ID, Doc, Example, text_doc_id
 from densetune.errors import DataError
-from densetune.paths import add_overwrite_argument, atomic_path, check_output
+from densetune.paths import add_overwrite_argument, atomic_path, check_output, tmp_path, write_text_atomic
 
 logger = logging.getLogger("densetune.data")
 
@@ -167,7 +167,8 @@ class _CorpusOut:
 
     def __init__(self, corpus_id: str, directory: Path, example: Example):
         if directory.exists() and any(
-            p.name not in (MERLIN_METADATA, "corpus.parquet") for p in directory.iterdir()
+            p.name not in (MERLIN_METADATA, "corpus.parquet", "corpus.parquet.tmp")
+            for p in directory.iterdir()
         ):
             raise DataError(
                 f"corpus directory for {corpus_id!r} already exists and holds other files; write to another directory",
@@ -178,7 +179,9 @@ class _CorpusOut:
         self.directory = directory
         self.seen: dict[str, int] = {}
         self.rows: dict[str, list[str]] = {n: [] for n in _CORPUS_SCHEMA.names}
-        self.writer = pq.ParquetWriter(directory / "corpus.parquet", _CORPUS_SCHEMA)
+        # written under a temporary name and renamed by close(): an interrupted convert leaves no half file
+        self.final = directory / "corpus.parquet"
+        self.writer = pq.ParquetWriter(tmp_path(self.final), _CORPUS_SCHEMA)
         self.meta: dict[str, str] = {"class": "TextQADataset", "corpus_id": corpus_id}
         if example.query_instruction:
             self.meta["query_instruction"] = example.query_instruction
@@ -207,11 +210,18 @@ class _CorpusOut:
             self.writer.write_table(pa.table(self.rows, schema=_CORPUS_SCHEMA))
             self.rows = {n: [] for n in _CORPUS_SCHEMA.names}
 
+    def discard(self) -> None:
+        """Drop an unfinished corpus file (after an error); a finished one stays."""
+        if tmp_path(self.final).exists():
+            self.writer.close()
+            tmp_path(self.final).unlink()
+
     def close(self) -> None:
         self.flush()
         self.writer.close()
-        (self.directory / MERLIN_METADATA).write_text(
-            json.dumps(self.meta, ensure_ascii=False, indent=1) + "\n"
+        os.replace(tmp_path(self.final), self.final)
+        write_text_atomic(
+            self.directory / MERLIN_METADATA, json.dumps(self.meta, ensure_ascii=False, indent=1) + "\n"
         )
 
 
@@ -257,6 +267,8 @@ def _write_corpus_id(examples: Iterable[Example], path: Path, counts: Counter) -
                     f.write("\n  ]\n}\n")
         finally:
             os.unlink(data.name)
+            for out in corpora.values():
+                out.discard()
     return n
 
 

@@ -226,3 +226,14 @@ def test_encode_names_a_device_corpus_and_a_fifo_query_file(tmp_path, capsys):
     assert "/dev/zero: is a character device, not a regular file; expected a corpus" in one_error(capsys)
     assert cli.main(["encode", "--model", "m", "--queries", str(fifo), "--out", out]) == 1
     assert f"{fifo}: is a FIFO (named pipe), not a regular file; expected a query file" in one_error(capsys)
+
+
+def test_a_failed_corpus_id_convert_leaves_no_half_file(tmp_path, capsys):
+    ok = {"question_id": "q1", "query": "q", "pos_doc": [{"id": "d1", "text": "one"}]}
+    clash = {"question_id": "q2", "query": "q", "pos_doc": [{"id": "d1", "text": "two"}]}
+    src = jsonl(tmp_path / "in" / "wiki.jsonl", ok, clash)
+    out = tmp_path / "out" / "train.json"
+    assert cli.main(["convert", str(src), str(out), "--to", "corpus-id"]) == 1
+    assert "document id 'd1' has two different texts" in one_error(capsys)
+    left = sorted(p.relative_to(out.parent).as_posix() for p in out.parent.rglob("*") if p.is_file())
+    assert left == [], left

@@ -408,8 +408,11 @@ def expand_paths(paths: str | Path | Iterable[str | Path], *, corpora: bool = Fa
     ``*.json`` files recursively, except inside NeMo corpus directories (``merlin_metadata.json``), which are
     read through the corpus-id JSON that lists them (or listed themselves when ``corpora=True``).
 
+    Each real directory and file is listed once (a symlink loop cannot repeat data).
+
     Raises:
-        DataError: a path that does not exist or a pattern that matches nothing.
+        DataError: a path that does not exist or cannot be read as a file (a FIFO, a device, a symlink
+            loop: said as such), a pattern that matches nothing, or a directory without data files.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]

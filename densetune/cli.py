@@ -17,7 +17,10 @@ from densetune.errors import DensetuneError
 
 # sub-command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "validate": ("densetune.data.validate", "read and check training data; print counts and every problem"),
+    "validate": (
+        "densetune.validate",
+        "check training data, corpora, runs, qrels and recipes; print counts and every problem",
+    ),
     "convert": ("densetune.data.convert", "convert training data between formats"),
     "train": ("densetune.train.recipe", "train a bi-encoder or LLM embedder from a YAML recipe"),
     "encode": ("densetune.retrieval.encode", "embed queries or a corpus into .npy + .ids"),

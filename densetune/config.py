@@ -18,12 +18,31 @@ from typing import Any
 import yaml
 
 from densetune.errors import ConfigError
+from densetune.paths import path_problem
 
 TARGET = "_target_"
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads ``2e-5`` and ``1e6`` as floats (YAML 1.1 wants a dot; users do not)."""
+    """SafeLoader that reads ``2e-5`` and ``1e6`` as floats (YAML 1.1 wants a dot; users do not) and refuses
+    duplicate keys (PyYAML keeps the last without a word; two ``lr:`` lines in a recipe are a mistake)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # merged keys (<<) may be overridden on purpose
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first on line {first[key]})", key_node.start_mark
+                    )
+                first[key] = line
+            except TypeError:
+                pass  # an unhashable key: SafeLoader reports it
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -48,11 +67,21 @@ def yaml_load(text_or_stream: Any) -> Any:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(str(path), "config file not found")
+    problem = path_problem(path)
+    if problem is not None:
+        raise ConfigError(str(path), "config file not found" if problem == "not found" else problem)
+    raw = path.read_bytes()
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml_load(f)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        bom = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+        why = "UTF-16-encoded" if bom else f"not valid UTF-8 (byte 0x{raw[err.start]:02x})"
+        raise ConfigError(
+            f"{path}:{line}", f"{why}; expected UTF-8 text (re-save the file as UTF-8)"
+        ) from None
+    try:
+        data = yaml_load(text.removeprefix("\ufeff"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

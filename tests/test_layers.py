@@ -1,8 +1,8 @@
 """The package's imports point one way, down the path data takes.
 
 The layers, lowest first (docs/ARCHITECTURE.md draws the same order): shared helpers, data, models,
-losses, retrieval, train, quickstart, cli; the seed-API modules (``densetune.compat``) sit on top and the
-core never imports them. Every ``import`` counts, function-level ones included, since a lazy import that
+losses, retrieval, train, validate (it checks recipes too), quickstart, cli; the seed-API modules
+(``densetune.compat``) sit on top and the core never imports them. Every ``import`` counts, function-level ones included, since a lazy import that
 points up still ties the lower layer to the upper one.
 """
 
@@ -16,7 +16,18 @@ import densetune
 PACKAGE = Path(densetune.__file__).parent
 
 # Lowest first. Modules at the package's top level that are not named here are shared helpers (layer 0).
-LAYERS = ["data", "models", "losses", "retrieval", "train", "quickstart", "cli", "__main__", "compat"]
+LAYERS = [
+    "data",
+    "models",
+    "losses",
+    "retrieval",
+    "train",
+    "validate",
+    "quickstart",
+    "cli",
+    "__main__",
+    "compat",
+]
 
 
 def module_name(path: Path) -> str:

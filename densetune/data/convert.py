@@ -43,6 +43,7 @@ from densetune.data.corpus import MERLIN_METADATA, doc_text
 from densetune.data.jsonrecords import READ_FIELDS
 from densetune.data.records import INLINE_CORPUS_ID, Doc, Example, text_doc_id
 from densetune.errors import DataError
+from densetune.paths import add_overwrite_argument, atomic_path, check_output, tmp_path, write_text_atomic
 
 logger = logging.getLogger("densetune.data")
 
@@ -166,7 +167,8 @@ class _CorpusOut:
 
     def __init__(self, corpus_id: str, directory: Path, example: Example):
         if directory.exists() and any(
-            p.name not in (MERLIN_METADATA, "corpus.parquet") for p in directory.iterdir()
+            p.name not in (MERLIN_METADATA, "corpus.parquet", "corpus.parquet.tmp")
+            for p in directory.iterdir()
         ):
             raise DataError(
                 f"corpus directory for {corpus_id!r} already exists and holds other files; write to another directory",
@@ -177,7 +179,9 @@ class _CorpusOut:
         self.directory = directory
         self.seen: dict[str, int] = {}
         self.rows: dict[str, list[str]] = {n: [] for n in _CORPUS_SCHEMA.names}
-        self.writer = pq.ParquetWriter(directory / "corpus.parquet", _CORPUS_SCHEMA)
+        # written under a temporary name and renamed by close(): an interrupted convert leaves no half file
+        self.final = directory / "corpus.parquet"
+        self.writer = pq.ParquetWriter(tmp_path(self.final), _CORPUS_SCHEMA)
         self.meta: dict[str, str] = {"class": "TextQADataset", "corpus_id": corpus_id}
         if example.query_instruction:
             self.meta["query_instruction"] = example.query_instruction
@@ -206,11 +210,18 @@ class _CorpusOut:
             self.writer.write_table(pa.table(self.rows, schema=_CORPUS_SCHEMA))
             self.rows = {n: [] for n in _CORPUS_SCHEMA.names}
 
+    def discard(self) -> None:
+        """Drop an unfinished corpus file (after an error); a finished one stays."""
+        if tmp_path(self.final).exists():
+            self.writer.close()
+            tmp_path(self.final).unlink()
+
     def close(self) -> None:
         self.flush()
         self.writer.close()
-        (self.directory / MERLIN_METADATA).write_text(
-            json.dumps(self.meta, ensure_ascii=False, indent=1) + "\n"
+        os.replace(tmp_path(self.final), self.final)
+        write_text_atomic(
+            self.directory / MERLIN_METADATA, json.dumps(self.meta, ensure_ascii=False, indent=1) + "\n"
         )
 
 
@@ -247,16 +258,30 @@ def _write_corpus_id(examples: Iterable[Example], path: Path, counts: Counter) -
             for out in corpora.values():
                 out.close()
             data.flush()
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f, open(data.name, encoding="utf-8") as body:
-                entries = ",\n".join(f"    {json.dumps({'path': cid})}" for cid in corpora)
-                f.write('{\n  "corpus": [\n' + entries + '\n  ],\n  "data": [\n')
-                shutil.copyfileobj(body, f)
-                f.write("\n  ]\n}\n")
-            os.replace(tmp, path)
+            _check_some(n, path, counts)
+            with atomic_path(path) as tmp:
+                with open(tmp, "w", encoding="utf-8") as f, open(data.name, encoding="utf-8") as body:
+                    entries = ",\n".join(f"    {json.dumps({'path': cid})}" for cid in corpora)
+                    f.write('{\n  "corpus": [\n' + entries + '\n  ],\n  "data": [\n')
+                    shutil.copyfileobj(body, f)
+                    f.write("\n  ]\n}\n")
         finally:
             os.unlink(data.name)
+            for out in corpora.values():
+                out.discard()
     return n
+
+
+def _check_some(n: int, path: Path, counts: Counter) -> None:
+    """An output without a single example is not written (a 0-byte training file only fails later)."""
+    if n == 0:
+        left_out = ", ".join(f"{name} ({c})" for name, c in counts.items())
+        raise DataError(
+            "no examples to write"
+            + (f" (left out: {left_out})" if left_out else " (the input has none)")
+            + "; nothing written",
+            path,
+        )
 
 
 def _count(ex: Example, fmt: str, counts: Counter) -> bool:
@@ -320,13 +345,10 @@ def write_examples(examples: Iterable[Example], path: str | Path, fmt: str) -> i
     if fmt == "corpus-id":
         n = _write_corpus_id(examples, path, counts)
     else:
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        with atomic_path(path) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 n = _write_jsonl(examples, f, fmt, counts)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+            _check_some(n, path, counts)
     if counts:
         lost = ", ".join(f"{name} ({count} examples)" for name, count in counts.items())
         logger.warning("%s: the %s format cannot carry: %s", path, fmt, lost)
@@ -348,11 +370,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE or ~/.cache/densetune)"
     )
+    add_overwrite_argument(parser, "OUTPUT")
 
 
 def main(args: argparse.Namespace) -> int:
     from densetune.data.formats import ReadStats, iter_examples
 
+    check_output(args.output, args.overwrite)
     stats = ReadStats()
     examples = iter_examples(
         args.input, split=args.split, skip_invalid=args.skip_invalid, stats=stats, cache_dir=args.cache_dir

@@ -33,6 +33,7 @@ from densetune.data.idindex import Column, IdIndex
 from densetune.data.jsonrecords import carries_value, iter_text_lines, jtype, parse_json_line
 from densetune.data.records import INLINE_CORPUS_ID, Doc
 from densetune.errors import DataError
+from densetune.paths import path_problem, walk_once
 
 # 2: examples carry `category`; 3: corpus rows keep their other fields in `extra`; 4: examples too
 CACHE_VERSION = 4
@@ -300,8 +301,10 @@ def read_merlin_metadata(corpus_dir: str | Path) -> dict[str, Any]:
 
 
 def _corpus_files(path: Path, corpus_id: str | None) -> _CorpusFiles:
-    if not path.exists():
-        raise DataError("corpus not found; expected a corpus directory or a .jsonl/.parquet file", path)
+    problem = path_problem(path)
+    if problem == "not found" or (problem is not None and not path.is_dir()):
+        what = "corpus not found" if problem == "not found" else problem
+        raise DataError(f"{what}; expected a corpus directory or a .jsonl/.parquet file", path)
     if path.is_file():
         if path.suffix not in CORPUS_SUFFIXES:
             raise DataError(
@@ -310,13 +313,12 @@ def _corpus_files(path: Path, corpus_id: str | None) -> _CorpusFiles:
         return _CorpusFiles(path, corpus_id or path.stem, {}, [path], [path])
     if (path / MERLIN_METADATA).is_file() or not (path / "corpus.jsonl").is_file():
         meta = read_merlin_metadata(path)
+        # each real directory once: a symlink loop inside a corpus directory cannot repeat its files
         files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file()
-            and p.suffix in CORPUS_SUFFIXES
-            and p.name != MERLIN_METADATA
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            walk_once(
+                path,
+                lambda p: p.suffix in CORPUS_SUFFIXES and p.name != MERLIN_METADATA if p.is_file() else None,
+            )
         )
         if not files:
             raise DataError(

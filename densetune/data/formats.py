@@ -39,6 +39,7 @@ from densetune.data.jsonrecords import (
 )
 from densetune.data.records import EXAMPLE_TYPES, Doc, Example
 from densetune.errors import DataError
+from densetune.paths import path_problem, walk_once
 
 __all__ = [
     "FORMATS",
@@ -91,6 +92,29 @@ class ReadStats:
 
 _FLAG_KEYS = {"pos_scores", "neg_scores", "prompt", "type", "category"}
 _LLM_KEYS = {"teacher_scores", "history", "answers", "task"}
+
+
+# record families: formats a single record already tells apart (the exact format inside a family may need
+# several records, the suffix or the layout). One file holds one family; a record of another is reported.
+_FAMILY_NAMES = {"tevatron": "Tevatron", "pos": "FlagEmbedding / LLM-Embedder", "nemo": "NeMo"}
+_FORMAT_FAMILY = {
+    "tevatron": "tevatron",
+    "flag": "pos",
+    "llm-embedder": "pos",
+    "nemo-inline": "nemo",
+    "sbert": "nemo",
+    "gpt-embedding": "nemo",
+}
+
+
+def _family(record: dict) -> str | None:
+    if "positive_passages" in record:
+        return "tevatron"
+    if "pos" in record or "history" in record:
+        return "pos"
+    if "pos_doc" in record or "question" in record:
+        return "nemo"
+    return None
 
 
 def _record_format(keys: set[str], layout: str, suffix: str, records: list[dict]) -> str | None:
@@ -176,6 +200,13 @@ def _detect(path: Path) -> tuple[str, str]:
         raise DataError(
             'no JSON object records; expected objects such as {"query": ..., "pos": [...]}', path, first_line
         )
+    families = Counter(f for f in map(_family, records) if f is not None)
+    if len(families) > 1:
+        # a mixed file: read it as its majority family; every record of another family is reported by
+        # _inline_items at its own line (instead of one format, chosen by a late record, blaming line 1)
+        first = next(f for f in map(_family, records) if f is not None)
+        major = max(families, key=lambda f: (families[f], f == first))
+        records = [r for r in records if _family(r) in (major, None)]
     keys = set().union(*records)
     fmt = _record_format(keys, layout, path.suffix, records)
     if fmt is None:
@@ -326,6 +357,7 @@ _CONVERTERS = {
 def _inline_items(path: Path, fmt: str, layout: str, notes: Counter) -> Iterator[Example | DataError]:
     task = path.parent.name if fmt == "llm-embedder" else path.stem
     convert = _CONVERTERS[fmt]
+    family = _FORMAT_FAMILY[fmt]
     for raw in iter_raw_records(path, layout):
         if isinstance(raw.obj, DataError):
             yield raw.obj
@@ -333,6 +365,14 @@ def _inline_items(path: Path, fmt: str, layout: str, notes: Counter) -> Iterator
         rec = Record(path, raw)
         if not isinstance(raw.obj, dict):
             yield rec.err("", f"got {jtype(raw.obj)}; expected a JSON object (one training record)")
+            continue
+        other = _family(raw.obj)
+        if other is not None and other != family:
+            yield rec.err(
+                "",
+                f"mixed formats: a {_FAMILY_NAMES[other]} record in a file read as {fmt} (its other records); "
+                "expected one format per file",
+            )
             continue
         try:
             example = convert(rec, task)
@@ -368,8 +408,11 @@ def expand_paths(paths: str | Path | Iterable[str | Path], *, corpora: bool = Fa
     ``*.json`` files recursively, except inside NeMo corpus directories (``merlin_metadata.json``), which are
     read through the corpus-id JSON that lists them (or listed themselves when ``corpora=True``).
 
+    Each real directory and file is listed once (a symlink loop cannot repeat data).
+
     Raises:
-        DataError: a path that does not exist or a pattern that matches nothing.
+        DataError: a path that does not exist or cannot be read as a file (a FIFO, a device, a symlink
+            loop: said as such), a pattern that matches nothing, or a directory without data files.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
@@ -385,30 +428,35 @@ def expand_paths(paths: str | Path | Iterable[str | Path], *, corpora: bool = Fa
             if beir.is_beir_dir(p) or (p / MERLIN_METADATA).is_file():
                 out.append(p)
             else:
-                out.extend(_walk(p, corpora))
+                found = _walk(p, corpora)
+                if not found:
+                    raise DataError(
+                        "directory holds no training data; expected *.jsonl / *.json files or BEIR datasets",
+                        p,
+                    )
+                out.extend(found)
         elif p.is_file():
             out.append(p)
         else:
-            raise DataError("file or directory not found", p)
+            problem = path_problem(p)
+            raise DataError("file or directory not found" if problem == "not found" else problem, p)
     return out
 
 
 def _walk(directory: Path, corpora: bool) -> list[Path]:
-    out: list[Path] = []
-    for child in sorted(directory.iterdir()):
-        if child.name.startswith("."):
-            continue
+    """Data files and BEIR / corpus directories under ``directory``, each real directory read once (a
+    symlink loop would otherwise read the same files again and again)."""
+
+    def keep(child: Path) -> bool | None:
         if child.is_dir():
             if beir.is_beir_dir(child):
-                out.append(child)
-            elif (child / MERLIN_METADATA).is_file():
-                if corpora:
-                    out.append(child)
-            else:
-                out.extend(_walk(child, corpora))
-        elif child.suffix in DATA_SUFFIXES and child.name != MERLIN_METADATA:
-            out.append(child)
-    return out
+                return True
+            if (child / MERLIN_METADATA).is_file():
+                return corpora
+            return None  # descend
+        return child.suffix in DATA_SUFFIXES and child.name != MERLIN_METADATA
+
+    return list(walk_once(directory, keep))
 
 
 def iter_chunks(

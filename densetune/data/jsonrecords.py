@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 
 from densetune.data.records import Doc, text_doc_id
 from densetune.errors import DataError
+from densetune.paths import check_input_file
 
 __all__ = [
     "READ_FIELDS",
@@ -31,6 +32,7 @@ __all__ = [
     "RawRecord",
     "Record",
     "carries_value",
+    "check_text_head",
     "find_lone_surrogate",
     "iter_raw_records",
     "iter_text_lines",
@@ -42,6 +44,7 @@ __all__ = [
     "sniff_layout",
 ]
 
+_EMPTY_DOC = "empty document (no text, title or image); expected the passage's text"
 _SNIFF_BYTES = 1 << 16
 _MAX_FIRST_LINE = 16 << 20
 
@@ -161,18 +164,13 @@ def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str | DataError]]:
 # A file's layout, and its raw records
 
 
-def sniff_layout(path: Path) -> str:
-    """Check a data file is non-empty UTF-8 text and return its layout: ``jsonl``, ``json-array``, ``json-object``.
+def check_text_head(head: bytes, path: str | Path, expected: str) -> None:
+    """Refuse a file whose first bytes show it is not UTF-8 text: a UTF-16/32 byte-order mark, a known
+    binary format, or NUL bytes (also UTF-16 without a byte-order mark).
 
     Raises:
-        DataError: empty, binary, UTF-16/32 or otherwise not UTF-8, or not starting with ``{`` / ``[``.
+        DataError: naming the file, the line and what was expected (``expected``: e.g. "a TREC run").
     """
-    if not path.exists():
-        raise DataError("file not found", path)
-    with open(path, "rb") as f:
-        head = f.read(_SNIFF_BYTES)
-    if not head.strip():
-        raise DataError("empty file; expected JSON lines or a JSON document with training records", path)
     for bom, name in (
         (codecs.BOM_UTF32_LE, "UTF-32"),
         (codecs.BOM_UTF32_BE, "UTF-32"),
@@ -183,12 +181,24 @@ def sniff_layout(path: Path) -> str:
             raise DataError(f"file is {name}-encoded; expected UTF-8 text (re-save it as UTF-8)", path, 1)
     for magic, what in _BINARY_MAGIC.items():
         if head.startswith(magic):
-            raise DataError(f"binary file ({what}); expected UTF-8 JSON lines or a JSON document", path, 1)
+            raise DataError(f"binary file ({what}); expected {expected}", path, 1)
     if b"\x00" in head:
         line = head[: head.index(b"\x00")].count(b"\n") + 1
-        raise DataError(
-            "binary file (contains NUL bytes); expected UTF-8 JSON lines or a JSON document", path, line
-        )
+        raise DataError(f"binary file (contains NUL bytes); expected {expected}", path, line)
+
+
+def sniff_layout(path: Path) -> str:
+    """Check a data file is non-empty UTF-8 text and return its layout: ``jsonl``, ``json-array``, ``json-object``.
+
+    Raises:
+        DataError: empty, binary, UTF-16/32 or otherwise not UTF-8, or not starting with ``{`` / ``[``.
+    """
+    check_input_file(path, "training file")  # a FIFO or /dev/zero would block or never end
+    with open(path, "rb") as f:
+        head = f.read(_SNIFF_BYTES)
+    if not head.strip():
+        raise DataError("empty file; expected JSON lines or a JSON document with training records", path)
+    check_text_head(head, path, "UTF-8 JSON lines or a JSON document")
     # Bytes that are not UTF-8 later in the file are reported where they are (per line in JSON lines);
     # here only the start of the file must be readable to tell its layout.
     text = head.decode("utf-8", errors="replace")
@@ -472,6 +482,8 @@ class Record:
         docs = []
         for j, item in enumerate(value):
             if isinstance(item, str):
+                if not item.strip():
+                    raise self.err(f"{key}[{j}]", _EMPTY_DOC)
                 docs.append(Doc(id=text_doc_id(item), text=item))
             elif isinstance(item, dict) and dicts:
                 docs.append(self._dict_doc(item, f"{key}[{j}]"))
@@ -494,6 +506,8 @@ class Record:
         for name in ("title", "image"):
             if item.get(name) is not None and not isinstance(item[name], str):
                 raise self.err(f"{fld}.{name}", f"got {jtype(item[name])}; expected a string")
+        if not (text.strip() or item.get("title") or item.get("image")):
+            raise self.err(f"{fld}.{text_key}", _EMPTY_DOC)
         return Doc(
             id=str(doc_id) if doc_id not in (None, "") else text_doc_id(text),
             text=text,

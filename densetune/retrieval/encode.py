@@ -41,7 +41,14 @@ import torch
 
 from densetune import distributed
 from densetune.errors import DataError, DensetuneError
-from densetune.precision import add_precision_argument, set_inference_precision
+from densetune.paths import (
+    add_overwrite_argument,
+    atomic_path,
+    check_input_file,
+    check_output,
+    write_text_atomic,
+)
+from densetune.precision import INFERENCE_ATTR, add_precision_argument, set_inference_precision
 
 QUERY, DOC = "query", "doc"
 DTYPES = {"float32": np.float32, "float16": np.float16}
@@ -66,23 +73,15 @@ class Encoder(Protocol):
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _write_ids(path: Path, ids: Sequence[str]) -> None:
     for i in ids:
         if "\n" in i or "\r" in i:
             raise DataError(f"id {i!r} contains a line break; ids are written one per line", path)
-    _atomic_write_text(path, "".join(f"{i}\n" for i in ids))
+    write_text_atomic(path, "".join(f"{i}\n" for i in ids))
 
 
 def read_ids(path: str | Path) -> list[str]:
@@ -114,7 +113,7 @@ def write_embeddings(
     info.update(
         rows=len(ids), dim=int(embeddings.shape[1]) if embeddings.ndim == 2 else 0, dtype=dtype, complete=True
     )
-    _atomic_write_text(out / f"{kind}.meta.json", json.dumps(info, indent=2, sort_keys=True))
+    write_text_atomic(out / f"{kind}.meta.json", json.dumps(info, indent=2, sort_keys=True))
     return out
 
 
@@ -149,7 +148,27 @@ def load_embeddings(directory: str | Path, kind: str, *, mmap: bool = True) -> t
         raise DataError(
             f"{len(ids)} ids in {ids_path.name} but array shape {emb.shape}; expected one row per id", npy
         )
+    _check_finite(emb, npy, ids)
     return ids, emb
+
+
+def _check_finite(emb: np.ndarray, npy: Path, ids: Sequence[str], rows: int = 65536) -> None:
+    """A NaN or infinite embedding would give NaN scores silently: refuse it, naming the row and its id.
+    Read in blocks of ``rows`` so a memory-mapped array larger than RAM is checked in bounded memory."""
+    if emb.dtype.kind != "f":
+        return  # integers cannot be NaN
+    for start in range(0, emb.shape[0], rows):
+        bad = ~np.isfinite(np.asarray(emb[start : start + rows])).all(axis=1)
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            more = int(bad.sum()) - 1
+            raise DataError(
+                f"embedding of id {ids[row]!r} holds NaN or inf"
+                + (f" ({more} more such rows after it in this block)" if more else "")
+                + "; expected finite embeddings (re-encode with a model that gives finite outputs)",
+                npy,
+                f"row {row}",
+            )
 
 
 def read_meta(directory: str | Path, kind: str) -> dict[str, Any]:
@@ -221,8 +240,7 @@ def read_queries(path: str | Path, split: str = "test") -> tuple[list[str], list
             )
         keep = [(i, t) for i, t in zip(ids, texts) if i in qrels]
         return [i for i, _ in keep], [t for _, t in keep]
-    if not path.is_file():
-        raise DataError("query file not found", path)
+    check_input_file(path, "query file")
     ids: list[str] = []
     texts: list[str] = []
     seen: set[str] = set()
@@ -293,8 +311,8 @@ def open_corpus(path: str | Path, *, cache_dir: str | Path | None = None) -> Doc
         DataError: missing path, bad rows, duplicate ids.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError("corpus not found", path)
+    if not path.is_dir():
+        check_input_file(path, "corpus")  # a FIFO or a device is named, never opened
     if _is_nemo_doc_file(path):
         ids: list[str] = []
         texts: list[str] = []
@@ -340,12 +358,15 @@ def embed_texts(
 
 
 def encoder_meta(encoder: Any, model: str = "", max_length: int | None = None) -> dict[str, Any]:
-    """What identifies an encoding: model path, max length, whether the encoder normalises."""
+    """What identifies an encoding: model path, max length, whether the encoder normalises, and the
+    arithmetic its forwards run in (bf16 and fp32 embeddings are not mixed in one resumed encode)."""
     config = getattr(encoder, "config", None)
+    precision = getattr(encoder, INFERENCE_ATTR, None)
     return {
         "model": str(model),
         "max_length": max_length,
         "normalized": bool(getattr(config, "normalize", False)),
+        "precision": precision.name if precision is not None else "fp32",
     }
 
 
@@ -498,7 +519,7 @@ def encode_corpus(
     if rank == 0:
         if overwrite:
             _clear_doc_outputs(out)
-        _atomic_write_text(meta_path, json.dumps({**settings, "complete": False}, indent=2, sort_keys=True))
+        write_text_atomic(meta_path, json.dumps({**settings, "complete": False}, indent=2, sort_keys=True))
     distributed.barrier()
 
     # Shard k belongs to rank k % world; a shard already on disk (from any earlier run, with any number of
@@ -549,7 +570,7 @@ def encode_corpus(
         return CorpusEncodeResult(False, n_shards, done, encoded, n)
     if rank == 0:
         _merge_shards(out, n_shards, n, dtype)
-        _atomic_write_text(
+        write_text_atomic(
             meta_path, json.dumps({**settings, "complete": True, "dim": _dim(out)}, indent=2, sort_keys=True)
         )
         for k in range(n_shards):
@@ -664,12 +685,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_precision_argument(parser)
-    parser.add_argument(
-        "--overwrite", action="store_true", help="discard earlier outputs in --out instead of resuming"
+    add_overwrite_argument(
+        parser, "query embeddings in --out; corpus: discard earlier shards instead of resuming"
     )
     parser.add_argument(
         "--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE or ~/.cache/densetune)"
     )
+
+
+def _queries_key(args: argparse.Namespace, queries: tuple[list[str], list[str]]) -> str:
+    """What identifies a query encoding: the model folder, token limit, dtype, ids and texts."""
+    what = [str(Path(args.model).resolve()), str(args.max_length), args.dtype, args.precision]
+    what += [*queries[0], *queries[1]]
+    return lines_digest(what)
+
+
+def _done(out: str | Path, key: str) -> bool:
+    """Whether ``out`` already holds the query encoding ``key`` names (a re-run of the same command, as
+    when resuming a corpus encode, is not an overwrite: there is nothing to replace)."""
+    return (Path(out) / f"{QUERY}.npy").is_file() and read_meta(out, QUERY).get("inputs") == key
 
 
 def main(args: argparse.Namespace) -> int:
@@ -680,6 +714,14 @@ def main(args: argparse.Namespace) -> int:
     # read inputs before loading the model, so bad input fails fast
     queries = read_queries(args.queries, args.split) if args.queries else None
     source = open_corpus(args.corpus, cache_dir=args.cache_dir) if args.corpus else None
+    query_key = _queries_key(args, queries) if queries is not None else None
+    if queries is not None and _done(args.out, query_key):
+        print(f"{args.out}/{QUERY}.npy already holds these {len(queries[0])} queries; nothing to do")
+        queries = None
+    elif queries is not None:
+        check_output(Path(args.out) / f"{QUERY}.npy", args.overwrite)
+    if queries is None and source is None:
+        return 0
     # Under torchrun every rank encodes its share of the corpus shards and rank 0 merges them.
     rank, world, local_rank = distributed.init_distributed(args.device or "auto")
     device = args.device
@@ -722,7 +764,7 @@ def main(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             batch_size=args.batch_size,
             max_length=args.max_length,
-            meta=meta,
+            meta={**meta, "inputs": query_key},
         )
         print(
             f"encoded {len(queries[0])} queries in {time.perf_counter() - start:.1f}s -> {args.out}/query.npy"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from densetune.errors import DataError, DensetuneError
+from densetune.paths import add_overwrite_argument, check_output, write_text_atomic
 from densetune.precision import add_precision_argument
 from densetune.retrieval.metrics import (
     DEFAULT_METRICS,
@@ -191,7 +192,7 @@ def evaluate_model(
         model_name = str(model_or_path) if isinstance(model_or_path, (str, Path)) else ""
         report = {"metrics": means, "queries": len(per_query), "data": str(beir_dir), "split": split}
         report["model"] = model_name
-        (Path(save_dir) / "metrics.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        write_text_atomic(Path(save_dir) / "metrics.json", json.dumps(report, indent=2))
     return means
 
 
@@ -274,6 +275,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="drop documents whose id equals the query id (BEIR)",
     )
     parser.add_argument("--relevance-level", type=int, default=1, help="smallest relevant grade (default: 1)")
+    add_overwrite_argument(parser, "--out and the outputs in --save-dir")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -281,6 +283,9 @@ def main(args: argparse.Namespace) -> int:
     from densetune.data.trec import read_run
 
     metrics = [m.label for m in parse_metrics(_metric_list(args.metrics, args.k))]
+    for path in (args.out, args.save_dir):
+        if path:
+            check_output(path, args.overwrite)
     start = time.perf_counter()
     if args.run or args.qrels:
         if not (args.run and args.qrels):
@@ -321,13 +326,17 @@ def main(args: argparse.Namespace) -> int:
         ignore_identical_ids=args.ignore_identical_ids,
         relevance_level=args.relevance_level,
     )
+    if not per_query:
+        raise DataError(
+            "no query of the run has relevance judgements (0 queries to evaluate); expected a run and qrels "
+            "with query ids in common",
+            args.run or args.data,
+        )
     print(format_table(means))
     print(f"{len(per_query)} queries evaluated in {time.perf_counter() - start:.1f}s")
     if args.out:
         report: dict[str, Any] = {"metrics": means, "queries": len(per_query), **source}
         if args.per_query:
             report["per_query"] = per_query
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        write_text_atomic(args.out, json.dumps(report, indent=2))
     return 0

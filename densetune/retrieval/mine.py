@@ -23,6 +23,7 @@ import torch
 
 from densetune import distributed
 from densetune.errors import DataError, DensetuneError
+from densetune.paths import add_overwrite_argument, check_output, write_text_atomic
 from densetune.precision import add_precision_argument
 from densetune.retrieval.negatives import (
     FILL,
@@ -241,7 +242,7 @@ def mine(
         "stats": mined.stats.to_dict(),
         "dropped_empty": mined.stats.empty_queries if drop_empty else 0,
     }
-    Path(str(out) + ".mine.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    write_text_atomic(str(out) + ".mine.json", json.dumps(report, indent=2))
     distributed.barrier()
     return mined.stats
 
@@ -419,6 +420,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE or ~/.cache/densetune)"
     )
+    add_overwrite_argument(parser, "--out and its .mine.json")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -439,6 +441,8 @@ def main(args: argparse.Namespace) -> int:
     device = args.device
     if world > 1 and device != "cpu" and torch.cuda.is_available():
         device = f"cuda:{local_rank}"
+    for path in (args.out, f"{args.out}.mine.json"):
+        check_output(path, args.overwrite)
     if args.with_scores and args.format != "flag" and rank == 0:
         print(f"note: the {args.format} format cannot carry scores; use --format flag to keep them")
     start = time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Any
 
 from densetune.data.trec import Run, read_run, write_run
 from densetune.errors import DataError, DensetuneError
+from densetune.paths import add_overwrite_argument, check_output
 from densetune.precision import add_precision_argument
 
 # pairs handed to the model per call: enough for length sorting to pay, small enough for memory
@@ -46,6 +47,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_precision_argument(parser)
     parser.add_argument("--tag", default="densetune-rerank", help="run tag written in the last column")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_overwrite_argument(parser, "the --out run file")
 
 
 def ranked_documents(docs: Mapping[str, float]) -> list[str]:
@@ -203,6 +205,7 @@ def main(args: argparse.Namespace) -> int:
         raise DensetuneError(f"--top-k must be >= 1, got {args.top_k}")
     if args.batch_size < 1:
         raise DensetuneError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_output(args.out, args.overwrite)
     run = read_run(args.run)
     queries, corpus, qrels = _load_dataset(args.data, args.split)
     model_path = check_model_path(args.model)

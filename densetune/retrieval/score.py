@@ -40,6 +40,7 @@ from typing import Any
 from densetune import distributed
 from densetune.data.records import Example
 from densetune.errors import DensetuneError
+from densetune.paths import add_overwrite_argument, atomic_path, check_output
 from densetune.precision import add_precision_argument, set_inference_precision
 
 OUTPUT_FORMATS = ("flag", "llm-embedder")
@@ -72,6 +73,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, help="model dtype: float32 (default), bfloat16, float16")
     add_precision_argument(parser)
     parser.add_argument("--restart", action="store_true", help="discard OUT.partial and start over")
+    add_overwrite_argument(parser, "--out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # test hook: stop (as if interrupted) after this many chunks were written in this run
     parser.add_argument("--stop-after-chunks", type=int, default=None, help=argparse.SUPPRESS)
@@ -238,6 +240,7 @@ def main(args: argparse.Namespace) -> int:
     paths = expand_paths(args.data)
     if any(p.resolve() == out.resolve() for p in paths):
         raise DensetuneError(f"--out {out} is also an input; write the scores to another file")
+    check_output(out, args.overwrite)
     input_formats = [detect_format(p) for p in paths]
     fmt = args.format or ("llm-embedder" if all(f == "llm-embedder" for f in input_formats) else "flag")
     model_path = check_model_path(args.model)
@@ -411,16 +414,10 @@ def _write_chunk(chunk: list[Example], path: Path, fmt: str, *, with_task: bool)
 
 def _assemble(partial: Path, n_chunks: int, out: Path) -> None:
     """Concatenate the chunk files into ``out``, atomically."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for i in range(n_chunks):
-                with open(partial / f"chunk-{i:06d}.jsonl", "rb") as part:
-                    shutil.copyfileobj(part, f)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        for i in range(n_chunks):
+            with open(partial / f"chunk-{i:06d}.jsonl", "rb") as part:
+                shutil.copyfileobj(part, f)
 
 
 def _progress_bar(args: argparse.Namespace, *, initial: int):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from densetune.errors import DensetuneError
+from densetune.paths import add_overwrite_argument, check_output
 
 INDEX_TYPES = ("exact", "flat", "ivf", "hnsw")
 
@@ -359,6 +360,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--ef-search", type=int, default=d.ef_search, help=f"HNSW search beam (default: {d.ef_search})"
     )
     parser.add_argument("--tag", default="densetune", help="run tag (last column of the run file)")
+    add_overwrite_argument(parser, "the --out run file")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -376,6 +378,7 @@ def main(args: argparse.Namespace) -> int:
         hnsw_m=args.hnsw_m,
         ef_search=args.ef_search,
     )
+    check_output(args.out, args.overwrite)
     query_ids, query_emb = load_embeddings(args.queries, "query")
     doc_ids, doc_emb = load_embeddings(args.corpus, "doc")
     start = time.perf_counter()

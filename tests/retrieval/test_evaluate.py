@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -77,7 +78,7 @@ def test_cli_metrics_and_cutoffs(files, tmp_path, capsys):
     metrics = json.loads(out.read_text())["metrics"]
     assert list(metrics) == ["ndcg@1", "ndcg@3", "recall@5", "mrr@1", "mrr@3"]
     assert metrics["mrr@1"] == pytest.approx(1 / 3)  # q3 is missing from the run and counts as 0
-    assert cli([*args, "--k", "10"]) == 0
+    assert cli([*args, "--k", "10", "--overwrite"]) == 0
     assert set(json.loads(out.read_text())["metrics"]) == {
         f"{m}@10" for m in ("ndcg", "mrr", "recall", "map", "p", "accuracy")
     }
@@ -163,3 +164,53 @@ def test_cli_evaluate_real_minilm_equals_sentence_transformers_pipeline(minilm_p
     expected = evaluate(read_qrels(beir_dir / "qrels" / "test.tsv"), run)
     assert metrics == pytest.approx(expected, abs=1e-6)
     assert metrics["accuracy@10"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "which,data,match",
+    [
+        ("run", "q1 Q0 d1 1 0.5 tag\n".encode("utf-16"), r"run\.trec:1: file is UTF-16-encoded"),
+        ("run", b"q1 Q0 d1 1 0.5 tag\nq1 Q0 d\xe9 2 0.4 tag\n", r"run\.trec:2: not valid UTF-8 \(byte 0xe9"),
+        ("qrels", "q1\td1\t1\n".encode("utf-16-le"), r"test\.tsv:1: binary file \(contains NUL bytes\)"),
+        ("qrels", b"q1\td1\t1\nq\xff2\td3\t1\n", r"test\.tsv:2: not valid UTF-8 \(byte 0xff"),
+    ],
+)
+def test_cli_run_or_qrels_not_utf8_is_one_line(files, capsys, which, data, match):
+    qrels, run = files
+    (run if which == "run" else qrels).write_bytes(data)
+    assert cli(["evaluate", "--run", str(run), "--qrels", str(qrels)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
+
+
+@pytest.mark.parametrize(
+    "run_text,qrels_text,match",
+    [
+        ("", QRELS, r"run\.trec: empty run"),
+        ("\n\n", QRELS, r"run\.trec: empty run"),
+        (None, "query-id\tcorpus-id\tscore\n", r"test\.tsv: no relevance judgements"),
+        (None, "q1\td1\t0.5\n", r"test\.tsv:1: score: relevance must be an integer grade, got '0.5'"),
+        (
+            None,
+            "q1 0 d1 1\nq1 0 d2 1\nq1 0 d1 2\n",
+            r"test\.tsv:3: score: query 'q1' document 'd1' judged 1 on line 1",
+        ),
+        (None, "q7\td1\t1\n", r"run\.trec: no query of the run has relevance judgements"),
+    ],
+)
+def test_cli_empty_lossy_or_conflicting_inputs_are_errors(files, capsys, run_text, qrels_text, match):
+    qrels, run = files
+    if run_text is not None:
+        run.write_text(run_text)
+    qrels.write_text(qrels_text)
+    assert cli(["evaluate", "--run", str(run), "--qrels", str(qrels)]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(match, err), err
+
+
+def test_identical_duplicate_qrels_rows_are_read_once_and_counted(tmp_path, caplog):
+    path = tmp_path / "qrels.txt"
+    path.write_text("q1 0 d1 1\nq1 0 d1 1\nq1 0 d2 1.0\nq1 0 d2 1\n")
+    with caplog.at_level("WARNING"):
+        assert read_qrels(path) == {"q1": {"d1": 1, "d2": 1}}
+    assert "2 repeated (query, document) rows with the same relevance" in caplog.text

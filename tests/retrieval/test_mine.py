@@ -446,3 +446,15 @@ def test_cli_mine_real_minilm(minilm_path, scifact_dir, tmp_path, monkeypatch, c
     for r in rows:
         assert not set(r["pos"]) & set(r["neg"])
         assert all(s <= 0.95 * min(r["pos_scores"]) + 1e-6 for s in r["neg_scores"])
+
+
+def test_mine_reads_a_directory_loop_once(beir_dir, stub_encoder, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    record = {"query": "why do cats purr", "pos": ["cats purr and sleep all day"], "neg": []}
+    (data / "train.jsonl").write_text(json.dumps(record) + "\n")
+    (data / "loop").symlink_to(data, target_is_directory=True)
+    out = tmp_path / "mined.jsonl"
+    config = MiningConfig(num_negatives=2, range_max=6, relative_margin=None)
+    stats = mine(stub_encoder, data, out, corpus=beir_dir, fmt="flag", config=config, show_progress=False)
+    assert stats.queries == 1 and len(out.read_text().splitlines()) == 1

@@ -156,6 +156,7 @@ def test_cli_search_writes_a_trec_run(tmp_path):
             str(out),
             "--index",
             "flat",
+            "--overwrite",
         ]
     )
     assert rc == 0
@@ -203,3 +204,19 @@ def test_exact_search_on_cuda_equals_brute_force():
     # GPU float32 sums in another order: compare neighbour sets, not the order of near-ties
     assert np.mean([len(set(a) & set(b)) / 50 for a, b in zip(idx.tolist(), ref_i.tolist())]) > 0.999
     np.testing.assert_allclose(scores, ref_s, atol=1e-3)
+
+
+@pytest.mark.parametrize("kind,row,value", [("doc", 17, np.nan), ("query", 2, np.inf)])
+def test_cli_search_refuses_non_finite_embeddings_naming_file_and_row(tmp_path, capsys, kind, row, value):
+    q, d = _data(n_q=4, n_d=30)
+    (q if kind == "query" else d)[row, 3] = value
+    write_embeddings(tmp_path / "enc", "query", [f"q{i}" for i in range(4)], q)
+    write_embeddings(tmp_path / "enc", "doc", [f"d{i}" for i in range(30)], d, dtype="float16")
+    out = tmp_path / "run.trec"
+    enc = str(tmp_path / "enc")
+    rc = cli(["search", "--queries", enc, "--corpus", enc, "--out", str(out)])
+    err = capsys.readouterr().err
+    name = "q" if kind == "query" else "d"
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"{kind}.npy:row {row}: embedding of id '{name}{row}' holds NaN or inf" in err
+    assert not out.exists()

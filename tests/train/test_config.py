@@ -103,7 +103,10 @@ def test_required_keys_and_combinations(tmp_path):
 
 
 def test_retargeted_component_replaces_the_default_node(tmp_path):
-    text = MINIMAL + "data:\n  train: [a]\n  sampler: {_target_: my.Sampler, drop_last: true}\n"
+    # one data: section (a second one is a duplicate key, refused)
+    text = (
+        "model: {path: /models/m}\ndata:\n  train: [a]\n  sampler: {_target_: my.Sampler, drop_last: true}\n"
+    )
     cfg = load_config(write(tmp_path, text))
     assert cfg.data.sampler == {"_target_": "my.Sampler", "drop_last": True}
     problems = check_components(cfg)

@@ -11,10 +11,10 @@ import pytest
 from densetune import cli
 from densetune.data.formats import ReadStats, iter_examples
 from densetune.data.store import load_examples
-from densetune.data.validate import validate_paths
 from densetune.errors import DataError
+from densetune.validate import validate_paths
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 

@@ -9,24 +9,33 @@ Counts per input: examples, invalid records, unique queries, positives and negat
 (histograms), tasks, corpus sizes, duplicate examples (same query, positives and negatives), and examples
 whose negatives contain one of their own positives (by document id, so also for inline text). The last two
 are warnings: they do not fail validation.
+
+Other inputs are checked by their own reader, chosen by content: a YAML recipe (``.yaml``/``.yml``, the
+training config loader), a TREC run or qrels file (the readers ``evaluate`` uses), and a corpus given as a
+``.jsonl`` of ``{_id|id, text}`` rows (counted like a corpus directory). Corpora report empty documents
+(all empty: a problem; some: a warning); training data reports document ids that come with two texts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from densetune.data import beir
 from densetune.data.corpus import MERLIN_METADATA, CorpusError, load_corpus
 from densetune.data.formats import ReadStats, expand_paths, iter_chunks
 from densetune.data.qrels import count_document_file, evaluation_file_kind, read_query_file_qrels
 from densetune.errors import DataError
+from densetune.paths import path_problem
 
 
 @dataclass
@@ -76,6 +85,10 @@ class ValidationReport:
                 lines.append(f"{s.path}  [unreadable]  {s.problems} problem{'s' if s.problems != 1 else ''}")
                 continue
             lines.append(f"{s.path}  [{s.format}]")
+            if s.format in _OTHER_KINDS:
+                rows = [(note, count) for note, count in s.notes.items()] + [("problems", s.problems)]
+                lines += [f"  {k:<30} {v}" for k, v in rows]
+                continue
             rows = [("examples", s.examples), ("invalid records", s.invalid)]
             if s.format != "corpus":
                 rows += [
@@ -110,6 +123,9 @@ class ValidationReport:
                 f"FAILED: {len(self.errors)} problems in {bad} of {n_inputs} inputs ({self.examples} valid examples)"
             )
         return "\n".join(lines)
+
+
+_OTHER_KINDS = ("config", "run", "qrels")
 
 
 def _warn(n: int) -> str:
@@ -147,11 +163,13 @@ def _summarise_examples(
     errors: list[DataError] = []
     queries: set[int] = set()
     seen: set[int] = set()
+    doc_texts = _DocTexts()
     try:
         for chunk in iter_chunks(path, split=split, skip_invalid=True, stats=stats, cache_dir=cache_dir):
             for ex, rows in zip(chunk.examples, chunk.rows):
                 # documents are compared by id: corpus rows for documents given by id, else Doc.id
                 if rows is None:
+                    doc_texts.add(ex)
                     pos, neg = tuple(d.id for d in ex.positives), tuple(d.id for d in ex.negatives)
                 else:
                     pos, neg = tuple(rows[0].tolist()), tuple(rows[1].tolist())
@@ -182,6 +200,9 @@ def _summarise_examples(
     summary.unique_queries = len(queries)
     summary.corpora = dict(stats.corpora)
     summary.notes = stats.notes
+    conflicts = doc_texts.conflicts()
+    if conflicts:
+        summary.notes["document ids with two different texts"] = _warn(conflicts)
     errors = stats.errors + errors
     summary.problems = len(errors)
     return summary, errors
@@ -213,7 +234,7 @@ def _summarise_corpus(path: Path, cache_dir: str | Path | None) -> tuple[InputSu
         corpus = load_corpus(path, cache_dir=cache_dir)
         summary.corpora = {corpus.corpus_id: len(corpus)}
         summary.examples = 0
-        errors: list[DataError] = []
+        errors = _empty_documents(corpus, summary, path)
     except CorpusError as err:
         errors = err.errors
     except DataError as err:
@@ -259,19 +280,162 @@ def validate_paths(
                     )
                 for s in splits:
                     summary, errors = _summarise_examples(path, s, cache_dir, f"{path} (split {s})")
-                    report.inputs.append(summary)
-                    report.errors.extend(errors)
+                    _add(report, summary, errors, path)
                 continue
-            if path.is_file() and (kind := _evaluation_kind(path, report)):
-                report.inputs.append(_summarise_evaluation_file(path, kind, report))
+            if path.is_file() and (evaluation := _evaluation_kind(path)):
+                report.inputs.append(_summarise_evaluation_file(path, evaluation, report))
                 continue
-            summary, errors = _summarise_examples(path, "train", cache_dir, str(path))
-            report.inputs.append(summary)
-            report.errors.extend(errors)
+            kind = _file_kind(path)
+            if kind == "examples":
+                summary, errors = _summarise_examples(path, "train", cache_dir, str(path))
+            elif kind == "corpus":
+                summary, errors = _summarise_corpus(path, cache_dir)
+            else:
+                summary, errors = _summarise_other(path, kind)
+            _add(report, summary, errors, path)
     return report
 
 
-def _evaluation_kind(path: Path, report: ValidationReport) -> str | None:
+def _file_kind(path: Path) -> str:
+    """What a file given to validate holds, from its suffix and first line: ``config`` (YAML), ``run``,
+    ``qrels``, ``corpus`` (JSON lines of documents) or ``examples`` (training data, the default: its reader
+    says what is wrong with anything else)."""
+    if path_problem(path) is not None:
+        return "examples"
+    if path.suffix in (".yaml", ".yml"):
+        return "config"
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    first = text.split("\n", 1)[0].strip()
+    if not first:
+        return "examples"
+    if first[0] in "{[":
+        if first[0] == "{" and path.suffix == ".jsonl":
+            try:
+                obj = json.loads(first)
+            except json.JSONDecodeError:
+                return "examples"
+            if (
+                isinstance(obj, dict)
+                and {"_id", "id"} & obj.keys()
+                and "text" in obj
+                and not obj.keys() & _EXAMPLE_KEYS
+            ):
+                return "corpus"
+        return "examples"
+    parts = first.split("\t") if "\t" in first else first.split()
+    if len(parts) == 6 and parts[1] == "Q0":
+        return "run"
+    if len(parts) in (3, 4):
+        return "qrels"
+    return "examples"
+
+
+_EXAMPLE_KEYS = {"query", "question", "pos", "pos_doc", "positive_passages", "history", "corpus", "data"}
+
+
+def _summarise_other(path: Path, kind: str) -> tuple[InputSummary, list[DataError]]:
+    """A recipe, run or qrels file, read by the reader the commands use; counts go to ``notes``."""
+    from densetune.data.trec import read_qrels, read_run
+    from densetune.errors import ConfigError
+
+    summary = InputSummary(str(path), format=kind)
+    errors: list[DataError] = []
+    try:
+        if kind == "config":
+            from densetune.train.config import load_config
+
+            load_config(path)
+            summary.notes["recipe"] = "valid"
+        elif kind == "run":
+            run = read_run(path)
+            summary.notes["queries"] = len(run)
+            summary.notes["documents ranked"] = sum(len(d) for d in run.values())
+        else:
+            qrels = read_qrels(path)
+            summary.notes["queries"] = len(qrels)
+            summary.notes["judgements"] = sum(len(d) for d in qrels.values())
+    except ConfigError as err:  # the key is the file (YAML problems) or a dotted recipe key
+        where = err.key.startswith(str(path))
+        errors.append(
+            DataError(err.message, err.key) if where else DataError(err.message, path, field=err.key)
+        )
+    except DataError as err:
+        errors.append(err)
+    summary.problems = len(errors)
+    return summary, errors
+
+
+def _empty_documents(corpus, summary: InputSummary, path: Path) -> list[DataError]:
+    """Documents with no text, title or image: all of them is a problem (nothing to retrieve), some a
+    counted warning."""
+    empty = None
+    for name in ("text", "title", "image"):
+        if name in corpus.table.column_names:
+            none = pc.equal(pc.binary_length(corpus.table.column(name)), 0)
+            empty = none if empty is None else pc.and_(empty, none)
+    n_empty = int(pc.sum(empty).as_py() or 0) if empty is not None else 0
+    if n_empty and n_empty == len(corpus):
+        return [
+            DataError(f"all {n_empty} documents are empty (no text, title or image); expected texts", path)
+        ]
+    if n_empty:
+        summary.notes["empty documents"] = _warn(n_empty)
+    return []
+
+
+class _DocTexts:
+    """Document ids given with two different texts in inline training data (Tevatron ``docid``, NeMo
+    ``{"id", "text"}``); ids derived from the text cannot conflict and are skipped. Memory: 16 bytes per
+    distinct (id, text) pair, compacted as it grows."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.texts: list[int] = []
+        self.pairs = np.zeros((0, 2), dtype=np.int64)
+
+    def add(self, example) -> None:
+        for d in (*example.positives, *example.negatives):
+            if d.id and not d.id.startswith("txt-"):
+                self.ids.append(hash(d.id))
+                self.texts.append(hash((d.text, d.title, d.image)))
+        if len(self.ids) >= 1 << 20:
+            self._compact()
+
+    def _compact(self) -> None:
+        new = np.stack([np.array(self.ids, dtype=np.int64), np.array(self.texts, dtype=np.int64)], axis=1)
+        self.pairs = np.unique(np.concatenate([self.pairs, new]), axis=0)
+        self.ids, self.texts = [], []
+
+    def conflicts(self) -> int:
+        """How many ids came with more than one text."""
+        if self.ids:
+            self._compact()
+        _, counts = np.unique(self.pairs[:, 0], return_counts=True)
+        return int((counts > 1).sum())
+
+
+def _add(report: ValidationReport, summary: InputSummary, errors: list[DataError], path: Path) -> None:
+    """Record one input's counts and problems; an input that reads cleanly but yields no example is a
+    problem too (zero usable inputs never validates as OK)."""
+    if (
+        summary.format
+        and summary.format not in ("corpus", *_OTHER_KINDS)
+        and not summary.examples
+        and not errors
+    ):
+        errors = [
+            DataError(f"no usable examples ({', '.join(summary.notes) or 'nothing to train on'})", path)
+        ]
+        summary.problems = 1
+    report.inputs.append(summary)
+    report.errors.extend(errors)
+
+
+def _evaluation_kind(path: Path) -> str | None:
+    if path_problem(path) is not None:
+        return None  # a FIFO or device: never opened; the training-data reader names it
     try:
         return evaluation_file_kind(path)
     except DataError:
@@ -295,7 +459,10 @@ def _summarise_evaluation_file(path: Path, kind: str, report: ValidationReport) 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "paths", nargs="+", metavar="FILE_OR_DIR", help="training files, directories, BEIR datasets, corpora"
+        "paths",
+        nargs="+",
+        metavar="FILE_OR_DIR",
+        help="training files, directories, BEIR datasets, corpora (directories or .jsonl), TREC runs, qrels, YAML recipes",
     )
     parser.add_argument("--split", default=None, help="BEIR qrels split to check (default: all)")
     parser.add_argument(

@@ -57,7 +57,7 @@ class Precision:
 
 def cpu_bf16_features() -> list[str]:
     """The CPU's native bf16 instruction sets among AVX512-BF16 and AMX-BF16, as torch detects them
-    (``torch.cpu.get_capabilities``, torch >= 2.9; older torch reports none)."""
+    (``torch.cpu.get_capabilities``; a torch without it reports none)."""
     import torch
 
     get = getattr(torch.cpu, "get_capabilities", None)
@@ -96,7 +96,7 @@ def native_bf16(device: torch.device | str) -> tuple[bool, str]:
         if features:
             return False, "torch was built without oneDNN, which CPU bf16 kernels need"
         if not hasattr(torch.cpu, "get_capabilities"):
-            return False, f"torch {torch.__version__} cannot report CPU features (needs torch >= 2.9)"
+            return False, f"torch {torch.__version__} cannot report CPU features"
         return False, "the CPU has neither AVX512-BF16 nor AMX-BF16: bf16 would be emulated, slower than fp32"
     return False, f"native bf16 is not detected on {device.type} devices"
 

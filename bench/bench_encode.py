@@ -3,7 +3,7 @@
 Both embed the first ``--passages`` SciFact abstracts (title + " " + text) with all-MiniLM-L6-v2 (or
 ``--model``), at most 256 tokens each, in this process, alternating ``--rounds`` times so a shared machine's
 load falls on both alike. Each side runs as its user gets it without tuning: densetune as ``densetune encode``
-does (``load_encoder`` with ``--precision``, default auto: bf16 autocast where the CPU or GPU computes bf16
+does (``load_encoder`` with ``--precision``, default auto: bf16 weights where the CPU or GPU computes bf16
 natively; its default batch of 64, longest texts first), sentence-transformers with ``encode``'s defaults
 (batch 32, fp32; ``--peer-bf16`` casts its model to bf16, a tuning step its users must take themselves).
 The best round of each counts; the cosine between the two sides' vectors is printed as a sanity check.
@@ -98,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     a, b = vectors["densetune"], vectors["peer"]
     cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     rate = {k: len(texts) / v for k, v in best.items()}
-    precision = getattr(ours, "inference_precision", None)
+    autocast = getattr(ours, "inference_precision", None)
+    ours_mode = f"{autocast.name} autocast" if autocast else str(next(ours.parameters()).dtype).split(".")[-1]
 
     print(
         f"\nencode throughput: {Path(model_path).name}, {args.device}, {len(texts)} SciFact passages, "
         f"<= {args.max_length} tokens, best of {args.rounds} alternating rounds"
     )
     print(f"{'encoder':<58}{'seconds':>10}{'passages/s':>12}")
-    ours_name = f"densetune encode ({precision.name if precision else 'fp32'}, batch {args.batch})"
+    ours_name = f"densetune encode ({ours_mode}, batch {args.batch})"
     peer_name = (
         f"SentenceTransformer.encode ({'bf16' if args.peer_bf16 else 'fp32'}, batch {args.peer_batch})"
     )

@@ -89,6 +89,15 @@ def test_inference_precision_is_set_on_the_model(monkeypatch, capsys):
     assert "precision bf16 autocast on cpu" in capsys.readouterr().out
     stub = types.SimpleNamespace()  # an encoder without parameters: resolved for the CPU
     assert set_inference_precision(stub, "fp32").device_type == "cpu"
+    # a model loaded for inference only: bf16 weights instead of autocast, said so
+    owned = torch.nn.Linear(2, 2)
+    choice = set_inference_precision(owned, "bf16", owned=True)
+    assert choice.weights and owned.weight.dtype == torch.bfloat16 and not hasattr(owned, prec.INFERENCE_ATTR)
+    assert "precision bf16 weights on cpu: asked for" in capsys.readouterr().out
+    kept = torch.nn.Linear(2, 2)
+    assert (
+        not set_inference_precision(kept, "fp32", owned=True).weights and kept.weight.dtype == torch.float32
+    )
 
 
 def test_the_cli_argument():

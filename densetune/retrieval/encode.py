@@ -630,7 +630,8 @@ def load_encoder(
 ) -> Encoder:
     """A model folder/name -> :class:`densetune.models.biencoder.BiEncoder` on ``device`` (default: cuda if
     available); an object with ``encode_texts`` is returned as it is. ``precision`` (``auto`` | ``bf16`` |
-    ``fp32``): what its forwards run in (:func:`densetune.precision.set_inference_precision`); None: as it is."""
+    ``fp32``): what its forwards run in (:func:`densetune.precision.set_inference_precision`; a model loaded
+    here gets bf16 weights under bf16, an object passed in runs under autocast); None: as it is."""
     if not isinstance(model, (str, Path)):
         if not hasattr(model, "encode_texts"):
             raise DensetuneError(
@@ -649,7 +650,7 @@ def load_encoder(
         raise DensetuneError(f"{path}: could not load the model: {err}") from None
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     encoder = encoder.to(dev)
-    set_inference_precision(encoder, precision)
+    set_inference_precision(encoder, precision, owned=True)
     return encoder
 
 

@@ -371,7 +371,7 @@ def load_reranker(
         first = text.splitlines()[0] if text else type(err).__name__
         raise DensetuneError(f"--model {model}: cannot load a reranker: {first}") from None
     reranker = reranker.to(device).eval()
-    set_inference_precision(reranker, precision)
+    set_inference_precision(reranker, precision, owned=dtype is None)  # an explicit --dtype stays
     return reranker
 
 

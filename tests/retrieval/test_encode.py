@@ -248,7 +248,7 @@ def test_cli_encode_precision_real_minilm(minilm_path, beir_dir, tmp_path, capsy
         out = tmp_path / choice
         args = ["encode", "--model", minilm_path, "--corpus", str(beir_dir), "--out", str(out)]
         assert cli([*args, "--precision", choice]) == 0
-        assert f"precision {'bf16 autocast' if choice == 'bf16' else 'fp32'} on cpu: asked for" in (
+        assert f"precision {'bf16 weights' if choice == 'bf16' else 'fp32'} on cpu: asked for" in (
             capsys.readouterr().out
         )
         ids, emb = load_embeddings(out, "doc")

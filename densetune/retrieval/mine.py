@@ -35,6 +35,8 @@ from densetune.retrieval.negatives import (
 )
 from densetune.retrieval.search import SearchConfig
 
+RETRIEVERS = ("dense", "bm25")
+
 __all__ = [
     "FILL",
     "SAMPLING",
@@ -67,11 +69,14 @@ def mine(
     device: str | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    retriever: str = "dense",
+    bm25_config=None,
 ) -> MiningStats:
     """Mine hard negatives for a training file and write the result.
 
     Args:
-        model: model directory or an encoder object (:class:`densetune.retrieval.encode.Encoder`).
+        model: model directory or an encoder object (:class:`densetune.retrieval.encode.Encoder`); unused
+            (may be None) with ``retriever="bm25"``.
         data: training data in any format iter_examples reads, or a BEIR directory (with ``split``).
         out: output file.
         corpus: the corpus negatives come from (anything load_corpus reads); default: ``data`` when it is
@@ -88,6 +93,10 @@ def mine(
         search_config: candidate retrieval settings.
         cache_dir: corpus cache directory.
         show_progress: tqdm bars.
+        retriever: ``dense`` (the model's embeddings) or ``bm25`` (candidates and scores from BM25 over
+            the corpus texts, :mod:`densetune.retrieval.bm25`; the selection rules are the same, margins
+            apply to BM25 scores).
+        bm25_config: :class:`densetune.retrieval.bm25.BM25Config` for ``retriever="bm25"``.
 
     Returns:
         The :class:`MiningStats` (also printed by the command, and saved in ``OUT.mine.json``).
@@ -95,16 +104,12 @@ def mine(
     from densetune.data.beir import is_beir_dir
     from densetune.data.corpus import doc_text, load_corpus
     from densetune.data.formats import iter_examples, write_examples
-    from densetune.retrieval.encode import (
-        DocSource,
-        embed_texts,
-        encode_corpus,
-        encoder_meta,
-        load_embeddings,
-        load_encoder,
-    )
 
     config = config or MiningConfig()
+    if retriever not in RETRIEVERS:
+        raise DensetuneError(f"unknown retriever {retriever!r}; expected one of {', '.join(RETRIEVERS)}")
+    if retriever == "dense" and model is None:
+        raise DensetuneError("--model is required unless --retriever bm25")
     data = Path(data)
     if corpus is None:
         if not is_beir_dir(data):
@@ -116,8 +121,83 @@ def mine(
     for ex in examples:
         if not ex.positives:
             raise DataError("example has no positive document; mining needs one per query", ex.source or data)
-    search_config = search_config or SearchConfig()
     corpus_obj = load_corpus(corpus, cache_dir=cache_dir)
+    positive_keys = [
+        # a positive matches a corpus text rendered with its title, or its bare text
+        [k for p in ex.positives for k in {text_key(doc_text(p)), text_key(p.text)}]
+        for ex in examples
+    ]
+    query_keys = np.array([text_key(ex.query) for ex in examples], dtype=np.int64)
+    if retriever == "bm25":
+        from densetune.retrieval.bm25 import BM25Config, mine_bm25
+
+        bm25_config = bm25_config or BM25Config()
+        corpus_rows = np.arange(len(corpus_obj), dtype=np.int64)
+        mined = mine_bm25(
+            [ex.query for ex in examples],
+            [[p.id for p in ex.positives] for ex in examples],
+            corpus_obj,
+            config,
+            bm25_config,
+            doc_keys=_doc_keys(corpus_obj, corpus_rows),
+            query_keys=query_keys,
+            positive_keys=positive_keys,
+            show_progress=show_progress,
+        )
+        meta = {"model": f"bm25 (k1={bm25_config.k1}, b={bm25_config.b})"}
+    else:
+        corpus_rows, meta, mined = _mine_dense(
+            model, examples, corpus_obj, corpus, corpus_embeddings, config, search_config, batch_size,
+            max_length, device, query_keys, positive_keys, show_progress,
+        )  # fmt: skip
+
+    def with_negatives():
+        for ex, rows, scores, pos in zip(examples, mined.indices, mined.scores, mined.positive_scores):
+            if drop_empty and len(rows) == 0:
+                continue
+            ex.negatives = corpus_obj.docs(corpus_rows[rows])
+            if with_scores:
+                ex.pos_scores = [float(s) for s in pos]
+                ex.neg_scores = [float(s) for s in scores]
+            else:
+                ex.pos_scores = ex.neg_scores = None
+            yield ex
+
+    write_examples(with_negatives(), out, fmt)
+    report = {
+        "data": str(data),
+        "split": split,
+        "corpus": str(corpus),
+        "model": meta["model"],
+        "retriever": retriever,
+        "format": fmt,
+        "with_scores": with_scores,
+        "config": asdict(config),
+        "stats": mined.stats.to_dict(),
+        "dropped_empty": mined.stats.empty_queries if drop_empty else 0,
+    }
+    Path(str(out) + ".mine.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return mined.stats
+
+
+def _mine_dense(
+    model, examples, corpus_obj, corpus, corpus_embeddings, config, search_config, batch_size, max_length,
+    device, query_keys, positive_keys, show_progress,
+):  # fmt: skip
+    """Dense candidates: encode (or reuse) the corpus and the queries, then the selection rules.
+
+    Returns ``(corpus_rows, meta, mined)``: rows of the corpus table in embedding order, the encoder's
+    metadata, and the :class:`MinedNegatives` (rows index the embeddings)."""
+    from densetune.retrieval.encode import (
+        DocSource,
+        embed_texts,
+        encode_corpus,
+        encoder_meta,
+        load_embeddings,
+        load_encoder,
+    )
+
+    search_config = search_config or SearchConfig()
     encoder = load_encoder(model, device=device)
     meta = encoder_meta(
         encoder, str(Path(model).resolve()) if isinstance(model, (str, Path)) else "", max_length
@@ -150,12 +230,6 @@ def mine(
         raise DataError(
             f"embedding id {missing!r} is not in the corpus {corpus}; re-encode the corpus", corpus_embeddings
         )
-    # column 0: the text the model sees (title + text); column 1: the bare text, which is what a query
-    # copied from the corpus usually holds (ArguAna-style)
-    doc_keys = np.empty((len(doc_ids), 2), dtype=np.int64)
-    for start in range(0, len(doc_ids), 8192):
-        docs = corpus_obj.docs(corpus_rows[start : start + 8192])
-        doc_keys[start : start + len(docs)] = [(text_key(doc_text(d)), text_key(d.text)) for d in docs]
 
     query_emb = embed_texts(
         encoder,
@@ -183,42 +257,26 @@ def mine(
         doc_ids,
         config,
         positive_scores=positive_scores,
-        doc_keys=doc_keys,
-        query_keys=np.array([text_key(ex.query) for ex in examples], dtype=np.int64),
-        # a positive matches a corpus text rendered with its title, or its bare text
-        positive_keys=[
-            [k for p in ex.positives for k in {text_key(doc_text(p)), text_key(p.text)}] for ex in examples
-        ],
+        doc_keys=_doc_keys(corpus_obj, corpus_rows),
+        query_keys=query_keys,
+        positive_keys=positive_keys,
         search_config=search_config,
         show_progress=show_progress,
     )
 
-    def with_negatives():
-        for ex, rows, scores, pos in zip(examples, mined.indices, mined.scores, mined.positive_scores):
-            if drop_empty and len(rows) == 0:
-                continue
-            ex.negatives = corpus_obj.docs(corpus_rows[rows])
-            if with_scores:
-                ex.pos_scores = [float(s) for s in pos]
-                ex.neg_scores = [float(s) for s in scores]
-            else:
-                ex.pos_scores = ex.neg_scores = None
-            yield ex
+    return corpus_rows, meta, mined
 
-    write_examples(with_negatives(), out, fmt)
-    report = {
-        "data": str(data),
-        "split": split,
-        "corpus": str(corpus),
-        "model": meta["model"],
-        "format": fmt,
-        "with_scores": with_scores,
-        "config": asdict(config),
-        "stats": mined.stats.to_dict(),
-        "dropped_empty": mined.stats.empty_queries if drop_empty else 0,
-    }
-    Path(str(out) + ".mine.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    return mined.stats
+
+def _doc_keys(corpus_obj, corpus_rows: np.ndarray) -> np.ndarray:
+    """Text keys [N, 2] of the corpus rows: column 0 the text the model sees (title + text); column 1 the
+    bare text, which is what a query copied from the corpus usually holds (ArguAna-style)."""
+    from densetune.data.corpus import doc_text
+
+    doc_keys = np.empty((len(corpus_rows), 2), dtype=np.int64)
+    for start in range(0, len(corpus_rows), 8192):
+        docs = corpus_obj.docs(corpus_rows[start : start + 8192])
+        doc_keys[start : start + len(docs)] = [(text_key(doc_text(d)), text_key(d.text)) for d in docs]
+    return doc_keys
 
 
 def _embed_corpus(encoder, corpus_obj, batch_size, max_length, show_progress) -> np.ndarray:
@@ -290,7 +348,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     from densetune.retrieval.search import INDEX_TYPES
 
     d = MiningConfig()
-    parser.add_argument("--model", required=True, help="model directory used to retrieve candidates")
+    parser.add_argument("--model", help="model directory used to retrieve candidates (--retriever dense)")
     parser.add_argument(
         "--data", required=True, help="training data (any supported format) or BEIR directory"
     )
@@ -348,6 +406,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--index", choices=INDEX_TYPES, default="exact", help="candidate search (default: exact)"
     )
+    parser.add_argument(
+        "--retriever",
+        choices=RETRIEVERS,
+        default="dense",
+        help="candidates from the model (dense, default) or BM25 over the corpus texts (no model needed)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
@@ -388,6 +452,7 @@ def main(args: argparse.Namespace) -> int:
         search_config=SearchConfig(index=args.index, device=args.device),
         device=args.device,
         cache_dir=args.cache_dir,
+        retriever=args.retriever,
     )
     print(stats.summary())
     print(

@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mine": ("densetune.retrieval.mine", "mine hard negatives for training data"),
     "score": ("densetune.retrieval.score", "add teacher scores from a reranker to training data"),
     "rerank": ("densetune.retrieval.rerank", "rerank a retrieval run with a cross-encoder"),
+    "export": ("densetune.export", "export a bi-encoder or cross-encoder to ONNX, checked against torch"),
     "quickstart": ("densetune.quickstart", "data -> baseline -> mine -> train -> evaluate, in one command"),
 }
 

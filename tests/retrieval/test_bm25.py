@@ -191,3 +191,15 @@ def test_scifact_bm25_ndcg_is_in_the_beir_range(scifact_dir, tmp_path):
     run = bm25_run(qids, queries, docs.ids, docs.texts(0, len(docs)), 100)
     means, _ = evaluate_run(run, read_qrels(scifact_dir / "qrels" / "test.tsv"), ["ndcg@10"])
     assert 0.64 <= means["ndcg@10"] <= 0.71
+
+
+def test_cli_search_bm25_on_plain_files(tmp_path):
+    """The files encode reads: a NeMo document file and a query file (not a BEIR directory)."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"doc_id": f"d{i}", "pos_doc": t}) + "\n" for i, t in enumerate(DOCS)))
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text(json.dumps({"query_id": "q", "query": "cherry fig"}) + "\n")
+    out = tmp_path / "run"
+    assert cli(["search", "--bm25", "--corpus", str(docs), "--queries", str(queries), "--out", str(out)]) == 0
+    run = read_run(out)
+    assert max(run["q"], key=run["q"].get) == "d2" and set(run["q"]) == {"d1", "d2"}

@@ -15,7 +15,8 @@ After writing, the export is checked: the fp32 graph must reproduce the torch mo
 (embeddings after densetune's pooling and normalisation, or reranker logits) on texts of varied lengths,
 else the command fails. The int8 file's deviation is printed, not checked (quantisation changes scores).
 
-Decoder (LLM) rerankers, which score the "Yes" token of a causal LM, are not exported.
+Not exported: decoder (LLM) rerankers, which score the "Yes" token of a causal LM, and bi-encoders with
+separate query and passage towers.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def model_kind(path: str | Path) -> str:
     from densetune.models.crossencoder import CONFIG_NAME, _detect_kind
 
     path = Path(path)
+    if (path / "query_encoder").is_dir():
+        # one ONNX graph is one transformer: what sentence-transformers' backend="onnx" loads
+        raise DensetuneError(f"{path}: models with separate query and passage towers are not exported yet")
     if not (path / "config.json").is_file():
         raise DataError("not a model folder; expected config.json", path)
     from transformers import AutoConfig
@@ -124,17 +128,20 @@ def export_graph(backbone: nn.Module, tokenizer, kind: str, out_file: Path) -> l
         # opset-9 style indexing; export_onnx checks the result on other shapes instead of trusting them
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator")
-        torch.onnx.export(
-            _Graph(backbone, names, output),
-            tuple(sample[n] for n in names),
-            str(out_file),
-            input_names=names,
-            output_names=[output],
-            dynamic_axes=axes,
-            opset_version=OPSET,
-            do_constant_folding=True,
-            dynamo=False,  # the TorchScript exporter: no onnxscript dependency, dynamic axes as given
-        )
+        try:
+            torch.onnx.export(
+                _Graph(backbone, names, output),
+                tuple(sample[n] for n in names),
+                str(out_file),
+                input_names=names,
+                output_names=[output],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,  # the TorchScript exporter: no onnxscript dependency, dynamic axes as given
+            )
+        except Exception as err:  # the exporter raises many types; the user needs one line
+            raise DensetuneError(f"ONNX export of {type(backbone).__name__} failed: {err}") from None
     return names
 
 

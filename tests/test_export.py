@@ -86,6 +86,9 @@ def test_errors(tmp_path, tiny_bi):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DensetuneError, match="config.json"):
         export_onnx(tmp_path / "empty", tmp_path / "o")
+    (tmp_path / "towers" / "query_encoder").mkdir(parents=True)
+    with pytest.raises(DensetuneError, match="separate query and passage towers"):
+        export_onnx(tmp_path / "towers", tmp_path / "o")
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

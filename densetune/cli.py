@@ -25,10 +25,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("densetune.train.recipe", "train a bi-encoder or LLM embedder from a YAML recipe"),
     "encode": ("densetune.retrieval.encode", "embed queries or a corpus into .npy + .ids"),
     "search": ("densetune.retrieval.search", "top-k search over encoded embeddings; writes a TREC run"),
+    "fuse": ("densetune.retrieval.fuse", "reciprocal rank fusion of TREC runs (e.g. BM25 + dense)"),
     "evaluate": ("densetune.retrieval.evaluate", "nDCG / MRR / Recall / MAP of a run against qrels"),
     "mine": ("densetune.retrieval.mine", "mine hard negatives for training data"),
     "score": ("densetune.retrieval.score", "add teacher scores from a reranker to training data"),
     "rerank": ("densetune.retrieval.rerank", "rerank a retrieval run with a cross-encoder"),
+    "export": ("densetune.export", "export a bi-encoder or cross-encoder to ONNX, checked against torch"),
     "quickstart": ("densetune.quickstart", "data -> baseline -> mine -> train -> evaluate, in one command"),
 }
 

@@ -1,7 +1,7 @@
 """The package's imports point one way, down the path data takes.
 
 The layers, lowest first (docs/ARCHITECTURE.md draws the same order): shared helpers, data, models,
-losses, retrieval, train, validate (it checks recipes too), quickstart, cli; the seed-API modules
+losses, retrieval, export, train, validate (it checks recipes too), quickstart, cli; the seed-API modules
 (``densetune.compat``) sit on top and the core never imports them. Every ``import`` counts, function-level ones included, since a lazy import that
 points up still ties the lower layer to the upper one.
 """
@@ -21,6 +21,7 @@ LAYERS = [
     "models",
     "losses",
     "retrieval",
+    "export",
     "train",
     "validate",
     "quickstart",

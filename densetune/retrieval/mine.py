@@ -39,6 +39,8 @@ from densetune.retrieval.negatives import (
 )
 from densetune.retrieval.search import SearchConfig
 
+RETRIEVERS = ("dense", "bm25")
+
 __all__ = [
     "FILL",
     "SAMPLING",
@@ -71,12 +73,15 @@ def mine(
     device: str | None = None,
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
+    retriever: str = "dense",
+    bm25_config=None,
     precision: str | None = None,
 ) -> MiningStats:
     """Mine hard negatives for a training file and write the result.
 
     Args:
-        model: model directory or an encoder object (:class:`densetune.retrieval.encode.Encoder`).
+        model: model directory or an encoder object (:class:`densetune.retrieval.encode.Encoder`); unused
+            (may be None) with ``retriever="bm25"``.
         data: training data in any format iter_examples reads, or a BEIR directory (with ``split``).
         out: output file.
         corpus: the corpus negatives come from (anything load_corpus reads); default: ``data`` when it is
@@ -93,7 +98,15 @@ def mine(
         search_config: candidate retrieval settings.
         cache_dir: corpus cache directory.
         show_progress: tqdm bars.
+        retriever: ``dense`` (the model's embeddings) or ``bm25`` (candidates and scores from BM25 over
+            the corpus texts, :mod:`densetune.retrieval.bm25`; the selection rules are the same, margins
+            apply to BM25 scores).
+        bm25_config: :class:`densetune.retrieval.bm25.BM25Config` for ``retriever="bm25"``.
         precision: ``auto`` | ``bf16`` | ``fp32`` for the model's forwards (:mod:`densetune.precision`).
+
+    Under torchrun each rank mines a contiguous slice of the queries against the whole corpus (random
+    sampling and fill seeded by the global query index, so the result equals one process's), the corpus is
+    encoded by all ranks together, and rank 0 writes.
 
     Returns:
         The :class:`MiningStats` (also printed by the command, and saved in ``OUT.mine.json``).
@@ -101,17 +114,9 @@ def mine(
     from densetune.data.beir import is_beir_dir
     from densetune.data.corpus import doc_text, load_corpus
     from densetune.data.formats import iter_examples, write_examples
-    from densetune.retrieval.encode import (
-        DEFAULT_SHARD_SIZE,
-        DocSource,
-        encode_corpus,
-        encoder_meta,
-        load_embeddings,
-        load_encoder,
-        read_meta,
-    )
 
     config = config or MiningConfig()
+    _check_retriever(retriever, model)
     data = Path(data)
     if corpus is None:
         if not is_beir_dir(data):
@@ -123,13 +128,105 @@ def mine(
     for ex in examples:
         if not ex.positives:
             raise DataError("example has no positive document; mining needs one per query", ex.source or data)
-    search_config = search_config or SearchConfig()
     corpus_obj = load_corpus(corpus, cache_dir=cache_dir)
-    # Under torchrun each rank mines a contiguous slice of the queries against the whole corpus (seeded by
-    # the global query index) and rank 0 writes; the corpus is encoded by all ranks together.
     rank, world = distributed.rank(), distributed.world_size()
     lo, hi = len(examples) * rank // world, len(examples) * (rank + 1) // world
     local = examples[lo:hi]
+    positive_keys = [
+        # a positive matches a corpus text rendered with its title, or its bare text
+        [k for p in ex.positives for k in {text_key(doc_text(p)), text_key(p.text)}]
+        for ex in local
+    ]
+    query_keys = np.array([text_key(ex.query) for ex in local], dtype=np.int64)
+    if retriever == "bm25":
+        from densetune.retrieval.bm25 import BM25Config, mine_bm25
+
+        bm25_config = bm25_config or BM25Config()
+        corpus_rows = np.arange(len(corpus_obj), dtype=np.int64)
+        mined = mine_bm25(
+            [ex.query for ex in local],
+            [[p.id for p in ex.positives] for ex in local],
+            corpus_obj,
+            config,
+            bm25_config,
+            doc_keys=_doc_keys(corpus_obj, corpus_rows),
+            query_keys=query_keys,
+            positive_keys=positive_keys,
+            show_progress=show_progress,
+            query_offset=lo,
+        )
+        meta = {"model": f"bm25 (k1={bm25_config.k1}, b={bm25_config.b})"}
+    else:
+        corpus_rows, meta, mined = _mine_dense(
+            model, local, corpus_obj, corpus, corpus_embeddings, config, search_config, batch_size,
+            max_length, device, precision, query_keys, positive_keys, show_progress,
+            query_offset=lo, query_cache="mine_query" if world == 1 else f"mine_query.{lo}-{hi}",
+        )  # fmt: skip
+    if world > 1:
+        mined = MinedNegatives.concat(distributed.gather_objects(mined, world))
+        if rank != 0:
+            distributed.barrier()  # rank 0 writes
+            return mined.stats
+
+    def with_negatives():
+        for ex, rows, scores, pos in zip(examples, mined.indices, mined.scores, mined.positive_scores):
+            if drop_empty and len(rows) == 0:
+                continue
+            ex.negatives = corpus_obj.docs(corpus_rows[rows])
+            if with_scores:
+                ex.pos_scores = [float(s) for s in pos]
+                ex.neg_scores = [float(s) for s in scores]
+            else:
+                ex.pos_scores = ex.neg_scores = None
+            yield ex
+
+    write_examples(with_negatives(), out, fmt)
+    report = {
+        "data": str(data),
+        "split": split,
+        "corpus": str(corpus),
+        "model": meta["model"],
+        "retriever": retriever,
+        "format": fmt,
+        "with_scores": with_scores,
+        "config": asdict(config),
+        "stats": mined.stats.to_dict(),
+        "dropped_empty": mined.stats.empty_queries if drop_empty else 0,
+    }
+    write_text_atomic(str(out) + ".mine.json", json.dumps(report, indent=2))
+    distributed.barrier()
+    return mined.stats
+
+
+def _check_retriever(retriever: str, model) -> None:
+    if retriever not in RETRIEVERS:
+        raise DensetuneError(f"unknown retriever {retriever!r}; expected one of {', '.join(RETRIEVERS)}")
+    if retriever == "dense" and model is None:
+        raise DensetuneError("--model is required unless --retriever bm25")
+
+
+def _mine_dense(
+    model, examples, corpus_obj, corpus, corpus_embeddings, config, search_config, batch_size, max_length,
+    device, precision, query_keys, positive_keys, show_progress, *, query_offset=0, query_cache="mine_query",
+):  # fmt: skip
+    """Dense candidates: encode (or reuse) the corpus and the queries, then the selection rules.
+
+    ``examples`` are this process's queries (``query_offset``: the global index of the first); the query
+    embeddings are kept as ``corpus_embeddings/{query_cache}.npy`` when a directory is given.
+
+    Returns ``(corpus_rows, meta, mined)``: rows of the corpus table in embedding order, the encoder's
+    metadata, and the :class:`MinedNegatives` (rows index the embeddings)."""
+    from densetune.retrieval.encode import (
+        DEFAULT_SHARD_SIZE,
+        DocSource,
+        encode_corpus,
+        encoder_meta,
+        load_embeddings,
+        load_encoder,
+        read_meta,
+    )
+
+    search_config = search_config or SearchConfig()
     encoder = load_encoder(model, device=device, precision=precision)
     meta = encoder_meta(
         encoder, str(Path(model).resolve()) if isinstance(model, (str, Path)) else "", max_length
@@ -167,18 +264,12 @@ def mine(
         raise DataError(
             f"embedding id {missing!r} is not in the corpus {corpus}; re-encode the corpus", corpus_embeddings
         )
-    # column 0: the text the model sees (title + text); column 1: the bare text, which is what a query
-    # copied from the corpus usually holds (ArguAna-style)
-    doc_keys = np.empty((len(doc_ids), 2), dtype=np.int64)
-    for start in range(0, len(doc_ids), 8192):
-        docs = corpus_obj.docs(corpus_rows[start : start + 8192])
-        doc_keys[start : start + len(docs)] = [(text_key(doc_text(d)), text_key(d.text)) for d in docs]
 
     query_emb = _query_embeddings(
         encoder,
-        [ex.query for ex in local],
+        [ex.query for ex in examples],
         corpus_embeddings,
-        "mine_query" if world == 1 else f"mine_query.{lo}-{hi}",
+        query_cache,
         meta,
         batch_size,
         max_length,
@@ -186,7 +277,7 @@ def mine(
     )
     positive_scores = _example_positive_scores(
         encoder,
-        local,
+        examples,
         query_emb,
         doc_ids,
         doc_emb,
@@ -197,54 +288,32 @@ def mine(
     )
     mined = mine_hard_negatives(
         query_emb,
-        [[p.id for p in ex.positives] for ex in local],
+        [[p.id for p in ex.positives] for ex in examples],
         doc_emb,
         doc_ids,
         config,
         positive_scores=positive_scores,
-        doc_keys=doc_keys,
-        query_keys=np.array([text_key(ex.query) for ex in local], dtype=np.int64),
-        # a positive matches a corpus text rendered with its title, or its bare text
-        positive_keys=[
-            [k for p in ex.positives for k in {text_key(doc_text(p)), text_key(p.text)}] for ex in local
-        ],
+        doc_keys=_doc_keys(corpus_obj, corpus_rows),
+        query_keys=query_keys,
+        positive_keys=positive_keys,
         search_config=search_config,
         show_progress=show_progress,
-        query_offset=lo,
+        query_offset=query_offset,
     )
-    if world > 1:
-        mined = MinedNegatives.concat(distributed.gather_objects(mined, world))
-        if rank != 0:
-            distributed.barrier()  # rank 0 writes
-            return mined.stats
 
-    def with_negatives():
-        for ex, rows, scores, pos in zip(examples, mined.indices, mined.scores, mined.positive_scores):
-            if drop_empty and len(rows) == 0:
-                continue
-            ex.negatives = corpus_obj.docs(corpus_rows[rows])
-            if with_scores:
-                ex.pos_scores = [float(s) for s in pos]
-                ex.neg_scores = [float(s) for s in scores]
-            else:
-                ex.pos_scores = ex.neg_scores = None
-            yield ex
+    return corpus_rows, meta, mined
 
-    write_examples(with_negatives(), out, fmt)
-    report = {
-        "data": str(data),
-        "split": split,
-        "corpus": str(corpus),
-        "model": meta["model"],
-        "format": fmt,
-        "with_scores": with_scores,
-        "config": asdict(config),
-        "stats": mined.stats.to_dict(),
-        "dropped_empty": mined.stats.empty_queries if drop_empty else 0,
-    }
-    write_text_atomic(str(out) + ".mine.json", json.dumps(report, indent=2))
-    distributed.barrier()
-    return mined.stats
+
+def _doc_keys(corpus_obj, corpus_rows: np.ndarray) -> np.ndarray:
+    """Text keys [N, 2] of the corpus rows: column 0 the text the model sees (title + text); column 1 the
+    bare text, which is what a query copied from the corpus usually holds (ArguAna-style)."""
+    from densetune.data.corpus import doc_text
+
+    doc_keys = np.empty((len(corpus_rows), 2), dtype=np.int64)
+    for start in range(0, len(corpus_rows), 8192):
+        docs = corpus_obj.docs(corpus_rows[start : start + 8192])
+        doc_keys[start : start + len(docs)] = [(text_key(doc_text(d)), text_key(d.text)) for d in docs]
+    return doc_keys
 
 
 def _query_embeddings(
@@ -355,7 +424,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     from densetune.retrieval.search import INDEX_TYPES
 
     d = MiningConfig()
-    parser.add_argument("--model", required=True, help="model directory used to retrieve candidates")
+    parser.add_argument("--model", help="model directory used to retrieve candidates (--retriever dense)")
     parser.add_argument(
         "--data", required=True, help="training data (any supported format) or BEIR directory"
     )
@@ -413,6 +482,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--index", choices=INDEX_TYPES, default="exact", help="candidate search (default: exact)"
     )
+    parser.add_argument(
+        "--retriever",
+        choices=RETRIEVERS,
+        default="dense",
+        help="candidates from the model (dense, default) or BM25 over the corpus texts (no model needed)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
@@ -441,6 +516,7 @@ def main(args: argparse.Namespace) -> int:
     device = args.device
     if world > 1 and device != "cpu" and torch.cuda.is_available():
         device = f"cuda:{local_rank}"
+    _check_retriever(args.retriever, args.model)  # argument errors before output ones
     for path in (args.out, f"{args.out}.mine.json"):
         check_output(path, args.overwrite)
     if args.with_scores and args.format != "flag" and rank == 0:
@@ -463,6 +539,7 @@ def main(args: argparse.Namespace) -> int:
         device=device,
         cache_dir=args.cache_dir,
         precision=args.precision,
+        retriever=args.retriever,
     )
     if rank == 0:
         print(stats.summary())

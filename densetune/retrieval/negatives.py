@@ -4,7 +4,8 @@ Selection, for each query (all rules vectorised over blocks of queries, :func:`s
 
 1. Candidates: the query's top ``range_max + max positives + 8`` documents by exact chunked search
    (:func:`densetune.retrieval.search.search`), so the corpus may be a memory-mapped float16 ``doc.npy``
-   far larger than RAM and no ``[queries, corpus]`` score matrix is ever held.
+   far larger than RAM and no ``[queries, corpus]`` score matrix is ever held; or by any other retriever
+   (:func:`mine_with_retriever`: BM25 in :mod:`densetune.retrieval.bm25`), the rules below unchanged.
 2. Never a negative: every positive (by id, or by text when texts are given), a document whose text equals
    the query's text, and a repeat of an earlier candidate (same id or same text; the best-ranked copy is
    kept).
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -421,10 +422,54 @@ def mine_hard_negatives(
     config = config or MiningConfig()
     search_config = search_config or SearchConfig()
     n_queries, n_docs = query_emb.shape[0], doc_emb.shape[0]
-    if len(positive_ids) != n_queries:
-        raise DensetuneError(f"{len(positive_ids)} positive lists for {n_queries} queries")
     if len(doc_ids) != n_docs:
         raise DensetuneError(f"{len(doc_ids)} doc ids for {n_docs} document embeddings")
+    normalize = search_config.normalize
+    return mine_with_retriever(
+        lambda depth: search(query_emb, doc_emb, depth, search_config, show_progress=show_progress),
+        lambda i, rows: _similarity(query_emb[i], doc_emb[rows], normalize),
+        n_queries,
+        positive_ids,
+        doc_ids,
+        config,
+        positive_scores=positive_scores,
+        doc_keys=doc_keys,
+        query_keys=query_keys,
+        positive_keys=positive_keys,
+        query_offset=query_offset,
+    )
+
+
+def mine_with_retriever(
+    retrieve: Callable[[int], tuple[np.ndarray, np.ndarray]],
+    score: Callable[[int, np.ndarray], np.ndarray],
+    n_queries: int,
+    positive_ids: Sequence[Sequence[str]],
+    doc_ids: Sequence[str],
+    config: MiningConfig | None = None,
+    *,
+    positive_scores: Sequence[Sequence[float]] | None = None,
+    doc_keys: np.ndarray | None = None,
+    query_keys: np.ndarray | Sequence[int] | None = None,
+    positive_keys: Sequence[Sequence[int]] | None = None,
+    query_offset: int = 0,
+) -> MinedNegatives:
+    """The selection rules over any retriever: what :func:`mine_hard_negatives` does with dense search,
+    and ``densetune mine --retriever bm25`` with BM25.
+
+    Args:
+        retrieve: ``depth -> (scores [Q, depth], rows [Q, depth])``, rows by descending score, -1 for an
+            empty slot (as :func:`densetune.retrieval.search.search` returns).
+        score: ``(query index, document rows) -> scores``, the retriever's score of given documents (for
+            positives and ``fill``), on the scale ``retrieve`` returns.
+        n_queries: number of queries.
+        positive_ids, doc_ids, config, positive_scores, doc_keys, query_keys, positive_keys, query_offset: as
+            in :func:`mine_hard_negatives`.
+    """
+    config = config or MiningConfig()
+    n_docs = len(doc_ids)
+    if len(positive_ids) != n_queries:
+        raise DensetuneError(f"{len(positive_ids)} positive lists for {n_queries} queries")
     if doc_keys is not None and len(doc_keys) != n_docs:
         raise DensetuneError(f"{len(doc_keys)} doc keys for {n_docs} documents")
     if positive_scores is not None and len(positive_scores) != n_queries:
@@ -436,7 +481,7 @@ def mine_hard_negatives(
     doc_canon = np.fromiter((row_of[d] for d in doc_ids), dtype=np.int64, count=n_docs)
     positive_rows = [[row_of.get(str(p), -1) for p in ps] for ps in positive_ids]
 
-    pos_scores = _positive_scores(query_emb, doc_emb, positive_rows, positive_scores, search_config.normalize)
+    pos_scores = _positive_scores(score, positive_rows, positive_scores)
     floor = np.array([np.nanmin(s) if np.isfinite(s).any() else np.nan for s in pos_scores], dtype=np.float64)
     if config.uses_positive_scores and np.isnan(floor).any():
         bad = int(np.flatnonzero(np.isnan(floor))[0])
@@ -446,7 +491,7 @@ def mine_hard_negatives(
         )
     max_pos = max((len(p) for p in positive_ids), default=0)
     depth = min(n_docs, config.range_max + max_pos + _DEPTH_SLACK)
-    cand_scores, cand_rows = search(query_emb, doc_emb, depth, search_config, show_progress=show_progress)
+    cand_scores, cand_rows = retrieve(depth)
 
     stats = MiningStats(queries=n_queries, requested=config.num_negatives)
     rows: list[np.ndarray] = []
@@ -470,8 +515,8 @@ def mine_hard_negatives(
         rows.extend(r)
         scores.extend(s)
     if config.fill == "random":
-        _fill_random(rows, scores, config, query_emb, doc_emb, doc_canon, cand_rows, positive_rows, floor,
-                     search_config.normalize, doc_keys, qkeys, positive_keys, stats, query_offset)  # fmt: skip
+        _fill_random(rows, scores, config, score, n_docs, doc_canon, cand_rows, positive_rows, floor,
+                     doc_keys, qkeys, positive_keys, stats, query_offset)  # fmt: skip
     got = np.array([len(r) for r in rows], dtype=np.int64)
     stats.negatives = int(got.sum())
     stats.short_queries = int((got < config.num_negatives).sum())
@@ -482,7 +527,7 @@ def mine_hard_negatives(
 
 
 def _fill_random(
-    rows, scores, config, query_emb, doc_emb, doc_canon, cand_rows, positive_rows, floor, normalize,
+    rows, scores, config, score, n_docs, doc_canon, cand_rows, positive_rows, floor,
     doc_keys, query_keys, positive_keys, stats, query_offset=0,
 ) -> None:  # fmt: skip
     """Top up short queries in place with random corpus rows (module docstring, step 6), scored by the model.
@@ -490,7 +535,6 @@ def _fill_random(
     A drawn document must pass what a mined one passes except the rank window: not a positive, the query's
     text, a repeat or an earlier-ranked candidate (ranks below ``range_max``), and the score filters.
     """
-    n_docs = doc_emb.shape[0]
     keys = None
     if doc_keys is not None:
         keys = np.asarray(doc_keys, dtype=np.int64)
@@ -516,13 +560,13 @@ def _fill_random(
             if canon in banned or (keys is not None and bad_keys.intersection(keys[canon].tolist())):
                 continue
             banned.add(canon)
-            score = float(_similarity(query_emb[i], doc_emb[canon : canon + 1], normalize)[0])
-            if any(bool(mask) for mask, _ in _score_rules(np.float64(score), np.float64(floor[i]), config)):
+            value = float(score(i, np.array([canon]))[0])
+            if any(bool(mask) for mask, _ in _score_rules(np.float64(value), np.float64(floor[i]), config)):
                 continue
             if keys is not None:
                 bad_keys.add(int(keys[canon, 0]))
             added.append(canon)
-            added_scores.append(score)
+            added_scores.append(value)
             if len(added) == missing:
                 break
         if added:
@@ -532,7 +576,7 @@ def _fill_random(
             stats.filled += len(added)
 
 
-def _positive_scores(query_emb, doc_emb, positive_rows, given, normalize: bool) -> list[np.ndarray]:
+def _positive_scores(score, positive_rows, given) -> list[np.ndarray]:
     if given is not None:
         return [np.asarray(s, dtype=np.float32).reshape(-1) for s in given]
     out = []
@@ -540,7 +584,7 @@ def _positive_scores(query_emb, doc_emb, positive_rows, given, normalize: bool) 
         s = np.full(len(rows), np.nan, dtype=np.float32)
         found = [j for j, r in enumerate(rows) if r >= 0]
         if found:
-            s[found] = _similarity(query_emb[i], doc_emb[np.array([rows[j] for j in found])], normalize)
+            s[found] = score(i, np.array([rows[j] for j in found]))
         out.append(s)
     return out
 

@@ -28,6 +28,7 @@ import torch
 
 from densetune.errors import DensetuneError
 from densetune.paths import add_overwrite_argument, check_output
+from densetune.retrieval import bm25
 
 INDEX_TYPES = ("exact", "flat", "ivf", "hnsw")
 
@@ -334,6 +335,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--queries", required=True, help="directory with query.npy + query.ids (densetune encode)"
     )
     parser.add_argument("--corpus", required=True, help="directory with doc.npy + doc.ids (densetune encode)")
+    # --bm25 [--k1 --b]: texts instead of embeddings (densetune/retrieval/bm25.py)
+    bm25.add_arguments(parser)
+    parser.add_argument("--split", default="test", help="qrels split of a BEIR --queries dir (--bm25 only)")
     parser.add_argument("--out", required=True, help="TREC run file to write")
     parser.add_argument("--top-k", type=int, default=100, help="documents per query (default: 100)")
     parser.add_argument(
@@ -364,6 +368,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.bm25:
+        return bm25.search_main(args)
     from densetune.data.trec import write_run
     from densetune.retrieval.encode import load_embeddings
 

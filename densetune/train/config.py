@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from densetune.config import TARGET, apply_overrides, check_arguments, load_yaml, locate
+from densetune.config import TARGET, apply_overrides, check_arguments, closest_keys, load_yaml, locate
 from densetune.errors import ConfigError
 
 # ----------------------------------------------------------------------------------------------------
@@ -121,7 +121,8 @@ class DataConfig:
         train: files, directories, globs or BEIR folders of training data, any supported format (detected
             from content).
         split: the qrels split used for BEIR folders.
-        skip_invalid: skip bad records (counted in a report) instead of stopping at the first.
+        skip_invalid: skip bad records (counted in a report) instead of stopping at the first; also leaves
+            out rows without negatives where the selector's mode needs some (counted as ``no_negatives``).
         cache_dir: where the memory-mapped Arrow copy of the data goes; null = ``$DENSETUNE_CACHE`` or
             ``~/.cache/densetune``.
         num_workers: DataLoader worker processes (0: load in the training process).
@@ -379,7 +380,8 @@ def _reject_unknown(raw: dict[str, Any], fields: dict[str, Any], prefix: str) ->
     if unknown:
         where = ", ".join(prefix + u for u in unknown)
         valid = ", ".join(prefix + n for n in fields)
-        raise ConfigError(where, f"unknown key; valid keys here: {valid}")
+        hint = closest_keys(str(unknown[0]), fields, prefix)
+        raise ConfigError(where, f"unknown key; {hint}valid keys here: {valid}")
 
 
 def from_dict(data: dict[str, Any]) -> RecipeConfig:
@@ -585,7 +587,8 @@ def _check_loss_kind(cfg: RecipeConfig) -> None:
         raise ConfigError(
             "eval.rerank_run",
             "a cross-encoder cannot search eval.beir_dir's whole corpus: give a first-stage TREC run to rerank "
-            "(densetune search / evaluate --save-run), or set eval.beir_dir=null",
+            "(`densetune search ... --out RUN`, or `densetune evaluate --model M --data DIR --save-dir OUT` "
+            "writes OUT/run.trec), or set eval.beir_dir=null",
         )
 
 

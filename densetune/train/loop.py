@@ -28,6 +28,7 @@ from densetune.train import checkpoint as ckpt
 from densetune.train.config import RecipeConfig, diff_configs, model_loader_kwargs, save_config
 from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_curves
 from densetune.train.optim import build_optimizer, build_scheduler, lr_factor, warmup_steps
+from densetune.train.preflight import preflight
 from densetune.train.sharding import (
     apply_fsdp,
     gather_objects,
@@ -96,6 +97,9 @@ class TrainRecipe:
         1. seeds and the resume decision: the checkpoint's sidecar is read before anything heavy, so a
            resume that cannot be exact fails at once; the seed precedes the model so LoRA's random init
            is the same on every rank (FSDP does not broadcast weights);
+        1b. the pre-flight (:mod:`densetune.train.preflight`): every input file the run will read (train,
+           dev, evaluation corpus / queries / qrels, rerank run) is read and checked before the model
+           loads, so a bad line costs seconds, not a loaded model and the steps before the first evaluation;
         2. the model (and its DDP / FSDP wrapping): the data needs its tokenizer;
         3. the data: the schedule needs the number of batches per epoch;
         4. the optimizer and schedule: they need the (wrapped) parameters and the step count;
@@ -105,6 +109,7 @@ class TrainRecipe:
         """
         _seed_everything(self.cfg.seed)
         self._setup_resume()
+        self.inputs = preflight(self.cfg)
         self.log = MetricsLogger(
             self.out_dir,
             enabled=self.is_main,
@@ -210,14 +215,12 @@ class TrainRecipe:
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         from densetune.data.dataset import RetrievalTrainDataset
-        from densetune.data.store import load_examples
 
         dcfg = self.cfg.data
-        store = load_examples(
-            dcfg.train, skip_invalid=dcfg.skip_invalid, cache_dir=dcfg.cache_dir, split=dcfg.split
+        self.selector = self.inputs.selector
+        self.dataset = RetrievalTrainDataset(
+            self.inputs.train_store, self.selector, exclude=self.inputs.skip_rows
         )
-        self.selector = instantiate(dcfg.selector, "data.selector", seed=self.cfg.seed)
-        self.dataset = RetrievalTrainDataset(store, self.selector)
         self.sampler = instantiate(
             dcfg.sampler,
             "data.sampler",
@@ -282,15 +285,8 @@ class TrainRecipe:
 
         from densetune.data.dataset import RetrievalTrainDataset
         from densetune.data.groups import GroupSelector
-        from densetune.data.store import load_examples
 
-        dcfg = self.cfg.data
-        store = load_examples(
-            self.cfg.eval.dev,
-            skip_invalid=dcfg.skip_invalid,
-            cache_dir=dcfg.cache_dir,
-            split=self.cfg.eval.dev_split,
-        )
+        store = self.inputs.dev_store
         # dev groups read as training groups do: the same task instructions, if any
         selector = GroupSelector(
             self.cfg.eval.dev_n_passages,

@@ -380,7 +380,7 @@ def _reject_unknown(raw: dict[str, Any], fields: dict[str, Any], prefix: str) ->
     if unknown:
         where = ", ".join(prefix + u for u in unknown)
         valid = ", ".join(prefix + n for n in fields)
-        hint = closest_keys(str(unknown[0]), fields, prefix)
+        hint = "".join(closest_keys(str(u), fields, prefix) for u in unknown)
         raise ConfigError(where, f"unknown key; {hint}valid keys here: {valid}")
 
 

@@ -9,6 +9,7 @@ Launched by ``torchrun`` it trains with DDP (or FSDP2 with ``train.fsdp=true``);
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import time
@@ -692,8 +693,8 @@ class TrainRecipe:
                 f"frozen {len(self.unused)} parameter(s) the embeddings never use: {', '.join(self.unused[:4])}"
             )
         self._say(f"output: {self.out_dir}")
-        if self.log.tensorboard_note:
-            self._say(self.log.tensorboard_note)
+        if self.log.tensorboard_note:  # nothing to act on: shown with densetune -v
+            logging.getLogger("densetune.train").info(self.log.tensorboard_note)
 
     def _print_summary(self, s: dict[str, Any]) -> None:
         loss = f"{s['final_loss']:.4f}" if s["final_loss"] is not None else "n/a"

@@ -638,7 +638,8 @@ def check_components(cfg: RecipeConfig) -> list[str]:
 
 
 def model_loader_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
-    """Keyword arguments for the model loader: the model section plus the collator's prefixes and lengths."""
+    """Keyword arguments for the model loader: the model section plus the collator's prefixes and lengths
+    (the longer of the collator's two lengths is the model's one inference limit for both)."""
     mcfg = cfg.model
     kwargs: dict[str, Any] = {
         "pooling": mcfg.pooling,
@@ -658,6 +659,12 @@ def model_loader_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
     ):
         if collator.get(key):
             kwargs[arg] = collator[key]
+    lengths = [kwargs[k] for k in ("max_query_len", "max_passage_len") if k in kwargs]
+    if lengths:
+        # The collator truncates training texts itself; the model's limits are for encoding at evaluation
+        # and after export, where queries and passages share one limit (sentence-transformers has one):
+        # set both to the longer, so the numbers reported in training are the exported model's.
+        kwargs["max_query_len"] = kwargs["max_passage_len"] = max(lengths)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs.update(mcfg.kwargs)
     return kwargs

@@ -222,6 +222,8 @@ class TrainConfig:
             do not fit one GPU); otherwise DDP when launched with torchrun.
         find_unused_parameters: DDP option, for models with parameters that get no gradient.
         progress_bar: show a tqdm progress bar on rank 0.
+        ignore_memory_check: start even when the estimated peak memory (printed at start) exceeds the
+            device's memory; by default such a run is refused with the figure and the settings that lower it.
     """
 
     batch_size: int = 16
@@ -237,6 +239,7 @@ class TrainConfig:
     fsdp: bool = False
     find_unused_parameters: bool = False
     progress_bar: bool = True
+    ignore_memory_check: bool = False
 
 
 @dataclass

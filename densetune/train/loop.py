@@ -28,6 +28,7 @@ from densetune.errors import ConfigError
 from densetune.train import checkpoint as ckpt
 from densetune.train.config import RecipeConfig, diff_configs, model_loader_kwargs, save_config
 from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_curves
+from densetune.train.memory import GIB, check_memory, device_memory, estimate_memory
 from densetune.train.optim import build_optimizer, build_scheduler, lr_factor, warmup_steps
 from densetune.train.preflight import preflight
 from densetune.train.sharding import (
@@ -119,6 +120,7 @@ class TrainRecipe:
             resume_step=self.state.step if self._resume_from else None,
         )
         self._setup_model()
+        self._check_memory()
         _seed_everything(self.cfg.seed + self.rank)  # dropout differs per rank; data order uses the base seed
         self._setup_data()
         self._setup_optimizer()
@@ -205,6 +207,19 @@ class TrainRecipe:
             )
         else:
             self.model = raw
+
+    def _check_memory(self) -> None:
+        """Estimate the step's peak memory per device (:mod:`densetune.train.memory`) and refuse a run that
+        cannot fit, before any data is batched or step is run."""
+        self.memory = estimate_memory(
+            self.raw_model,
+            self.cfg,
+            group_size=self.inputs.selector.group_size,
+            bf16=self.use_bf16,
+            world_size=self.world_size,
+        )
+        self.device_memory = device_memory(self.device)
+        check_memory(self.memory, self.device_memory, self.cfg, self.global_batch_size)
 
     def _setup_data(self) -> None:
         """Examples -> groups (selector) -> batches of indices (sampler, this rank's shard) -> tensors (collator).
@@ -683,6 +698,8 @@ class TrainRecipe:
             f"accumulation = {self.global_batch_size} queries per optimizer step (global batch), each with "
             f"{self.selector.group_size} documents"
         )
+        room = f" of {self.device_memory / GIB:.1f} GiB" if self.device_memory else ""
+        self._say(f"memory: estimated peak {self.memory.describe()} per device{room}")
         self._say(
             f"data: {len(self.dataset):,} groups, {self.batches_per_epoch} batches per epoch per device, "
             f"{self.steps_per_epoch} steps per epoch; {self.total_steps} steps in total "

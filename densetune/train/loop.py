@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 import warnings
@@ -42,6 +43,10 @@ from densetune.train.sharding import (
 from densetune.train.steps import EmbeddingStep, RerankerStep, build_step, group_metrics, is_reranker
 
 Batch = dict[str, Any]
+# Environment variables capping every run's optimizer steps and per-device batch: smoke runs of any recipe
+# (README: "Testing the documentation"; tests/test_docs.py runs every documented command with them).
+MAX_STEPS_ENV = "DENSETUNE_MAX_STEPS"
+MAX_BATCH_ENV = "DENSETUNE_MAX_BATCH"
 
 
 class TrainRecipe:
@@ -60,6 +65,10 @@ class TrainRecipe:
     """
 
     def __init__(self, cfg: RecipeConfig):
+        cap = _env_cap(MAX_BATCH_ENV)
+        if cap is not None and cap < cfg.train.batch_size:
+            print(f"{MAX_BATCH_ENV}={cap}: train.batch_size {cfg.train.batch_size} -> {cap}", flush=True)
+            cfg.train.batch_size = cap
         self.cfg = cfg
         self.out_dir = Path(cfg.output.dir)
         self.ckpt_root = self.out_dir / "checkpoints"
@@ -276,6 +285,10 @@ class TrainRecipe:
         accum = self.cfg.train.grad_accum_steps
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
         self.total_steps = self.cfg.train.max_steps or self.cfg.train.epochs * self.steps_per_epoch
+        cap = _env_cap(MAX_STEPS_ENV)
+        if cap is not None and cap < self.total_steps:
+            self._say(f"{MAX_STEPS_ENV}={cap}: training stops after {cap} of {self.total_steps} steps")
+            self.total_steps = cap
         self.state.total_steps = self.total_steps
         self.dev_loader = self._build_dev_loader()
 
@@ -756,6 +769,16 @@ class _Window:
         """Count a batch's queries and real (non-padding) tokens (read on CPU, before the copy)."""
         self.samples += samples
         self.tokens += tokens
+
+
+def _env_cap(name: str) -> int | None:
+    """A positive integer from the environment variable ``name``, or None when it is not set."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(name, f"expected a positive integer in the environment variable, got {value!r}")
+    return int(value)
 
 
 def _seed_everything(seed: int) -> None:

@@ -100,3 +100,20 @@ def test_estimate_is_close_to_the_measured_peak_of_minilm(tmp_path, minilm_path)
     ratio = result["estimate"] / result["peak"]
     print(f"estimate {result['estimate'] / 2**30:.2f} GiB, measured peak {result['peak'] / 2**30:.2f} GiB")
     assert 0.7 < ratio < 1.5, result
+
+
+def test_environment_caps_steps_and_batch(tmp_path, tiny_bert, monkeypatch):
+    """DENSETUNE_MAX_STEPS / DENSETUNE_MAX_BATCH (the docs test's smoke runs) cap any recipe."""
+    train = make_inline_data(tmp_path / "train.jsonl", 16)
+    cfg = tiny_recipe(tiny_bert, train, tmp_path / "out", train={"batch_size": 8, "max_steps": 5})
+    config = write_yaml(tmp_path / "r.yaml", cfg)
+    monkeypatch.setenv("DENSETUNE_MAX_STEPS", "2")
+    monkeypatch.setenv("DENSETUNE_MAX_BATCH", "4")
+    recipe = TrainRecipe(load_config(config, []))
+    recipe.setup()
+    recipe.train()
+    recipe.cleanup()
+    assert (recipe.cfg.train.batch_size, recipe.total_steps, recipe.state.step) == (4, 2, 2)
+    monkeypatch.setenv("DENSETUNE_MAX_BATCH", "four")
+    with pytest.raises(ConfigError, match="DENSETUNE_MAX_BATCH"):
+        TrainRecipe(load_config(config, []))

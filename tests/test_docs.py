@@ -45,6 +45,10 @@ SKIP = {
     "torchrun --nproc_per_node=2": "torchrun with more than one process",
     # the SciFact benchmark: 81 minutes of training, and the peer (sentence-transformers) run
     "python bench/bench_scifact_finetune.py": "hours on a CPU",
+    # a decoder LLM from a GGUF file: dequantising SmolLM2 and one step cost ~100 s of CPU, a third of this
+    # test's budget; tests/train/test_bge_icl_recipe.py trains this recipe on the same model, and
+    # test_smollm2_folder_command_works_without_importing_the_package runs its model.path=$(...) command
+    "densetune train configs/bge_icl_smollm2.yaml": "about 100 s of CPU (GGUF dequantising); tested elsewhere",
 }
 
 # Hub ids the documented commands and recipes name: each is served by the bundled MiniLM.

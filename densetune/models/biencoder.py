@@ -242,6 +242,11 @@ class BiEncoder(nn.Module):
             self, [len(t) for t in texts], batch_size, step, out, desc="encode", show_progress=show_progress
         )
 
+    @property
+    def inference_max_len(self) -> int:
+        """The one token limit a saved folder keeps for queries and passages: the larger of the two."""
+        return max(int(self.config.max_query_len), int(self.config.max_passage_len))
+
     # ------------------------------------------------------------------ training helpers
     def gradient_checkpointing_enable(self) -> None:
         """Recompute activations in backward (non-reentrant, so it composes with LoRA and grad caching)."""
@@ -376,7 +381,12 @@ class BiEncoder(nn.Module):
         for name, tower in self.towers().items():
             loading.save_backbone(tower, out if self.passage_encoder is None else out / name)
         self.tokenizer.save_pretrained(out)
-        loading.write_json(out / CONFIG_NAME, asdict(self.config))
+        saved = asdict(self.config)
+        # sentence-transformers has one token limit for queries and passages; the folder keeps one too, so
+        # densetune and sentence-transformers truncate a query alike (the longer limit: nothing cut that
+        # either side was configured to read)
+        saved["max_query_len"] = saved["max_passage_len"] = self.inference_max_len
+        loading.write_json(out / CONFIG_NAME, saved)
         if self.passage_encoder is None:
             self._write_sentence_transformers_files(out)
         (out / "README.md").write_text(self._model_card(model_card or {}), encoding="utf-8")
@@ -397,10 +407,9 @@ class BiEncoder(nn.Module):
             )
             (out / "2_Normalize").mkdir(exist_ok=True)
         loading.write_json(out / "modules.json", modules)
-        # sentence-transformers has one length limit: the passage one (queries are usually shorter).
         loading.write_json(
             out / "sentence_bert_config.json",
-            {"max_seq_length": self.config.max_passage_len, "do_lower_case": False},
+            {"max_seq_length": self.inference_max_len, "do_lower_case": False},
         )
         st_mode = to_sentence_transformers(self.config.pooling)
         pooling = {"word_embedding_dimension": self.embedding_dim}
@@ -438,7 +447,11 @@ class BiEncoder(nn.Module):
             ("normalized", cfg.normalize),
             ("similarity", "cosine" if cfg.normalize else "dot product"),
             ("towers", "shared" if self.passage_encoder is None else "separate query / passage"),
-            ("max query / passage tokens", f"{cfg.max_query_len} / {cfg.max_passage_len}"),
+            (
+                "max tokens",
+                f"{self.inference_max_len} for queries and passages alike, in densetune and in "
+                "sentence-transformers (max_seq_length); longer texts are truncated",
+            ),
             ("query prefix", json.dumps(self.format_text("", is_query=True))),
             ("passage prefix", json.dumps(self.format_text("", is_query=False))),
         ]

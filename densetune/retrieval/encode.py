@@ -640,12 +640,11 @@ def load_encoder(
         set_inference_precision(model, precision)
         return model
     from densetune.models.biencoder import BiEncoder
+    from densetune.retrieval.score import check_model_path
 
-    path = Path(model)
-    if not path.exists():
-        raise DataError("model not found; expected a model directory", path)
+    path = check_model_path(str(model))  # a folder, or a hub id (from the local cache when offline)
     try:
-        encoder = BiEncoder.from_pretrained(str(path))
+        encoder = BiEncoder.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise DensetuneError(f"{path}: could not load the model: {err}") from None
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")

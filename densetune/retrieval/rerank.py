@@ -170,6 +170,31 @@ def rerank_beir(
     return evaluate(qrels, new_run, tuple(metrics))
 
 
+def check_run_ids(
+    run: Run, queries: Mapping[str, str], corpus: Any, top_k: int, run_path: str | Path
+) -> None:
+    """Check, before any scoring, that every query of ``run`` and its top ``top_k`` documents are known.
+
+    What :func:`rerank_run` would find batch by batch; the training loop's pre-flight calls this so a bad
+    run stops the run before the model loads.
+
+    Raises:
+        DataError: the first unknown query or document id, with the run file's line.
+    """
+    import numpy as np
+
+    pairs = []
+    for qid, docs in run.items():
+        if qid not in queries:
+            raise _unknown_id(run_path, qid, None, f"query id {qid!r} is not in the dataset's queries")
+        pairs += [(qid, did) for did in ranked_documents(docs)[:top_k]]
+    rows = corpus.rows([did for _, did in pairs]) if pairs else np.zeros(0, dtype=np.int64)
+    missing = np.flatnonzero(rows < 0)
+    if missing.size:
+        qid, did = pairs[int(missing[0])]
+        raise _unknown_id(run_path, qid, did, f"document id {did!r} is not in the corpus")
+
+
 def _unknown_id(run_path: str | Path | None, qid: str, did: str | None, message: str) -> DataError:
     """A DataError at the run line holding this query (and document) id."""
     line = None

@@ -345,7 +345,7 @@ def check_model_path(model: str, option: str = "--model") -> str:
         raise DensetuneError(f"{option} {model}: expected a model folder, got a file")
     if re.fullmatch(r"[A-Za-z0-9_][\w.-]*/[\w.-]+", model):
         return model
-    raise DensetuneError(f"{option} {model}: model folder not found")
+    raise DensetuneError(f"{option} {model}: model not found; expected a model folder or a hub id (org/name)")
 
 
 def load_reranker(

@@ -31,7 +31,15 @@ from typing import Any
 
 import yaml
 
-from densetune.config import TARGET, apply_overrides, check_arguments, load_yaml, locate, signature_defaults
+from densetune.config import (
+    TARGET,
+    apply_overrides,
+    check_arguments,
+    closest_keys,
+    load_yaml,
+    locate,
+    signature_defaults,
+)
 from densetune.errors import ConfigError
 
 logger = logging.getLogger("densetune.train")
@@ -126,7 +134,8 @@ class DataConfig:
         train: files, directories, globs or BEIR folders of training data, any supported format (detected
             from content).
         split: the qrels split used for BEIR folders.
-        skip_invalid: skip bad records (counted in a report) instead of stopping at the first.
+        skip_invalid: skip bad records (counted in a report) instead of stopping at the first; also leaves
+            out rows without negatives where the selector's mode needs some (counted as ``no_negatives``).
         cache_dir: where the memory-mapped Arrow copy of the data goes; null = ``$DENSETUNE_CACHE`` or
             ``~/.cache/densetune``.
         num_workers: DataLoader worker processes (0: load in the training process).
@@ -232,6 +241,8 @@ class TrainConfig:
             without a host sync per step (the last checkpoint stays the last good one); ``skip`` drops
             that step's update and goes on (one host sync per step, to decide before the optimizer step).
             Either way a non-finite model is never saved or exported.
+        ignore_memory_check: start even when the estimated peak memory (printed at start) exceeds the
+            device's memory; by default such a run is refused with the figure and the settings that lower it.
     """
 
     batch_size: int = 16
@@ -248,6 +259,7 @@ class TrainConfig:
     find_unused_parameters: bool = False
     progress_bar: bool = True
     on_nonfinite: str = _choice("stop", "stop", "skip")
+    ignore_memory_check: bool = False
 
 
 @dataclass
@@ -397,7 +409,8 @@ def _reject_unknown(raw: dict[str, Any], fields: dict[str, Any], prefix: str) ->
     if unknown:
         where = ", ".join(prefix + u for u in unknown)
         valid = ", ".join(prefix + n for n in fields)
-        raise ConfigError(where, f"unknown key; valid keys here: {valid}")
+        hint = "".join(closest_keys(str(u), fields, prefix) for u in unknown)
+        raise ConfigError(where, f"unknown key; {hint}valid keys here: {valid}")
 
 
 # Classic NeMo's names for the number of hard negatives per query (SBERT's model.data.hard_negatives_to_train,
@@ -638,7 +651,8 @@ def _check_loss_kind(cfg: RecipeConfig) -> None:
         raise ConfigError(
             "eval.rerank_run",
             "a cross-encoder cannot search eval.beir_dir's whole corpus: give a first-stage TREC run to rerank "
-            "(densetune search / evaluate --save-run), or set eval.beir_dir=null",
+            "(`densetune search ... --out RUN`, or `densetune evaluate --model M --data DIR --save-dir OUT` "
+            "writes OUT/run.trec), or set eval.beir_dir=null",
         )
 
 
@@ -688,7 +702,8 @@ def check_components(cfg: RecipeConfig) -> list[str]:
 
 
 def model_loader_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
-    """Keyword arguments for the model loader: the model section plus the collator's prefixes and lengths."""
+    """Keyword arguments for the model loader: the model section plus the collator's prefixes and lengths
+    (the longer of the collator's two lengths is the model's one inference limit for both)."""
     mcfg = cfg.model
     kwargs: dict[str, Any] = {
         "pooling": mcfg.pooling,
@@ -708,6 +723,12 @@ def model_loader_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
     ):
         if collator.get(key):
             kwargs[arg] = collator[key]
+    lengths = [kwargs[k] for k in ("max_query_len", "max_passage_len") if k in kwargs]
+    if lengths:
+        # The collator truncates training texts itself; the model's limits are for encoding at evaluation
+        # and after export, where queries and passages share one limit (sentence-transformers has one):
+        # set both to the longer, so the numbers reported in training are the exported model's.
+        kwargs["max_query_len"] = kwargs["max_passage_len"] = max(lengths)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs.update(mcfg.kwargs)
     return kwargs

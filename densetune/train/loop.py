@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import math
 import os
 import random
@@ -31,7 +32,9 @@ from densetune.precision import resolve_precision
 from densetune.train import checkpoint as ckpt
 from densetune.train.config import RecipeConfig, diff_configs, model_loader_kwargs, save_config
 from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_curves
+from densetune.train.memory import GIB, check_memory, device_memory, estimate_memory
 from densetune.train.optim import build_optimizer, build_scheduler, lr_factor, warmup_steps
+from densetune.train.preflight import preflight
 from densetune.train.rundir import OutputDir, new_run_id
 from densetune.train.sharding import (
     apply_fsdp,
@@ -42,6 +45,10 @@ from densetune.train.sharding import (
 from densetune.train.steps import EmbeddingStep, RerankerStep, build_step, group_metrics, is_reranker
 
 Batch = dict[str, Any]
+# Environment variables capping every run's optimizer steps and per-device batch: smoke runs of any recipe
+# (README: "Testing the documentation"; tests/test_docs.py runs every documented command with them).
+MAX_STEPS_ENV = "DENSETUNE_MAX_STEPS"
+MAX_BATCH_ENV = "DENSETUNE_MAX_BATCH"
 
 
 class TrainRecipe:
@@ -60,6 +67,10 @@ class TrainRecipe:
     """
 
     def __init__(self, cfg: RecipeConfig):
+        cap = _env_cap(MAX_BATCH_ENV)
+        if cap is not None and cap < cfg.train.batch_size:
+            print(f"{MAX_BATCH_ENV}={cap}: train.batch_size {cfg.train.batch_size} -> {cap}", flush=True)
+            cfg.train.batch_size = cap
         self.cfg = cfg
         self.out_dir = Path(cfg.output.dir)
         self.ckpt_root = self.out_dir / "checkpoints"
@@ -99,6 +110,9 @@ class TrainRecipe:
         1. seeds and the resume decision: the checkpoint's sidecar is read before anything heavy, so a
            resume that cannot be exact fails at once; the seed precedes the model so LoRA's random init
            is the same on every rank (FSDP does not broadcast weights);
+        1b. the pre-flight (:mod:`densetune.train.preflight`): every input file the run will read (train,
+           dev, evaluation corpus / queries / qrels, rerank run) is read and checked before the model
+           loads, so a bad line costs seconds, not a loaded model and the steps before the first evaluation;
         2. the model (and its DDP / FSDP wrapping): the data needs its tokenizer;
         3. the data: the schedule needs the number of batches per epoch;
         4. the optimizer and schedule: they need the (wrapped) parameters and the step count;
@@ -110,6 +124,7 @@ class TrainRecipe:
             self._claim_output_dir()
         _seed_everything(self.cfg.seed)
         self._setup_resume()
+        self.inputs = preflight(self.cfg)
         self.log = MetricsLogger(
             self.out_dir,
             enabled=self.is_main,
@@ -123,6 +138,7 @@ class TrainRecipe:
                 "after the checkpoint this run resumes from"
             )
         self._setup_model()
+        self._check_memory()
         _seed_everything(self.cfg.seed + self.rank)  # dropout differs per rank; data order uses the base seed
         self._setup_data()
         self._setup_optimizer()
@@ -238,6 +254,19 @@ class TrainRecipe:
         else:
             self.model = raw
 
+    def _check_memory(self) -> None:
+        """Estimate the step's peak memory per device (:mod:`densetune.train.memory`) and refuse a run that
+        cannot fit, before any data is batched or step is run."""
+        self.memory = estimate_memory(
+            self.raw_model,
+            self.cfg,
+            group_size=self.inputs.selector.group_size,
+            bf16=self.use_bf16,
+            world_size=self.world_size,
+        )
+        self.device_memory = device_memory(self.device)
+        check_memory(self.memory, self.device_memory, self.cfg, self.global_batch_size)
+
     def _setup_data(self) -> None:
         """Examples -> groups (selector) -> batches of indices (sampler, this rank's shard) -> tensors (collator).
 
@@ -248,14 +277,12 @@ class TrainRecipe:
         from torchdata.stateful_dataloader import StatefulDataLoader
 
         from densetune.data.dataset import RetrievalTrainDataset
-        from densetune.data.store import load_examples
 
         dcfg = self.cfg.data
-        store = load_examples(
-            dcfg.train, skip_invalid=dcfg.skip_invalid, cache_dir=dcfg.cache_dir, split=dcfg.split
+        self.selector = self.inputs.selector
+        self.dataset = RetrievalTrainDataset(
+            self.inputs.train_store, self.selector, exclude=self.inputs.skip_rows
         )
-        self.selector = instantiate(dcfg.selector, "data.selector", seed=self.cfg.seed)
-        self.dataset = RetrievalTrainDataset(store, self.selector)
         self.sampler = instantiate(
             dcfg.sampler,
             "data.sampler",
@@ -295,6 +322,10 @@ class TrainRecipe:
         accum = self.cfg.train.grad_accum_steps
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
         self.total_steps = self.cfg.train.max_steps or self.cfg.train.epochs * self.steps_per_epoch
+        cap = _env_cap(MAX_STEPS_ENV)
+        if cap is not None and cap < self.total_steps:
+            self._say(f"{MAX_STEPS_ENV}={cap}: training stops after {cap} of {self.total_steps} steps")
+            self.total_steps = cap
         self.state.total_steps = self.total_steps
         self.dev_loader = self._build_dev_loader()
 
@@ -320,15 +351,8 @@ class TrainRecipe:
 
         from densetune.data.dataset import RetrievalTrainDataset
         from densetune.data.groups import GroupSelector
-        from densetune.data.store import load_examples
 
-        dcfg = self.cfg.data
-        store = load_examples(
-            self.cfg.eval.dev,
-            skip_invalid=dcfg.skip_invalid,
-            cache_dir=dcfg.cache_dir,
-            split=self.cfg.eval.dev_split,
-        )
+        store = self.inputs.dev_store
         # dev groups read as training groups do: the same task instructions, if any
         selector = GroupSelector(
             self.cfg.eval.dev_n_passages,
@@ -776,6 +800,8 @@ class TrainRecipe:
             f"accumulation = {self.global_batch_size} queries per optimizer step (global batch), each with "
             f"{self.selector.group_size} documents"
         )
+        room = f" of {self.device_memory / GIB:.1f} GiB" if self.device_memory else ""
+        self._say(f"memory: estimated peak {self.memory.describe()} per device{room}")
         self._say(
             f"data: {len(self.dataset):,} groups, {self.batches_per_epoch} batches per epoch per device, "
             f"{self.steps_per_epoch} steps per epoch; {self.total_steps} steps in total "
@@ -786,8 +812,8 @@ class TrainRecipe:
                 f"frozen {len(self.unused)} parameter(s) the embeddings never use: {', '.join(self.unused[:4])}"
             )
         self._say(f"output: {self.out_dir}")
-        if self.log.tensorboard_note:
-            self._say(self.log.tensorboard_note)
+        if self.log.tensorboard_note:  # nothing to act on: shown with densetune -v
+            logging.getLogger("densetune.train").info(self.log.tensorboard_note)
 
     def _print_summary(self, s: dict[str, Any]) -> None:
         loss = f"{s['final_loss']:.4f}" if s["final_loss"] is not None else "n/a"
@@ -943,6 +969,16 @@ def _save_atomically(model: nn.Module, out: Path, card: dict[str, Any]) -> None:
         os.replace(out, old)
         shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, out)
+
+
+def _env_cap(name: str) -> int | None:
+    """A positive integer from the environment variable ``name``, or None when it is not set."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(name, f"expected a positive integer in the environment variable, got {value!r}")
+    return int(value)
 
 
 def _seed_everything(seed: int) -> None:

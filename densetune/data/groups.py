@@ -79,8 +79,8 @@ calls once document texts are resolved.
 from __future__ import annotations
 
 import dataclasses
-import json
 import hashlib
+import json
 import logging
 import math
 import operator

@@ -51,6 +51,9 @@ DROP_REASONS = ("filtered_min", "filtered_margin", "no_negatives")
 # Counts of each RetrievalTrainDataset.task_report entry (report has all but "capped", kept in .capped).
 TASK_REPORT_KEYS = ("examples", "kept", *DROP_REASONS, "capped")
 _SCAN_BATCH = 2048
+# Examples read between two store.release_pages() calls: bounds the cache pages a pass keeps in RSS (~2 KB an
+# inline example: ~256 MB) while costing one re-map per ~10 s of reading.
+_RELEASE_EVERY = 1 << 17
 # Part of the prefilter cache key: bump it when what select() drops for the same settings changes.
 _PREFILTER_VERSION = 1
 
@@ -98,6 +101,7 @@ class RetrievalTrainDataset(Dataset):
         self.store = store
         self.selector = selector
         self.epoch = 0
+        self._read = 0  # examples read since the store's pages were last released
         self.indices: np.ndarray | None = None
         codes, names = store.task_codes()
         selector.check_tasks(names)
@@ -132,6 +136,7 @@ class RetrievalTrainDataset(Dataset):
     def __getitems__(self, items: Sequence[int]) -> list[Group]:
         """Groups of several items, their documents resolved together (one lookup per corpus)."""
         chosen: list[tuple[Group, Example]] = []
+        self._count_read(len(items))
         for i in items:
             j = self.store_index(int(i))
             example = self.store[j]  # documents by id come without text: select on ids, resolve the chosen
@@ -143,6 +148,14 @@ class RetrievalTrainDataset(Dataset):
                 )
             chosen.append((group, example))
         return [self.selector.format(group) for group in self._resolve(chosen)]
+
+    def _count_read(self, n: int) -> None:
+        """Release the store's mapped pages every :data:`_RELEASE_EVERY` examples read (page cache bounded by
+        what was read lately, not by the cache's size)."""
+        self._read += n
+        if self._read >= _RELEASE_EVERY and hasattr(self.store, "release_pages"):
+            self.store.release_pages()
+            self._read = 0
 
     def _resolve(self, chosen: list[tuple[Group, Example]]) -> list[Group]:
         # Gather the documents still without text, per corpus, and resolve each corpus' set in one call
@@ -228,6 +241,7 @@ class RetrievalTrainDataset(Dataset):
         codes = np.zeros(stop - start, dtype=np.int8)
         try:
             for first in range(start, stop, _SCAN_BATCH):
+                self._count_read(min(_SCAN_BATCH, stop - first))
                 for offset, example in enumerate(self.store.batch(first, min(first + _SCAN_BATCH, stop))):
                     before = [stats.get(r, 0) for r in DROP_REASONS]
                     if self.selector.select(example, 0, first + offset) is None:

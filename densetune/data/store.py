@@ -181,6 +181,20 @@ class ExampleStore:
             index += n
         return out
 
+    def release_pages(self) -> None:
+        """Map the cache files afresh, so the file pages a long pass touched leave this process's RSS.
+
+        A memory-mapped page stays in the process's RSS once read, until the mapping goes; a pass over a
+        10M-example cache would otherwise hold the whole cache (~17 GB) as RSS. The kernel keeps the pages
+        in its page cache (a re-read is cheap) and can reclaim them. Examples already decoded are unaffected.
+        """
+        for p in self._parts:
+            p.table = open_table(p.entry / "examples.arrow")
+            if p.inline is not None:
+                known = dict(p.inline._non_empty)  # which columns are all empty: no need to look again
+                p.inline = inline_corpus(p.entry / "docs.arrow")
+                p.inline._non_empty.update(known)
+
     def entries(self) -> list[tuple[Path, int, int]]:
         """``(cache entry directory, first index, stop index)`` of each input: where per-input results that
         depend only on the data (a selector's prefilter) can be kept next to the examples."""

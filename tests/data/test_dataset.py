@@ -171,6 +171,24 @@ def test_a_start_from_a_built_cache_decodes_no_example(tmp_path, monkeypatch, n)
     assert decoded[0] == n and other.report == first.report
 
 
+def test_pages_are_released_as_a_pass_reads_and_groups_stay_the_same(tmp_path, monkeypatch):
+    import densetune.data.dataset as dataset_mod
+    from densetune.data.store import ExampleStore
+
+    records = [{"query": f"q{i}", "pos_doc": f"p{i}", "neg_doc": [f"n{i}", f"m{i}"]} for i in range(30)]
+    path = write_jsonl(tmp_path / "train.jsonl", records)
+    expected = RetrievalTrainDataset(load_examples([path]), GroupSelector(3, negative="random", seed=3))
+    expected_groups = expected.__getitems__(range(30))
+    released = []
+    real = ExampleStore.release_pages
+    monkeypatch.setattr(ExampleStore, "release_pages", lambda self: released.append(1) or real(self))
+    monkeypatch.setattr(dataset_mod, "_RELEASE_EVERY", 4)
+    dataset = RetrievalTrainDataset(load_examples([path]), GroupSelector(3, negative="random", seed=3))
+    groups = [g for start in range(0, 30, 3) for g in dataset.__getitems__(range(start, start + 3))]
+    assert groups == expected_groups
+    assert len(released) == 5  # re-mapped every 4+ items read: after items 6, 12, 18, 24 and 30
+
+
 def test_teacher_score_filters(tmp_path):
     path = write_jsonl(
         tmp_path / "flag.jsonl",

@@ -27,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -159,25 +160,38 @@ def run_step(step: str, data: Path, cache: Path) -> dict:
 
 def measure(n: int, args: argparse.Namespace) -> dict:
     root = Path(args.root) / f"scale-{n}"
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    data = root / ("train.jsonl" if args.format == "inline" else "train.json")
+    if not (args.reuse and data.is_file()):
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+    shutil.rmtree(root / "cache", ignore_errors=True)
     try:
         with Clock() as gen:
-            if args.format == "inline":
-                data = root / "train.jsonl"
+            if data.is_file():
+                pass  # --reuse
+            elif args.format == "inline":
                 generate_inline(data, n)
             else:
                 generate_corpus_id(root, args.passages or n, n, 20)
-                data = root / "train.json"
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         result = {"n": n, "input_mb": size / 2**20, "generate_s": gen.wall}
-        for step in ("validate", "first start", "cached start"):
+        steps = ["validate", "first start"]
+        if args.parallel:  # both at once: on a shared machine, two processes get twice the CPU share
+            with ThreadPoolExecutor(2) as pool:
+                done = dict(
+                    zip(steps, pool.map(lambda s: run_step(s.split()[0], data, root / "cache"), steps))
+                )
+            steps = []
+            for step in ("validate", "first start"):
+                result[step] = done[step]
+                print(f"  {n:,} {step}: {json.dumps(result[step])}", flush=True)
+        for step in (*steps, "cached start"):
             result[step] = run_step(step.split()[0], data, root / "cache")
             print(f"  {n:,} {step}: {json.dumps(result[step])}", flush=True)
         result["cache_mb"] = sum(p.stat().st_size for p in (root / "cache").rglob("*") if p.is_file()) / 2**20
         return result
     finally:
-        if not args.keep:
+        if not (args.keep or args.reuse):
             shutil.rmtree(root, ignore_errors=True)
 
 
@@ -211,6 +225,10 @@ def main() -> None:
     )
     parser.add_argument("--root", default="/work/tmp-scale", help="where the generated data and cache go")
     parser.add_argument("--keep", action="store_true", help="keep the generated data and cache")
+    parser.add_argument("--reuse", action="store_true", help="use the data already under --root (kept)")
+    parser.add_argument(
+        "--parallel", action="store_true", help="run validate and the first start at the same time"
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)

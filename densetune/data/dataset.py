@@ -51,9 +51,10 @@ DROP_REASONS = ("filtered_min", "filtered_margin", "no_negatives")
 # Counts of each RetrievalTrainDataset.task_report entry (report has all but "capped", kept in .capped).
 TASK_REPORT_KEYS = ("examples", "kept", *DROP_REASONS, "capped")
 _SCAN_BATCH = 2048
-# Examples read between two store.release_pages() calls: bounds the cache pages a pass keeps in RSS (~2 KB an
-# inline example: ~256 MB) while costing one re-map per ~10 s of reading.
-_RELEASE_EVERY = 1 << 17
+# Examples read between two store.release_pages() calls: bounds the cache pages a pass keeps mapped. Each
+# random document read maps up to 64 KB around it (the kernel's fault-around, clean page-cache pages), so
+# the bound is min(cache size, ~16K examples x their documents x 64 KB); a re-map costs about a millisecond.
+_RELEASE_EVERY = 1 << 14
 # Part of the prefilter cache key: bump it when what select() drops for the same settings changes.
 _PREFILTER_VERSION = 1
 

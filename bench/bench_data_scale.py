@@ -1,12 +1,22 @@
-"""Data layer at scale: 1,000,000 passages + 1,000,000 id-based examples (1 positive + 20 negatives).
+"""Data at scale: validate, first start (builds the cache) and cached start at 1M and 10M examples.
 
-Generates (in a child process, into a temporary directory) a NeMo corpus-id dataset: a corpus directory
-(``merlin_metadata.json`` + ``corpus.parquet``) and ``train.json`` referencing documents by id. Then, in
-this process: converts and loads it (cold), loads it again (cache hit), and iterates every example with
-the positive's and negatives' texts resolved. Prints times, examples/s and peak RSS (getrusage).
+Generates NeMo inline JSONL (one record a line, 1 positive + 3 negatives, ~1.9 KB a line; positives unique,
+negatives drawn from a pool of 1M passages, as mined negatives recur) or, with ``--format corpus-id``, a
+corpus of ``--passages`` passages and examples by id (1 positive + 20 negatives). For each size, each step runs
+in a fresh process (its memory is its own) and reports wall and CPU seconds, peak heap (RssAnon, sampled) and
+peak RSS (VmHWM, which also counts the file pages it mapped):
 
-    python bench/bench_data_scale.py                      # 1M / 1M / 20 negatives
-    python bench/bench_data_scale.py --passages 100000 --examples 100000
+- ``validate``: ``densetune validate FILE``'s pass (validate_paths);
+- ``first start``: ``load_examples`` (builds the Arrow cache) + ``RetrievalTrainDataset`` with the shipped
+  inline recipe's selector (n_passages 4, negative random: it can drop, so the prefilter runs) + the batch
+  sampler + the first batch of 16 groups with texts, i.e. the data path of ``densetune train``'s start;
+- ``cached start``: the same in a new process, the cache present.
+
+Generated files go under ``--root`` and are deleted after each size (``--keep`` keeps them). Then the 10M / 1M
+ratios. Check the disk first: 10M inline examples are ~19 GB of JSONL plus ~17 GB of cache.
+
+    python bench/bench_data_scale.py --sizes 1000000 10000000 --root /work/tmp-scale
+    python bench/bench_data_scale.py --sizes 100000            # a quick look
 """
 
 from __future__ import annotations
@@ -14,23 +24,59 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from bench_common import Clock
+from bench_common import Clock, PeakAnon, status_kb
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+def generate_inline(path: Path, n: int, seed: int = 0, pool: int = 1_000_000, block: int = 1_000_000) -> None:
+    """NeMo inline JSONL, streamed: ~440-character passages built from 4096 random word sequences.
+
+    Beyond ``block`` records, block ``b`` is a copy of the first with ``b-`` put before every query's and
+    passage's number (so queries and positives stay unique and each block draws its negatives from its own
+    pool): bytes.replace writes 10M records in minutes where json.dumps takes half an hour on a busy machine.
+    """
+    if n > block:
+        generate_inline(path, block, seed, pool, block)
+        with open(path, "ab") as out:
+            for b in range(1, -(-n // block)):
+                rows = min(block, n - b * block)
+                with open(path, "rb") as src:
+                    while rows > 0:
+                        lines = src.readlines(64 << 20)[:rows]
+                        rows -= len(lines)
+                        piece = b"".join(lines)
+                        piece = piece.replace(b'"question number ', b'"question number %d-' % b)
+                        out.write(piece.replace(b'"passage ', b'"passage %d-' % b))
+        return
+    rng = np.random.default_rng(seed)
+    vocab = np.array(
+        [f"w{i:04d}" for i in range(5000)] + ["the", "of", "and", "in", "protein", "cell", "study"]
+    )
+    base = [" ".join(r) for r in vocab[rng.integers(0, len(vocab), size=(4096, 72))].tolist()]
+    with open(path, "w") as f:
+        for start in range(0, n, 100_000):
+            m = min(100_000, n - start)
+            pick = rng.integers(0, len(base), size=m)
+            negs = rng.integers(0, pool, size=(m, 3))
+            lines = []
+            for k in range(m):
+                i = start + k
+                record = {
+                    "query": f"question number {i} about w{i % 5000:04d}",
+                    "pos_doc": f"passage {i}: " + base[pick[k]],
+                    "neg_doc": [f"passage n{d}: " + base[d % len(base)] for d in negs[k].tolist()],
+                }
+                lines.append(json.dumps(record))
+            f.write("\n".join(lines) + "\n")
 
 
-def generate(root: Path, n_passages: int, n_examples: int, n_neg: int, seed: int = 0) -> None:
+def generate_corpus_id(root: Path, n_passages: int, n_examples: int, n_neg: int, seed: int = 0) -> None:
     """Write the corpus (Parquet, in batches) and train.json (streamed) without holding either in memory."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -71,89 +117,130 @@ def generate(root: Path, n_passages: int, n_examples: int, n_neg: int, seed: int
         f.write("\n]}\n")
 
 
+def child(step: str, data: Path, cache: Path) -> dict:
+    """One step in this process; its measurements as a dict."""
+    peak = PeakAnon(every=0.2)
+    with Clock() as clock:
+        if step == "validate":
+            from densetune.validate import validate_paths
+
+            report = validate_paths([data], cache_dir=cache)
+            assert report.ok, report.render(max_problems=5)
+            n = report.examples
+        else:
+            from densetune.data.dataset import RetrievalTrainDataset
+            from densetune.data.groups import GroupSelector
+            from densetune.data.samplers import RandomBatchSampler
+            from densetune.data.store import load_examples
+
+            store = load_examples([data], cache_dir=cache)
+            dataset = RetrievalTrainDataset(
+                store, GroupSelector(4, positive="first", negative="random", seed=42)
+            )
+            sampler = RandomBatchSampler(num_examples=len(dataset), batch_size=16, seed=42)
+            groups = dataset.__getitems__(next(iter(sampler)))
+            assert len(groups) == 16 and all(len(g.docs) == 4 and g.docs[0].text for g in groups)
+            n = len(dataset)
+    return {
+        "n": n,
+        "wall": clock.wall,
+        "cpu": clock.cpu,
+        "heap_mb": peak.stop(),
+        "rss_mb": status_kb("VmHWM") / 1024,
+    }
+
+
+def run_step(step: str, data: Path, cache: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", step, "--data", str(data), "--cache", str(cache)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "DENSETUNE_PROGRESS": "0"})
+    if out.returncode != 0:
+        raise SystemExit(f"{step} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure(n: int, args: argparse.Namespace) -> dict:
+    root = Path(args.root) / f"scale-{n}"
+    data = root / ("train.jsonl" if args.format == "inline" else "train.json")
+    if not (args.reuse and data.is_file()):
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+    shutil.rmtree(root / "cache", ignore_errors=True)
+    try:
+        with Clock() as gen:
+            if data.is_file():
+                pass  # --reuse
+            elif args.format == "inline":
+                generate_inline(data, n)
+            else:
+                generate_corpus_id(root, args.passages or n, n, 20)
+        size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        result = {"n": n, "input_mb": size / 2**20, "generate_s": gen.wall}
+        steps = ["validate", "first start"]
+        if args.parallel:  # both at once: on a shared machine, two processes get twice the CPU share
+            with ThreadPoolExecutor(2) as pool:
+                done = dict(
+                    zip(steps, pool.map(lambda s: run_step(s.split()[0], data, root / "cache"), steps))
+                )
+            steps = []
+            for step in ("validate", "first start"):
+                result[step] = done[step]
+                print(f"  {n:,} {step}: {json.dumps(result[step])}", flush=True)
+        for step in (*steps, "cached start"):
+            result[step] = run_step(step.split()[0], data, root / "cache")
+            print(f"  {n:,} {step}: {json.dumps(result[step])}", flush=True)
+        result["cache_mb"] = sum(p.stat().st_size for p in (root / "cache").rglob("*") if p.is_file()) / 2**20
+        return result
+    finally:
+        if not (args.keep or args.reuse):
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def report(results: list[dict]) -> None:
+    print(f"\nmachine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
+    sizes = " | ".join(f"{r['n']:,}" for r in results)
+    ratio = len(results) > 1
+    print(f"| measure | {sizes} |" + (" ratio |" if ratio else ""))
+    print("|---|" + "---|" * len(results) + ("---|" if ratio else ""))
+
+    def row(label: str, values: list[float], fmt: str) -> None:
+        cells = " | ".join(fmt.format(v) for v in values)
+        extra = f" {values[-1] / values[0]:.1f}x |" if ratio and values[0] else (" |" if ratio else "")
+        print(f"| {label} | {cells} |{extra}")
+
+    row("input JSONL (MB)", [r["input_mb"] for r in results], "{:,.0f}")
+    row("cache (MB)", [r["cache_mb"] for r in results], "{:,.0f}")
+    for step in ("validate", "first start", "cached start"):
+        row(f"{step}: wall s", [r[step]["wall"] for r in results], "{:,.1f}")
+        row(f"{step}: CPU s", [r[step]["cpu"] for r in results], "{:,.1f}")
+        row(f"{step}: peak heap (MB)", [r[step]["heap_mb"] for r in results], "{:,.0f}")
+        row(f"{step}: peak RSS (MB)", [r[step]["rss_mb"] for r in results], "{:,.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--passages", type=int, default=1_000_000)
-    parser.add_argument("--examples", type=int, default=1_000_000)
-    parser.add_argument("--negatives", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=1024, help="examples decoded per store.iter batch")
-    parser.add_argument("--keep", default=None, help="generate into (and keep) this directory")
-    parser.add_argument("--generate-only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--format", choices=("inline", "corpus-id"), default="inline")
+    parser.add_argument(
+        "--passages", type=int, default=0, help="corpus-id: corpus size (default: as examples)"
+    )
+    parser.add_argument("--root", default="/work/tmp-scale", help="where the generated data and cache go")
+    parser.add_argument("--keep", action="store_true", help="keep the generated data and cache")
+    parser.add_argument("--reuse", action="store_true", help="use the data already under --root (kept)")
+    parser.add_argument(
+        "--parallel", action="store_true", help="run validate and the first start at the same time"
+    )
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.generate_only:
-        generate(Path(args.generate_only), args.passages, args.examples, args.negatives)
+    if args.child:
+        print(json.dumps(child(args.child, Path(args.data), Path(args.cache))))
         return
-
-    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="densetune-bench-"))
-    try:
-        t0 = time.perf_counter()
-        if not (root / "train.json").is_file():
-            cmd = [sys.executable, __file__, "--generate-only", str(root), "--passages", str(args.passages)]
-            cmd += ["--examples", str(args.examples), "--negatives", str(args.negatives)]
-            subprocess.run(cmd, check=True)  # a child process: its memory does not count in our peak RSS
-        gen_s = time.perf_counter() - t0
-        size_mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 2**20
-        cache = root / "cache"
-        shutil.rmtree(cache, ignore_errors=True)
-
-        from densetune.data.store import load_examples
-
-        rss_start = peak_rss_mb()
-        with Clock() as cold:
-            store = load_examples(root / "train.json", cache_dir=cache)
-        rss_cold = peak_rss_mb()
-        del store
-
-        t0 = time.perf_counter()
-        store = load_examples(root / "train.json", cache_dir=cache)
-        warm_s = time.perf_counter() - t0
-
-        n = docs = chars = 0
-        with Clock() as iterate:
-            for ex in store.iter(resolve=True, batch_size=args.batch_size):
-                n += 1
-                docs += len(ex.positives) + len(ex.negatives)
-                chars += len(ex.positives[0].text) + sum(len(d.text) for d in ex.negatives)
-        iter_s = iterate.wall
-        assert n == len(store) == args.examples and docs == n * (1 + args.negatives) and chars > 0
-
-        sample = np.random.default_rng(1).integers(0, len(store), size=2000).tolist()
-        t0 = time.perf_counter()
-        for i in sample:
-            ex = store.resolve(store[i])
-        random_s = (time.perf_counter() - t0) / len(sample)
-        cache_mb = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
-
-        rows = [
-            (
-                "passages / examples / docs per example",
-                f"{args.passages:,} / {args.examples:,} / {1 + args.negatives}",
-            ),
-            ("input files on disk", f"{size_mb:,.0f} MB (generated in {gen_s:.1f} s)"),
-            ("Arrow cache on disk", f"{cache_mb:,.0f} MB"),
-            ("load, cold (convert + index + cache)", f"{cold.wall:.1f} s wall, {cold.cpu:.1f} s CPU"),
-            ("load, cache hit", f"{warm_s:.3f} s"),
-            (
-                "iterate all, texts resolved",
-                f"{iter_s:.1f} s wall ({iterate.cpu:.1f} s CPU) = {n / iter_s:,.0f} examples/s ({docs / iter_s:,.0f} docs/s)",
-            ),
-            ("random access store.resolve(store[i])", f"{random_s * 1e3:.2f} ms per example"),
-            ("peak RSS before loading (imports)", f"{rss_start:,.0f} MB"),
-            ("peak RSS after cold load", f"{rss_cold:,.0f} MB"),
-            ("peak RSS overall", f"{peak_rss_mb():,.0f} MB"),
-        ]
-        width = max(len(k) for k, _ in rows)
-        load = os.getloadavg()[0]
-        print(f"densetune data scale benchmark ({os.cpu_count()} CPUs, load average {load:.1f} at the end)")
-        for k, v in rows:
-            print(f"  {k:<{width}}  {v}")
-        limit = 2048
-        print(
-            f"  peak RSS {'<' if peak_rss_mb() < limit else '>='} {limit} MB: {'PASS' if peak_rss_mb() < limit else 'FAIL'}"
-        )
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    results = []
+    for n in args.sizes:
+        results.append(measure(n, args))
+        report(results)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,9 @@ Other inputs are checked by their own reader, chosen by content: a YAML recipe (
 training config loader), a TREC run or qrels file (the readers ``evaluate`` uses), and a corpus given as a
 ``.jsonl`` of ``{_id|id, text}`` rows (counted like a corpus directory). Corpora report empty documents
 (all empty: a problem; some: a warning); training data reports document ids that come with two texts.
+
+Scale: one pass, memory bounded by a few bytes an example (hash arrays, see ``_Counter``), a progress bar on
+stderr (examples/s, ETA for JSONL). Ctrl-C prints the counts so far and exits 130.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import pyarrow.compute as pc
 from densetune.data import beir
 from densetune.data.corpus import MERLIN_METADATA, CorpusError, load_corpus
 from densetune.data.formats import ReadStats, expand_paths, iter_chunks
+from densetune.data.progress import data_bar
 from densetune.data.qrels import count_document_file, evaluation_file_kind, read_query_file_qrels
 from densetune.errors import DataError
 from densetune.paths import path_problem
@@ -55,6 +59,7 @@ class InputSummary:
     negatives_with_positive: int = 0
     notes: Counter = field(default_factory=Counter)
     problems: int = 0
+    interrupted: bool = False  # Ctrl-C while it was read: the counts are those so far
 
 
 @dataclass
@@ -71,7 +76,11 @@ class ValidationReport:
 
     @property
     def ok(self) -> bool:
-        return not self.errors
+        return not self.errors and not self.interrupted
+
+    @property
+    def interrupted(self) -> bool:
+        return any(s.interrupted for s in self.inputs)
 
     @property
     def examples(self) -> int:
@@ -115,7 +124,12 @@ class ValidationReport:
                 lines.append(f"... and {len(self.errors) - len(shown)} more (--max-problems)")
         lines.append("")
         n_inputs = len(self.inputs)
-        if self.ok:
+        if self.interrupted:
+            lines.append(
+                f"INTERRUPTED: counts so far ({self.examples} examples read, {len(self.errors)} problems); "
+                "inputs after the interrupted one were not read"
+            )
+        elif self.ok:
             lines.append(f"OK: {self.examples} examples in {n_inputs} inputs, no problems")
         else:
             bad = sum(1 for s in self.inputs if s.problems)
@@ -155,37 +169,94 @@ def _top(counter: Counter, n: int = 8) -> str:
     return shown + (f"  ... ({len(counter) - n} more)" if len(counter) > n else "")
 
 
+class _Counter:
+    """The per-example counts of one input, in memory that stays compact at 10M examples.
+
+    Unique queries and duplicate examples are counted from 64-bit hashes kept in numpy arrays (8 bytes an
+    example, sorted and deduplicated as they grow), not Python sets: a set of 10M ints costs ~1 GB of heap and
+    makes every garbage collection walk it, which slowed validation down as it went. Two different keys share
+    a hash with probability ~N^2 / 2^64 (about 1e-5 at 10M): a possible miscount of one, never a wrong error.
+    """
+
+    _COMPACT = 1 << 22  # hashes buffered before a compaction (np.unique) folds them in
+
+    def __init__(self, summary: InputSummary):
+        self.summary = summary
+        self.examples = 0
+        self.errors: list[DataError] = []  # teacher scores that overflow the loss
+        self.doc_texts = _DocTexts()
+        self._queries = _HashSet()
+        self._keys = _HashSet()
+
+    def add(self, chunk) -> None:
+        s = self.summary
+        queries, keys = [], []
+        for ex, rows in zip(chunk.examples, chunk.rows):
+            # documents are compared by id: corpus rows for documents given by id, else Doc.id
+            if rows is None:
+                self.doc_texts.add(ex)
+                pos, neg = tuple(d.id for d in ex.positives), tuple(d.id for d in ex.negatives)
+            else:
+                pos, neg = tuple(rows[0].tolist()), tuple(rows[1].tolist())
+            queries.append(hash(ex.query))
+            keys.append(hash((ex.query, ex.corpus_id, pos, neg)))
+            if set(pos) & set(neg):
+                s.negatives_with_positive += 1
+            s.positives[len(pos)] += 1
+            s.negatives[len(neg)] += 1
+            s.tasks[ex.task] += 1
+            overflow = _overflowing_scores(ex)
+            if overflow is not None:
+                self.errors.append(overflow)
+        self._queries.extend(queries)
+        self._keys.extend(keys)
+        self.examples += len(keys)
+
+    def finish(self) -> None:
+        self.summary.unique_queries = self._queries.distinct()
+        self.summary.duplicates = self._keys.total - self._keys.distinct()
+
+
+class _HashSet:
+    """Distinct 64-bit hashes in one sorted numpy array plus a buffer of new ones (a multiset's counts)."""
+
+    def __init__(self):
+        self.total = 0
+        self._sorted = np.zeros(0, dtype=np.int64)
+        self._buffer: list[np.ndarray] = []
+        self._buffered = 0
+
+    def extend(self, values: list[int]) -> None:
+        self._buffer.append(np.fromiter(values, dtype=np.int64, count=len(values)))
+        self._buffered += len(values)
+        self.total += len(values)
+        if self._buffered >= _Counter._COMPACT:
+            self._compact()
+
+    def _compact(self) -> None:
+        if self._buffer:
+            self._sorted = np.unique(np.concatenate([self._sorted, *self._buffer]))
+            self._buffer, self._buffered = [], 0
+
+    def distinct(self) -> int:
+        self._compact()
+        return len(self._sorted)
+
+
 def _summarise_examples(
     path: Path, split: str, cache_dir: str | Path | None, label: str
 ) -> tuple[InputSummary, list[DataError]]:
     summary = InputSummary(label)
     stats = ReadStats()
     errors: list[DataError] = []
-    queries: set[int] = set()
-    seen: set[int] = set()
-    doc_texts = _DocTexts()
+    counter = _Counter(summary)
+    bar = data_bar("validate", path if path.is_file() else None)
     try:
         for chunk in iter_chunks(path, split=split, skip_invalid=True, stats=stats, cache_dir=cache_dir):
-            for ex, rows in zip(chunk.examples, chunk.rows):
-                # documents are compared by id: corpus rows for documents given by id, else Doc.id
-                if rows is None:
-                    doc_texts.add(ex)
-                    pos, neg = tuple(d.id for d in ex.positives), tuple(d.id for d in ex.negatives)
-                else:
-                    pos, neg = tuple(rows[0].tolist()), tuple(rows[1].tolist())
-                queries.add(hash(ex.query))
-                key = hash((ex.query, ex.corpus_id, pos, neg))
-                if key in seen:
-                    summary.duplicates += 1
-                seen.add(key)
-                if set(pos) & set(neg):
-                    summary.negatives_with_positive += 1
-                summary.positives[len(pos)] += 1
-                summary.negatives[len(neg)] += 1
-                summary.tasks[ex.task] += 1
-                overflow = _overflowing_scores(ex)
-                if overflow is not None:
-                    errors.append(overflow)
+            counter.add(chunk)
+            bar.update(len(chunk.examples))
+    except KeyboardInterrupt:  # Ctrl-C: report the counts so far (main exits non-zero)
+        summary.interrupted = True
     except DataError as err:
         errors.extend(err.errors if isinstance(err, CorpusError) else [err])
     except (
@@ -194,16 +265,18 @@ def _summarise_examples(
         ValueError,
     ) as err:  # a corrupt Parquet corpus file, an unreadable path
         errors.append(DataError(f"cannot read: {err}", path))
+    finally:
+        bar.close()
+    counter.finish()
     summary.format = stats.formats.get(str(path), "")
-    summary.examples = stats.read
+    summary.examples = counter.examples if summary.interrupted else stats.read
     summary.invalid = stats.skipped
-    summary.unique_queries = len(queries)
     summary.corpora = dict(stats.corpora)
     summary.notes = stats.notes
-    conflicts = doc_texts.conflicts()
+    conflicts = counter.doc_texts.conflicts()
     if conflicts:
         summary.notes["document ids with two different texts"] = _warn(conflicts)
-    errors = stats.errors + errors
+    errors = stats.errors + counter.errors + errors
     summary.problems = len(errors)
     return summary, errors
 
@@ -281,6 +354,8 @@ def validate_paths(
                 for s in splits:
                     summary, errors = _summarise_examples(path, s, cache_dir, f"{path} (split {s})")
                     _add(report, summary, errors, path)
+                    if report.interrupted:
+                        return report
                 continue
             if path.is_file() and (evaluation := _evaluation_kind(path)):
                 report.inputs.append(_summarise_evaluation_file(path, evaluation, report))
@@ -293,6 +368,8 @@ def validate_paths(
             else:
                 summary, errors = _summarise_other(path, kind)
             _add(report, summary, errors, path)
+            if report.interrupted:
+                return report
     return report
 
 
@@ -424,6 +501,7 @@ def _add(report: ValidationReport, summary: InputSummary, errors: list[DataError
         and summary.format not in ("corpus", *_OTHER_KINDS)
         and not summary.examples
         and not errors
+        and not summary.interrupted
     ):
         errors = [
             DataError(f"no usable examples ({', '.join(summary.notes) or 'nothing to train on'})", path)
@@ -477,4 +555,6 @@ def main(args: argparse.Namespace) -> int:
     report = validate_paths(args.paths, split=args.split, cache_dir=args.cache_dir)
     print(report.render(max_problems=args.max_problems))
     sys.stdout.flush()
+    if report.interrupted:
+        return 130  # the shell's code for Ctrl-C
     return 0 if report.ok else 1

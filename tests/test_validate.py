@@ -389,6 +389,40 @@ def test_validate_collects_every_problem(tmp_path):
     assert f"{path}:3: invalid JSON: Expecting value (column 1); expected one JSON object per line" in text
 
 
+def test_duplicate_and_unique_counts_survive_compaction(tmp_path, monkeypatch):
+    """The hash arrays are folded (sorted, deduplicated) every _COMPACT hashes: counts across folds are exact."""
+    from densetune import validate
+
+    monkeypatch.setattr(validate._Counter, "_COMPACT", 7)
+    records = [{"query": f"q{i % 13}", "pos": [f"p{i % 13}"], "neg": [f"n{i % 26}"]} for i in range(100)]
+    report = validate_paths([lines(tmp_path / "f.jsonl", *records)])
+    (s,) = report.inputs
+    assert s.examples == 100 and s.unique_queries == 13
+    assert s.duplicates == 100 - 26  # (q, p, n) repeats with period 26
+
+
+def test_ctrl_c_prints_the_counts_so_far_and_exits_non_zero(tmp_path, capsys, monkeypatch):
+    from densetune import validate
+    from densetune.data import formats
+
+    path = lines(tmp_path / "f.jsonl", *[{"query": f"q{i}", "pos": ["p"], "neg": ["n"]} for i in range(50)])
+    monkeypatch.setattr(formats, "CHUNK", 20)
+    real = validate.iter_chunks
+
+    def interrupted(*args, **kwargs):  # the user presses Ctrl-C while the third chunk is read
+        for k, chunk in enumerate(real(*args, **kwargs)):
+            if k == 2:
+                raise KeyboardInterrupt
+            yield chunk
+
+    monkeypatch.setattr(validate, "iter_chunks", interrupted)
+    assert cli.main(["validate", str(path), str(path)]) == 130
+    out = capsys.readouterr().out
+    assert "INTERRUPTED: counts so far (40 examples read, 0 problems)" in out
+    assert out.count(str(path)) == 1  # the second input was not started
+    assert "unique queries                 40" in out
+
+
 def test_validate_examples_dir_is_clean():
     report = validate_paths([EXAMPLES])
     assert report.ok, report.render()

@@ -10,7 +10,9 @@ Filtered examples: :meth:`GroupSelector.select` drops an example (returns None) 
 on the example alone, never on the epoch (teacher-score filters, no negatives under an LLM-Embedder mode).
 So the dataset finds them once, at construction, and leaves them out of its index: ``len()`` is exact, and
 the counts are logged and kept in :attr:`RetrievalTrainDataset.report` (per task in
-:attr:`RetrievalTrainDataset.task_report`). The scan runs only when the selector's settings can drop anything.
+:attr:`RetrievalTrainDataset.task_report`). The scan runs only when the selector's settings can drop anything,
+and only once per input and drop settings: its result (one byte per example) is kept in the input's store
+entry, so a start from a built cache decodes no example (10M examples: a 10 MB read, not a full pass).
 
 Capped tasks: a task whose groups exceed the selector's ``max_samples`` for it (LLM-Embedder caps lrlm at
 10000) keeps its *last* ``max_samples`` groups, in file order, as the seed does; the rest are left out with a
@@ -27,9 +29,13 @@ and :meth:`doc_keys`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import os
+import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +51,23 @@ DROP_REASONS = ("filtered_min", "filtered_margin", "no_negatives")
 # Counts of each RetrievalTrainDataset.task_report entry (report has all but "capped", kept in .capped).
 TASK_REPORT_KEYS = ("examples", "kept", *DROP_REASONS, "capped")
 _SCAN_BATCH = 2048
+# Examples read between two store.release_pages() calls: bounds the cache pages a pass keeps mapped. Each
+# random document read maps up to 64 KB around it (the kernel's fault-around, clean page-cache pages), so
+# the bound is min(cache size, ~16K examples x their documents x 64 KB); a re-map costs about a millisecond.
+_RELEASE_EVERY = 1 << 14
+# Part of the prefilter cache key: bump it when what select() drops for the same settings changes.
+_PREFILTER_VERSION = 1
+
+
+def _save_quietly(path: Path, codes: np.ndarray) -> None:
+    """Write ``codes`` to ``path`` atomically; a cache directory we cannot write to only costs a rescan."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, codes, allow_pickle=False)
+        os.replace(tmp, path)
+    except OSError as err:
+        logger.debug("could not keep the prefilter result in %s: %s", path, err)
 
 
 class RetrievalTrainDataset(Dataset):
@@ -82,17 +105,18 @@ class RetrievalTrainDataset(Dataset):
         self.store = store
         self.selector = selector
         self.epoch = 0
+        self._read = 0  # examples read since the store's pages were last released
         self.indices: np.ndarray | None = None
-        tasks = list(store.column("task"))
-        selector.check_tasks(tasks)
-        keep = np.ones(len(store), dtype=bool)
-        reasons: list[str | None] = [None] * len(store)
-        for j in np.asarray(exclude, dtype=np.int64).tolist():
-            keep[j], reasons[j] = False, "no_negatives"
-        if selector.can_drop:
-            self._prefilter(keep, reasons)
-        self._cap(tasks, keep)
-        self._report(tasks, keep, reasons)
+        codes, names = store.task_codes()
+        selector.check_tasks(names)
+        # reasons[i]: 0 kept, k > 0 left out for DROP_REASONS[k - 1] (int8: 10M examples cost 10 MB)
+        excluded = np.zeros(len(store), dtype=bool)
+        excluded[np.asarray(exclude, dtype=np.int64)] = True
+        reasons = self._prefilter(excluded) if selector.can_drop else np.zeros(len(store), dtype=np.int8)
+        reasons[excluded] = DROP_REASONS.index("no_negatives") + 1
+        keep = reasons == 0
+        self._cap(codes, names, keep)
+        self._report(codes, names, keep, reasons)
         if not keep.all():
             self.indices = np.flatnonzero(keep).astype(np.int64)
 
@@ -119,6 +143,7 @@ class RetrievalTrainDataset(Dataset):
     def __getitems__(self, items: Sequence[int]) -> list[Group]:
         """Groups of several items, their documents resolved together (one lookup per corpus)."""
         chosen: list[tuple[Group, Example]] = []
+        self._count_read(len(items))
         for i in items:
             j = self.store_index(int(i))
             example = self.store[j]  # documents by id come without text: select on ids, resolve the chosen
@@ -130,6 +155,14 @@ class RetrievalTrainDataset(Dataset):
                 )
             chosen.append((group, example))
         return [self.selector.format(group) for group in self._resolve(chosen)]
+
+    def _count_read(self, n: int) -> None:
+        """Release the store's mapped pages every :data:`_RELEASE_EVERY` examples read (page cache bounded by
+        what was read lately, not by the cache's size)."""
+        self._read += n
+        if self._read >= _RELEASE_EVERY and hasattr(self.store, "release_pages"):
+            self.store.release_pages()
+            self._read = 0
 
     def _resolve(self, chosen: list[tuple[Group, Example]]) -> list[Group]:
         # Gather the documents still without text, per corpus, and resolve each corpus' set in one call
@@ -183,36 +216,65 @@ class RetrievalTrainDataset(Dataset):
 
     # -- construction-time filtering and capping -----------------------------------------------------
 
-    def _prefilter(self, keep: np.ndarray, reasons: list[str | None]) -> None:
-        """Clear ``keep`` for the examples the selector drops (independent of the epoch), noting why."""
+    def _prefilter(self, excluded: np.ndarray) -> np.ndarray:
+        """The drop reason code of every example (0: kept), epoch-independent.
+
+        Computed once per input and selector drop settings (:meth:`GroupSelector.drop_key`) and kept next to
+        the input's cache entry (``prefilter-<hash>.npy``), so a start from a built cache reads N bytes
+        instead of decoding every example; a read-only or missing cache directory only costs the scan.
+        Rows in ``excluded`` are not shown to the selector (it may stop on them); a range holding any is
+        scanned each time rather than cached.
+        """
+        key = hashlib.sha256(f"{_PREFILTER_VERSION}\n{self.selector.drop_key()}".encode()).hexdigest()[:16]
+        out = np.zeros(len(self.store), dtype=np.int8)
+        for entry, start, stop in self.store.entries():
+            cached = Path(entry) / f"prefilter-{key}.npy"
+            codes = None
+            if cached.is_file():
+                try:
+                    codes = np.load(cached, allow_pickle=False)
+                except (OSError, ValueError):
+                    codes = None
+                if codes is not None and codes.shape != (stop - start,):
+                    codes = None
+            if codes is None:
+                codes = self._scan(start, stop, excluded)
+                if not excluded[start:stop].any():
+                    _save_quietly(cached, codes)
+            out[start:stop] = codes
+        return out
+
+    def _scan(self, start: int, stop: int, excluded: np.ndarray) -> np.ndarray:
+        """Decode examples ``start:stop`` and run the selector on each: their drop reason codes."""
         stats = self.selector.stats
         saved = dict(stats)
+        codes = np.zeros(stop - start, dtype=np.int8)
         try:
-            for start in range(0, len(self.store), _SCAN_BATCH):
-                for offset, example in enumerate(self.store.batch(start, start + _SCAN_BATCH)):
-                    if not keep[start + offset]:  # excluded by the caller: the selector may not take it
+            for first in range(start, stop, _SCAN_BATCH):
+                self._count_read(min(_SCAN_BATCH, stop - first))
+                for offset, example in enumerate(self.store.batch(first, min(first + _SCAN_BATCH, stop))):
+                    if excluded[first + offset]:  # left out by the caller: the selector may not take it
                         continue
                     before = [stats.get(r, 0) for r in DROP_REASONS]
-                    if self.selector.select(example, 0, start + offset) is None:
-                        keep[start + offset] = False
+                    if self.selector.select(example, 0, first + offset) is None:
                         # The one reason whose count the selector just raised.
                         after = [stats.get(r, 0) for r in DROP_REASONS]
-                        reasons[start + offset] = next(
-                            (r for r, b, a in zip(DROP_REASONS, before, after) if a > b), DROP_REASONS[0]
-                        )
+                        hit = next((k for k, (b, a) in enumerate(zip(before, after)) if a > b), 0)
+                        codes[first + offset - start] = hit + 1
         finally:
             stats.clear()
             stats.update(saved)
+        return codes
 
-    def _cap(self, tasks: list[str], keep: np.ndarray) -> None:
+    def _cap(self, codes: np.ndarray, names: list[str], keep: np.ndarray) -> None:
         """Keep the last ``max_samples`` groups of each capped task (the seed's ``max_sample_num``)."""
-        by_task: dict[str, list[int]] = defaultdict(list)
-        for i in np.flatnonzero(keep).tolist():
-            by_task[tasks[i]].append(i)
         self.capped: dict[str, int] = {}
-        for task, items in by_task.items():
+        for c, task in enumerate(names):
             limit = self.selector.max_samples_for(task)
-            if limit is None or len(items) <= limit:
+            if limit is None:
+                continue
+            items = np.flatnonzero(keep & (codes == c))
+            if len(items) <= limit:
                 continue
             cut = items[: len(items) - limit]
             keep[cut] = False
@@ -228,17 +290,26 @@ class RetrievalTrainDataset(Dataset):
                 limit,
             )
 
-    def _report(self, tasks: list[str], keep: np.ndarray, reasons: list[str | None]) -> None:
+    def _report(self, codes: np.ndarray, names: list[str], keep: np.ndarray, reasons: np.ndarray) -> None:
         """Fill :attr:`report` and :attr:`task_report`; warn once about what the selection rules dropped."""
         self.task_report: dict[str, dict[str, int]] = {}
-        for i, task in enumerate(tasks):
-            counts = self.task_report.setdefault(task, dict.fromkeys(TASK_REPORT_KEYS, 0))
-            counts["examples"] += 1
-            counts["kept"] += int(keep[i])
-            if reasons[i] is not None:
-                counts[reasons[i]] += 1
-        for task, n in self.capped.items():
-            self.task_report[task]["capped"] = n
+        n = len(names)
+        examples = np.bincount(codes, minlength=n)
+        kept = np.bincount(codes, weights=keep, minlength=n)
+        by_reason = [
+            np.bincount(codes, weights=reasons == k + 1, minlength=n) for k in range(len(DROP_REASONS))
+        ]
+        for c, task in enumerate(names):
+            if not examples[c]:
+                continue
+            counts = dict.fromkeys(TASK_REPORT_KEYS, 0)
+            counts["examples"] = int(examples[c])
+            counts["kept"] = int(kept[c])
+            for r, column in zip(DROP_REASONS, by_reason):
+                counts[r] = int(column[c])
+            self.task_report[task] = counts
+        for task, n_capped in self.capped.items():
+            self.task_report[task]["capped"] = n_capped
         self.report = {"examples": len(self.store), "kept": int(keep.sum())}
         self.report.update({r: sum(c[r] for c in self.task_report.values()) for r in DROP_REASONS})
         dropped = sum(self.report[r] for r in DROP_REASONS)
@@ -254,8 +325,7 @@ class RetrievalTrainDataset(Dataset):
             )
         logger.warning(
             "left out %d of %d training examples (%s)%s; GroupSelector settings decide this "
-            "(teacher_scores_min / teacher_scores_margin, or an LLM-Embedder negative mode without negatives), "
-            "and data.skip_invalid=true for rows without negatives",
+            "(teacher_scores_min / teacher_scores_margin, or an LLM-Embedder negative mode without negatives)",
             dropped,
             len(self.store),
             reasons_text,

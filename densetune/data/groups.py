@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import math
 import operator
@@ -394,6 +395,23 @@ class GroupSelector:
         """Whether :meth:`select` can drop an Example under some task's settings (no negatives or a teacher
         filter), so a dataset must scan its Examples once to know its size."""
         return any(s._drops() for s in (self, *self._task_selectors.values()))
+
+    def drop_key(self) -> str:
+        """The settings :meth:`select`'s drop decisions depend on, as canonical JSON (every task's negative
+        mode, negative count, positive mode and teacher filters): a dataset keeps its prefilter result under
+        a hash of it, so another recipe with the same key reuses the result and any other setting rebuilds it."""
+
+        def one(s: GroupSelector) -> dict[str, Any]:
+            return {
+                "positive": s.positive,
+                "negative": s.negative,
+                "num_negatives": s.num_negatives,
+                "teacher_scores_min": s.teacher_scores_min,
+                "teacher_scores_margin": s.teacher_scores_margin,
+            }
+
+        tasks = {t: one(s) for t, s in sorted(self._task_selectors.items())}
+        return json.dumps({"default": one(self), "tasks": tasks}, sort_keys=True)
 
     def _drops(self) -> bool:
         empty_drops = self.negative not in _NEMO_NEGATIVE_MODES and self.num_negatives > 0

@@ -134,6 +134,61 @@ def test_dropped_examples_are_filtered_at_construction_and_reported(tmp_path, ca
     assert dataset.tasks() == ["wiki", "wiki", "inline", "inline"]
 
 
+def _decoded_rows(monkeypatch) -> list[int]:
+    """A counter of the examples the store decodes from now on (the work a dataset start does per example)."""
+    from densetune.data.store import ExampleStore
+
+    counted = [0]
+    decode = ExampleStore._decode
+
+    def counting(self, part, start, stop, resolve):
+        counted[0] += stop - start
+        return decode(self, part, start, stop, resolve)
+
+    monkeypatch.setattr(ExampleStore, "_decode", counting)
+    return counted
+
+
+@pytest.mark.parametrize("n", [50, 500])
+def test_a_start_from_a_built_cache_decodes_no_example(tmp_path, monkeypatch, n):
+    # Every 10th record has no negatives: negative="random" drops it, so the selector can drop and the
+    # dataset must know which examples it leaves out; the second start finds that next to the cache.
+    records = [
+        {"query": f"q{i}", "pos_doc": f"p{i}", "neg_doc": [] if i % 10 == 3 else [f"n{i}", f"m{i}"]}
+        for i in range(n)
+    ]
+    path = write_jsonl(tmp_path / "train.jsonl", records)
+    decoded = _decoded_rows(monkeypatch)
+    first = RetrievalTrainDataset(load_examples([path]), GroupSelector(3, negative="random", seed=1))
+    assert decoded[0] == n  # the first start scans every example once
+    decoded[0] = 0
+    again = RetrievalTrainDataset(load_examples([path]), GroupSelector(3, negative="random", seed=2))
+    assert decoded[0] == 0  # the cached start: no example decoded, whatever n
+    assert len(again) == len(first) == n - n // 10 and again.indices.tolist() == first.indices.tolist()
+    assert again.report == first.report and again.report["no_negatives"] == n // 10
+    # Other drop settings are another key: scanned again, with their own result.
+    other = RetrievalTrainDataset(load_examples([path]), GroupSelector(2, negative="first"))
+    assert decoded[0] == n and other.report == first.report
+
+
+def test_pages_are_released_as_a_pass_reads_and_groups_stay_the_same(tmp_path, monkeypatch):
+    import densetune.data.dataset as dataset_mod
+    from densetune.data.store import ExampleStore
+
+    records = [{"query": f"q{i}", "pos_doc": f"p{i}", "neg_doc": [f"n{i}", f"m{i}"]} for i in range(30)]
+    path = write_jsonl(tmp_path / "train.jsonl", records)
+    expected = RetrievalTrainDataset(load_examples([path]), GroupSelector(3, negative="random", seed=3))
+    expected_groups = expected.__getitems__(range(30))
+    released = []
+    real = ExampleStore.release_pages
+    monkeypatch.setattr(ExampleStore, "release_pages", lambda self: released.append(1) or real(self))
+    monkeypatch.setattr(dataset_mod, "_RELEASE_EVERY", 4)
+    dataset = RetrievalTrainDataset(load_examples([path]), GroupSelector(3, negative="random", seed=3))
+    groups = [g for start in range(0, 30, 3) for g in dataset.__getitems__(range(start, start + 3))]
+    assert groups == expected_groups
+    assert len(released) == 5  # re-mapped every 4+ items read: after items 6, 12, 18, 24 and 30
+
+
 def test_teacher_score_filters(tmp_path):
     path = write_jsonl(
         tmp_path / "flag.jsonl",

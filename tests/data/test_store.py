@@ -121,6 +121,32 @@ def test_cache_hit_does_not_rebuild(tmp_path, cache, monkeypatch):
     assert len(load_examples(path, cache_dir=cache)) == 2 and len(calls) == 1
 
 
+def test_repeated_inline_passages_are_stored_once(tmp_path, cache, monkeypatch, caplog):
+    # Three distinct negatives recur in every record; a title or an extra field makes another passage.
+    records = [
+        {
+            "query": f"q{i}",
+            "pos_doc": f"positive {i}",
+            "neg_doc": ["shared a", "shared b", f"shared {'ab'[i % 2]}"],
+        }
+        for i in range(40)
+    ]
+    records.append({"query": "t", "pos_doc": [{"text": "shared a", "title": "T"}], "neg_doc": ["shared a"]})
+    path = write_jsonl(tmp_path / "f.jsonl", records)
+    monkeypatch.setattr(store_mod._SeenPassages, "_SLOTS", 1 << 10)
+    with caplog.at_level(logging.INFO, logger="densetune.data"):
+        store = load_examples(path, cache_dir=cache)
+    entry = next((cache / "examples").iterdir())
+    stored = pa.ipc.open_file(str(entry / "docs.arrow")).read_all()
+    # 40 positives + "shared a" + "shared b" + the titled one (its negative "shared a" is the stored one)
+    assert stored.num_rows == 43
+    assert sorted(stored.column("text").to_pylist()).count("shared a") == 2  # with and without a title
+    assert list(store) == list(iter_examples(path, resolve=False))  # every example reads back as written
+    assert (
+        "41 examples" in caplog.text and "43 inline passages stored (119 repeats stored once)" in caplog.text
+    )
+
+
 def test_changed_corpus_invalidates_entry(tmp_path, cache):
     corpus = tmp_path / "c"
     corpus.mkdir()

@@ -1,4 +1,4 @@
-"""The package's imports point one way, down the path data takes.
+"""The package's imports point one way, down the path data takes, and never form a cycle.
 
 The layers, lowest first (docs/ARCHITECTURE.md draws the same order): shared helpers, data, models,
 losses, retrieval, export, train, validate (it checks recipes too), quickstart, cli; the seed-API modules
@@ -110,6 +110,49 @@ def test_core_never_imports_the_seed_api_modules():
         assert not {
             d for d in imports_of(modules()[name], set(modules())) if d.startswith("densetune.compat")
         }
+
+
+def test_no_import_cycles():
+    g = graph()
+    # Tarjan's strongly connected components, iteratively (no recursion limit to hit).
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+    for root in sorted(g):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(g[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(g[w]))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    cycles.append(sorted(comp))
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
 def test_the_check_sees_a_violation(tmp_path):

@@ -48,7 +48,6 @@ __all__ = [
     "doc_text",
     "expand_paths",
     "iter_examples",
-    "write_examples",
 ]
 
 FORMATS = (
@@ -563,10 +562,3 @@ def fill_documents(chunk: _Chunk, *, text: bool = True) -> None:
         example.positives = [next(it) for _ in range(len(rows[0]))]
         example.negatives = [next(it) for _ in range(len(rows[1]))]
         example.history = [next(it) for _ in range(len(rows[2]))]
-
-
-def write_examples(examples: Iterable[Example], path: str | Path, fmt: str) -> int:
-    """Write Examples in ``fmt`` (inline | corpus-id | flag | tevatron); see :func:`densetune.data.convert.write_examples`."""
-    from densetune.data.convert import write_examples as _write
-
-    return _write(examples, path, fmt)

@@ -108,7 +108,7 @@ class BM25Index:
     def search(self, queries: Sequence[str], top_k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k documents per query: ``(scores [Q, k] float32, indices [Q, k] int64)``, each row by
         descending score then ascending row; slots past the documents that share a term are -1 / -inf."""
-        from densetune.retrieval.search import _sort_rows
+        from densetune.retrieval.topk import sort_rows
 
         if top_k < 1:
             raise DensetuneError(f"top_k must be >= 1, got {top_k}")
@@ -121,7 +121,7 @@ class BM25Index:
         empty = scores <= 0
         rows[empty] = -1
         scores[empty] = -np.inf
-        return _sort_rows(scores, rows)
+        return sort_rows(scores, rows)
 
     def score(self, query: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """BM25 scores [len(rows)] of one query against the given document rows (float32)."""
@@ -141,7 +141,7 @@ def bm25_run(
     show_progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """BM25 top-k as a run dict ``{query_id: {doc_id: score}}`` (ids aligned with the texts)."""
-    from densetune.retrieval.search import to_run
+    from densetune.retrieval.topk import to_run
 
     if len(query_ids) != len(queries) or len(doc_ids) != len(docs):
         raise DensetuneError(
@@ -151,52 +151,6 @@ def bm25_run(
     index = BM25Index(docs, config, show_progress=show_progress)
     scores, indices = index.search(queries, top_k)
     return to_run(query_ids, doc_ids, scores, indices)
-
-
-def mine_bm25(
-    queries: Sequence[str],
-    positive_ids: Sequence[Sequence[str]],
-    corpus,
-    mining_config=None,
-    config: BM25Config | None = None,
-    *,
-    doc_keys: np.ndarray | None = None,
-    query_keys: np.ndarray | None = None,
-    positive_keys: Sequence[Sequence[int]] | None = None,
-    show_progress: bool = False,
-    query_offset: int = 0,
-):
-    """Hard negatives from BM25 candidates, chosen by the same rules as dense mining
-    (:func:`densetune.retrieval.negatives.mine_with_retriever`); scores and margins are BM25 scores.
-
-    Args:
-        queries: query texts.
-        positive_ids: per query, ids of its positives (a positive outside the corpus has no BM25 score).
-        corpus: a :class:`densetune.data.corpus.Corpus` (rows of the result index it).
-        mining_config: :class:`densetune.retrieval.negatives.MiningConfig`.
-        config: :class:`BM25Config`.
-        doc_keys / query_keys / positive_keys: text keys, as :func:`mine_with_retriever` takes them.
-        query_offset: global index of the first query (one process's slice under torchrun).
-
-    Returns:
-        :class:`densetune.retrieval.negatives.MinedNegatives`.
-    """
-    from densetune.data.corpus import doc_text
-    from densetune.retrieval.negatives import mine_with_retriever
-
-    index = BM25Index([doc_text(d) for d in corpus], config, show_progress=show_progress)
-    return mine_with_retriever(
-        lambda depth: index.search(queries, depth),
-        lambda i, rows: index.score(queries[i], rows),
-        len(queries),
-        positive_ids,
-        list(corpus.ids),
-        mining_config,
-        doc_keys=doc_keys,
-        query_keys=query_keys,
-        positive_keys=positive_keys,
-        query_offset=query_offset,
-    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Selection rules (rank window, margins, sampling, random fill) and statistics liv
 Command: ``densetune mine --model M --data TRAIN --corpus C --out FILE`` reads training data in any format
 :func:`densetune.data.formats.iter_examples` reads (or a BEIR directory with ``--split``), replaces each
 example's negatives by mined ones (and with ``--with-scores`` writes the model's ``pos_scores`` /
-``neg_scores``), writes them with :func:`densetune.data.formats.write_examples`, prints statistics, and saves
+``neg_scores``), writes them with :func:`densetune.data.writers.write_examples`, prints statistics, and saves
 the settings and statistics beside the output as ``FILE.mine.json``.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from densetune.retrieval.negatives import (
     MiningStats,
     _similarity,
     mine_hard_negatives,
+    mine_with_retriever,
     select_negatives,
     text_key,
 )
@@ -113,7 +115,8 @@ def mine(
     """
     from densetune.data.beir import is_beir_dir
     from densetune.data.corpus import doc_text, load_corpus
-    from densetune.data.formats import iter_examples, write_examples
+    from densetune.data.formats import iter_examples
+    from densetune.data.writers import write_examples
 
     config = config or MiningConfig()
     _check_retriever(retriever, model)
@@ -139,7 +142,7 @@ def mine(
     ]
     query_keys = np.array([text_key(ex.query) for ex in local], dtype=np.int64)
     if retriever == "bm25":
-        from densetune.retrieval.bm25 import BM25Config, mine_bm25
+        from densetune.retrieval.bm25 import BM25Config
 
         bm25_config = bm25_config or BM25Config()
         corpus_rows = np.arange(len(corpus_obj), dtype=np.int64)
@@ -196,6 +199,52 @@ def mine(
     write_text_atomic(str(out) + ".mine.json", json.dumps(report, indent=2))
     distributed.barrier()
     return mined.stats
+
+
+def mine_bm25(
+    queries: Sequence[str],
+    positive_ids: Sequence[Sequence[str]],
+    corpus,
+    mining_config=None,
+    config=None,
+    *,
+    doc_keys: np.ndarray | None = None,
+    query_keys: np.ndarray | None = None,
+    positive_keys: Sequence[Sequence[int]] | None = None,
+    show_progress: bool = False,
+    query_offset: int = 0,
+):
+    """Hard negatives from BM25 candidates, chosen by the same rules as dense mining
+    (:func:`densetune.retrieval.negatives.mine_with_retriever`); scores and margins are BM25 scores.
+
+    Args:
+        queries: query texts.
+        positive_ids: per query, ids of its positives (a positive outside the corpus has no BM25 score).
+        corpus: a :class:`densetune.data.corpus.Corpus` (rows of the result index it).
+        mining_config: :class:`densetune.retrieval.negatives.MiningConfig`.
+        config: :class:`densetune.retrieval.bm25.BM25Config`.
+        doc_keys / query_keys / positive_keys: text keys, as :func:`mine_with_retriever` takes them.
+        query_offset: global index of the first query (one process's slice under torchrun).
+
+    Returns:
+        :class:`densetune.retrieval.negatives.MinedNegatives`.
+    """
+    from densetune.data.corpus import doc_text
+    from densetune.retrieval.bm25 import BM25Index
+
+    index = BM25Index([doc_text(d) for d in corpus], config, show_progress=show_progress)
+    return mine_with_retriever(
+        lambda depth: index.search(queries, depth),
+        lambda i, rows: index.score(queries[i], rows),
+        len(queries),
+        positive_ids,
+        list(corpus.ids),
+        mining_config,
+        doc_keys=doc_keys,
+        query_keys=query_keys,
+        positive_keys=positive_keys,
+        query_offset=query_offset,
+    )
 
 
 def _check_retriever(retriever: str, model) -> None:
@@ -420,7 +469,7 @@ def _optional_float(text: str) -> float | None:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    from densetune.data.convert import WRITE_FORMATS
+    from densetune.data.writers import WRITE_FORMATS
     from densetune.retrieval.search import INDEX_TYPES
 
     d = MiningConfig()

@@ -2,7 +2,7 @@
 
 The output is the training data again, with the scores next to the documents, ready for distillation:
 
-- ``--format flag`` (FlagEmbedding JSONL, written by :func:`densetune.data.formats.write_examples`):
+- ``--format flag`` (FlagEmbedding JSONL, written by :func:`densetune.data.writers.write_examples`):
   ``pos_scores`` / ``neg_scores`` aligned with ``pos`` / ``neg``;
 - ``--format llm-embedder`` (LLM-Embedder JSONL, written here): ``teacher_scores`` aligned with
   ``pos + neg`` (``history`` rows: aligned with ``history``), plus ``task`` and ``answers`` when the input
@@ -407,7 +407,7 @@ def _chunks(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
 def _write_chunk(chunk: list[Example], path: Path, fmt: str, *, with_task: bool) -> int:
     if fmt == "llm-embedder":
         return write_llm_embedder(chunk, path, with_task=with_task)
-    from densetune.data.formats import write_examples
+    from densetune.data.writers import write_examples
 
     return write_examples(chunk, path, "flag")
 

@@ -29,6 +29,7 @@ import torch
 from densetune.errors import DensetuneError
 from densetune.paths import add_overwrite_argument, check_output
 from densetune.retrieval import bm25
+from densetune.retrieval.topk import sort_rows, to_run
 
 INDEX_TYPES = ("exact", "flat", "ivf", "hnsw")
 
@@ -165,13 +166,7 @@ def exact_search(
                 best_index[qs:qe] = torch.gather(merged_i, 1, pos)
     scores_np = best_scores.cpu().numpy()
     index_np = best_index.cpu().numpy()
-    return _sort_rows(scores_np, index_np)
-
-
-def _sort_rows(scores: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order each row by score descending, then row index ascending (deterministic output)."""
-    order = np.lexsort((indices, -scores), axis=1)
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(indices, order, 1)
+    return sort_rows(scores_np, index_np)
 
 
 def brute_force_search(
@@ -263,7 +258,7 @@ def faiss_search(
     k = min(top_k, doc_emb.shape[0])
     scores, indices = index.search(queries, k)
     scores = np.where(indices < 0, -np.inf, scores).astype(np.float32)
-    return _sort_rows(scores, indices.astype(np.int64))
+    return sort_rows(scores, indices.astype(np.int64))
 
 
 def search(
@@ -293,16 +288,6 @@ def search(
             show_progress=show_progress,
         )
     return faiss_search(query_emb, doc_emb, top_k, config)
-
-
-def to_run(
-    query_ids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray, indices: np.ndarray
-) -> dict[str, dict[str, float]]:
-    """Turn search results into a run dict ``{query_id: {doc_id: score}}`` (empty slots left out)."""
-    run: dict[str, dict[str, float]] = {}
-    for qid, row_s, row_i in zip(query_ids, scores.tolist(), indices.tolist()):
-        run[qid] = {doc_ids[i]: s for s, i in zip(row_s, row_i) if i >= 0}
-    return run
 
 
 def search_run(

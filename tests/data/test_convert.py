@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from densetune import cli
-from densetune.data.convert import write_examples
 from densetune.data.corpus import doc_text
 from densetune.data.formats import iter_examples
 from densetune.data.records import Doc, Example, text_doc_id
+from densetune.data.writers import write_examples
 from densetune.errors import DataError
 from densetune.validate import validate_paths
 

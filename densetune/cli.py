@@ -41,7 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # sub-command -> one working example, the last lines of its --help (the same chain as README.md)
 EXAMPLES: dict[str, str] = {
     "validate": "densetune validate examples/",
-    "convert": "densetune convert examples/flag.jsonl /tmp/out.json --to corpus-id",
+    "convert": "densetune convert examples/flag.jsonl runs/flag_as_corpus_id.json --to corpus-id",
     "train": "densetune train configs/minilm_scifact.yaml train.epochs=1 optim.lr=3e-5",
     "encode": "densetune encode --model runs/minilm_scifact/model --corpus ../shared/data/scifact --out emb/",
     "search": "densetune search --queries emb/ --corpus emb/ --top-k 100 --out run.trec",
@@ -52,6 +52,8 @@ EXAMPLES: dict[str, str] = {
     "--out runs/scifact_scored.jsonl",
     "rerank": "densetune rerank --model runs/minilm_reranker/model --run run.trec --data ../shared/data/scifact "
     "--split test --out run.reranked.trec",
+    "fuse": "densetune fuse bm25.run run.trec --out fused.run",
+    "export": "densetune export runs/minilm_scifact/model --to onnx --out deploy/",
     "quickstart": "densetune quickstart --max-steps 20",
 }
 

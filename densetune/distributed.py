@@ -2,6 +2,7 @@
 
 API:
     init_distributed(device) -> (rank, world_size, local_rank)   (joins torchrun's group; gloo / nccl)
+    join(device) -> (rank, world_size, device)                (the same for a corpus command: its device)
     barrier()                                                 (all ranks wait; no-op in one process)
     gather_objects(obj, world_size) -> list                   (one picklable object per rank)
     on_main(fn) -> result                                     (fn on rank 0, its result or error on all)
@@ -51,6 +52,15 @@ def init_distributed(device: str) -> tuple[int, int, int]:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return dist.get_rank(), dist.get_world_size(), local_rank
+
+
+def join(device: str | None) -> tuple[int, int, str | None]:
+    """For a corpus command under torchrun: join the group and return ``(rank, world size, device)``, where
+    the device of a multi-process GPU run is this rank's ``cuda:<local rank>`` (else ``device`` as given)."""
+    rank_, world, local_rank = init_distributed(device or "auto")
+    if world > 1 and device != "cpu" and torch.cuda.is_available():
+        device = f"cuda:{local_rank}"
+    return rank_, world, device
 
 
 def barrier() -> None:

@@ -101,7 +101,7 @@ def _rerank_tiny(tmp_path: Path, model: str, *flags: str) -> str:
     (beir / "qrels" / "test.tsv").write_text("q1\td1\t1\n")
     (tmp_path / "run.trec").write_text("q1 Q0 d1 1 2.0 x\nq1 Q0 d2 2 1.0 x\n")
     argv = ["rerank", *flags, "--model", model, "--run", str(tmp_path / "run.trec"), "--data", str(beir)]
-    argv += ["--split", "test", "--out", str(tmp_path / "out.trec"), "--device", "cpu"]
+    argv += ["--split", "test", "--out", str(tmp_path / "out.trec"), "--device", "cpu", "--overwrite"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     for key in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
         env.pop(key, None)

@@ -394,7 +394,9 @@ class _SeenPassages:
         """The row ``doc`` was stored at before, or ``next_row`` (remembered) when it is new."""
         key = "\x00".join((doc.id, doc.text, doc.title, doc.image or "", extra))
         digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        slot = hash(digest) & (self._SLOTS - 1)  # any bits of the digest will do; hash(bytes) is the cheapest
+        # the digest's own bits: hash(bytes) is salted per process, which made which passages share a slot
+        # (and so what the cache holds) differ from run to run
+        slot = int.from_bytes(digest[:8], "little") & (self._SLOTS - 1)
         if self._digests[slot] == digest:
             self.reused += 1
             return self._rows[slot]

@@ -723,10 +723,7 @@ def main(args: argparse.Namespace) -> int:
     if queries is None and source is None:
         return 0
     # Under torchrun every rank encodes its share of the corpus shards and rank 0 merges them.
-    rank, world, local_rank = distributed.init_distributed(args.device or "auto")
-    device = args.device
-    if world > 1 and device != "cpu" and torch.cuda.is_available():
-        device = f"cuda:{local_rank}"
+    rank, world, device = distributed.join(args.device)
     encoder = load_encoder(args.model, device=device, precision=args.precision)
     meta = encoder_meta(encoder, str(Path(args.model).resolve()), args.max_length)
     if source is not None:

@@ -20,7 +20,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from densetune import distributed
 from densetune.errors import DataError, DensetuneError
@@ -561,10 +560,7 @@ def main(args: argparse.Namespace) -> int:
         fill=args.fill,
     )
     # torchrun: every rank encodes and mines its share, rank 0 writes and reports
-    rank, world, local_rank = distributed.init_distributed(args.device or "auto")
-    device = args.device
-    if world > 1 and device != "cpu" and torch.cuda.is_available():
-        device = f"cuda:{local_rank}"
+    rank, world, device = distributed.join(args.device)
     _check_retriever(args.retriever, args.model)  # argument errors before output ones
     for path in (args.out, f"{args.out}.mine.json"):
         check_output(path, args.overwrite)

@@ -255,10 +255,7 @@ def main(args: argparse.Namespace) -> int:
         split=args.split,
     )
     # torchrun: chunks are scored in rounds, chunk i of a round by rank i; rank 0 keeps the progress file
-    rank, world, local_rank = distributed.init_distributed(args.device or "auto")
-    device = args.device
-    if world > 1 and device != "cpu" and _cuda_available():
-        device = f"cuda:{local_rank}"
+    rank, world, device = distributed.join(args.device)
     progress = distributed.on_main(lambda: _resume_or_start(partial, wanted, restart=args.restart))
     resumed_from = progress.examples
 
@@ -327,12 +324,6 @@ def main(args: argparse.Namespace) -> int:
         _print_summary(progress, out, fmt, elapsed, pairs_now, resumed_from, lost, stats, world)
     distributed.barrier()
     return 0
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def check_model_path(model: str, option: str = "--model") -> str:

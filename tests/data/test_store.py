@@ -133,7 +133,7 @@ def test_repeated_inline_passages_are_stored_once(tmp_path, cache, monkeypatch, 
     ]
     records.append({"query": "t", "pos_doc": [{"text": "shared a", "title": "T"}], "neg_doc": ["shared a"]})
     path = write_jsonl(tmp_path / "f.jsonl", records)
-    monkeypatch.setattr(store_mod._SeenPassages, "_SLOTS", 1 << 10)
+    monkeypatch.setattr(store_mod._SeenPassages, "_SLOTS", 1 << 16)  # no two of these passages share a slot
     with caplog.at_level(logging.INFO, logger="densetune.data"):
         store = load_examples(path, cache_dir=cache)
     entry = next((cache / "examples").iterdir())

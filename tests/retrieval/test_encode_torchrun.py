@@ -5,12 +5,11 @@ embeddings equal up to float rounding); a run stopped part-way resumes with anot
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from processes import run_densetune
 from tiny_models import save_tiny_bert
 
 from densetune.retrieval.encode import load_embeddings
@@ -19,17 +18,8 @@ pytestmark = pytest.mark.slow
 
 
 def encode(model, corpus, out, nproc: int, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "densetune"]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd += ["-m", "densetune"]
     args = ["encode", "--model", model, "--corpus", str(corpus), "--out", str(out), "--device", "cpu"]
-    proc = subprocess.run(
-        [*cmd, *args, "--shard-size", "7", *extra], env=env, capture_output=True, text=True, timeout=240
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_densetune(nproc, *args, "--shard-size", "7", *extra)
 
 
 def test_two_cpu_ranks_equal_one_process(minilm_path, tmp_path):

@@ -5,27 +5,19 @@ file, the statistics and the scores equal a one-process run."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from processes import run_densetune
 from tiny_models import save_tiny_bert
 
 pytestmark = pytest.mark.slow
 
 
 def mine(model, data, out, nproc: int, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "densetune"]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd += ["-m", "densetune"]
     args = ["mine", "--model", model, "--data", str(data), "--out", str(out), "--device", "cpu"]
-    proc = subprocess.run([*cmd, *args, *extra], env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_densetune(nproc, *args, *extra)
 
 
 @pytest.mark.parametrize("embeddings", [False, True], ids=["in-memory", "corpus-embeddings"])

@@ -5,31 +5,17 @@ number of processes to the same bytes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
+from processes import run_densetune
 
 pytestmark = pytest.mark.slow
 
 
 def score(model, data, out, nproc: int, *extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "densetune"]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd += ["-m", "densetune"]
     args = ["score", "--model", model, "--data", str(data), "--out", str(out), "--device", "cpu"]
-    proc = subprocess.run(
-        [*cmd, *args, "--chunk-size", "2", "--no-progress", *extra],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_densetune(nproc, *args, "--chunk-size", "2", "--no-progress", *extra)
 
 
 def test_two_cpu_ranks_equal_one_process(reranker_dir, tmp_path):

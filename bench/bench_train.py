@@ -13,6 +13,7 @@ on its ``bf16`` training argument, a tuning step its users must take themselves)
 
     python bench/bench_train.py                                   # CPU, 32 x (1+3), q 64 / p 256
     python bench/bench_train.py --device cuda --batch 64 --negatives 7 --peer-bf16 --steps 20
+    python bench/bench_train.py --device cuda --batch 64 --negatives 7 --peer-bf16 --random bert-base
 
 Prints one table with samples/s, tokens/s and steps/s for both, and the ratios.
 """
@@ -30,8 +31,12 @@ from pathlib import Path
 
 from bench_common import (
     add_model_data_device,
+    add_random_argument,
     default_model,
+    non_embedding_params,
+    peak_flops,
     print_footer,
+    random_model,
     scifact_missing,
     set_offline_env,
     st_training_api,
@@ -90,7 +95,7 @@ def densetune_overrides(args: argparse.Namespace, data: Path, work: Path) -> lis
         "data.selector.negative=first",
         f"data.collator.q_max_len={args.q_len}",
         f"data.collator.p_max_len={args.p_len}",
-        f"data.num_workers={args.workers}",
+        *([f"data.num_workers={args.workers}"] if args.workers is not None else []),
         "loss.contrastive.temperature=0.05",
         f"train.batch_size={args.batch}",
         f"train.max_steps={steps}",
@@ -116,6 +121,7 @@ def bench_densetune(args: argparse.Namespace, data: Path, work: Path) -> dict:
 
     recipe = TrainRecipe(load_config(None, densetune_overrides(args, data, work)))
     recipe.save_checkpoint = lambda: None  # a benchmark writes no checkpoints
+    reset_peak_memory(args.device)
     try:
         recipe.setup()
         recipe.train()
@@ -133,6 +139,7 @@ def bench_densetune(args: argparse.Namespace, data: Path, work: Path) -> dict:
         "tokens_per_s": samples * tokens_per_sample / seconds,
         "tokens_per_sample": tokens_per_sample,
         "final_loss": records[-1]["loss"],
+        "peak_memory_gib": peak_memory_gib(args.device),
     }
 
 
@@ -177,7 +184,7 @@ def bench_sentence_transformers(args: argparse.Namespace, rows: list[dict], work
         save_strategy="no",
         report_to=[],
         dataloader_drop_last=True,
-        dataloader_num_workers=args.workers,
+        dataloader_num_workers=args.workers or 0,
         seed=42,
         use_cpu=args.device == "cpu",
         disable_tqdm=True,
@@ -189,9 +196,32 @@ def bench_sentence_transformers(args: argparse.Namespace, rows: list[dict], work
         loss=losses.MultipleNegativesRankingLoss(model, scale=20.0),
         callbacks=[timer],
     )
+    reset_peak_memory(args.device)
     trainer.train()
     seconds = timer.times[-1] - timer.times[args.warmup - 1]
-    return {"steps_per_s": args.steps / seconds, "samples_per_s": args.steps * args.batch / seconds}
+    return {
+        "steps_per_s": args.steps / seconds,
+        "samples_per_s": args.steps * args.batch / seconds,
+        "peak_memory_gib": peak_memory_gib(args.device),
+    }
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start a fresh peak of the CUDA caching allocator (a CPU run reports none)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib(device: str) -> float | None:
+    """Peak GPU memory allocated since :func:`reset_peak_memory`, GiB; None on a CPU."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,18 +237,29 @@ def main(argv: list[str] | None = None) -> int:
         "--precision", default="auto", choices=("auto", "bf16", "fp32"), help="densetune's train.precision"
     )
     parser.add_argument("--peer-bf16", action="store_true", help="the peer's bf16 training argument")
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (both trainers)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers, both trainers (default: each one's own: densetune's auto, 0 on a CPU and one "
+        "per spare core on CUDA; the peer's 0)",
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=None,
         help="torch CPU threads (default: all cores; 1 on a busy machine)",
     )
+    add_random_argument(parser)
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's dense bf16 peak for MFU (default: by GPU name)",
+    )
     parser.add_argument("--skip-peer", action="store_true", help="densetune only")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    if args.model is None:
-        args.model = default_model()
     if args.warmup < 1:
         parser.error("--warmup must be >= 1 (the first step's time includes start-up)")
     if scifact_missing(args.data):
@@ -229,32 +270,48 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.random:
+            args.model = random_model(args.random, work / f"random-{args.random}")
+        elif args.model is None:
+            args.model = default_model()
+        params = non_embedding_params(args.model)
         rows, data = write_rows(args, work)
         ours = bench_densetune(args, data, work)
         peer = None if args.skip_peer else bench_sentence_transformers(args, rows, work)
     if peer is not None:
         peer["tokens_per_s"] = peer["samples_per_s"] * ours["tokens_per_sample"]
+    # model FLOPs utilisation on real (non-padding) tokens: 6 N FLOPs per token for forward + backward
+    # (N = non-embedding parameters; attention's sequence-length term left out, so MFU is a lower bound)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(args.device)
+    for side in (ours, peer):
+        if side is not None:
+            side["mfu"] = 6 * params * side["tokens_per_s"] / peak if peak else None
 
-    name = Path(args.model).name
+    name = f"random {args.random}" if args.random else Path(args.model).name
     print(
         f"\ntraining throughput: {name}, {args.device}, {args.batch} x (1+{args.negatives}), "
         f"q {args.q_len} / p {args.p_len}, {args.steps} timed steps"
     )
-    print(f"{'trainer':<40}{'steps/s':>10}{'samples/s':>12}{'tokens/s':>12}")
-    ours_name = f"densetune recipe ({args.densetune_precision})"
-    print(
-        f"{ours_name:<40}{ours['steps_per_s']:>10.3f}{ours['samples_per_s']:>12.1f}{ours['tokens_per_s']:>12.0f}"
-    )
+    print(f"{'trainer':<40}{'steps/s':>10}{'samples/s':>12}{'tokens/s':>12}{'MFU':>8}{'peak GiB':>10}")
+
+    def cells(side: dict) -> str:
+        mfu = f"{side['mfu']:>8.1%}" if side.get("mfu") is not None else f"{'-':>8}"
+        mem = f"{side['peak_memory_gib']:>10.1f}" if side.get("peak_memory_gib") is not None else f"{'-':>10}"
+        return f"{side['steps_per_s']:>10.3f}{side['samples_per_s']:>12.1f}{side['tokens_per_s']:>12.0f}{mfu}{mem}"
+
+    print(f"{f'densetune recipe ({args.densetune_precision})':<40}{cells(ours)}")
     if peer is not None:
         print(
-            f"{'sentence-transformers MNRL (' + ('bf16' if args.peer_bf16 else 'fp32') + ')':<40}"
-            f"{peer['steps_per_s']:>10.3f}"
-            f"{peer['samples_per_s']:>12.1f}{peer['tokens_per_s']:>12.0f}"
+            f"{'sentence-transformers MNRL (' + ('bf16' if args.peer_bf16 else 'fp32') + ')':<40}{cells(peer)}"
         )
         print(
             f"{'ratio densetune / sentence-transformers':<40}{ours['steps_per_s'] / peer['steps_per_s']:>10.2f}x"
         )
     print(f"real tokens per sample (query + {1 + args.negatives} passages): {ours['tokens_per_sample']:.0f}")
+    print(
+        f"non-embedding parameters: {params / 1e6:.1f}M"
+        + (f"; MFU against {peak / 1e12:.0f} TFLOP/s" if peak else "")
+    )
     print_footer(args.device, args.json, {"args": vars(args), "densetune": ours, "peer": peer})
     return 0
 

@@ -7,6 +7,7 @@ zero_grad) and lists the operators with the most self time, so what is not model
 
     python bench/profile_train_step.py                          # 8 x (1+3), q 64 / p 128, 4 steps, auto
     python bench/profile_train_step.py --precision fp32 --fused false
+    python bench/profile_train_step.py --device cuda --batch 64 --negatives 7 --p-len 256   # a GPU step
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--top", type=int, default=12, help="operators listed")
     parser.add_argument("--shapes", action="store_true", help="list operators by input shapes too")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args(argv)
     args.model = args.model or default_model()
     if scifact_missing(args.data):
@@ -58,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     from densetune.train.config import load_config
     from densetune.train.loop import TrainRecipe
 
-    args.device, args.workers, args.warmup = "cpu", 0, 1
+    args.workers, args.warmup = 0, 1
+    cuda = args.device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sort_key = "self_device_time_total" if cuda else "self_cpu_time_total"
     clip = torch.nn.utils.clip_grad_norm_
 
     def labelled_clip(*a, **k):
@@ -79,15 +84,17 @@ def main(argv: list[str] | None = None) -> int:
         recipe.cfg.train.max_steps = recipe.total_steps = args.warmup
         recipe.train()  # warm-up step, not profiled
         recipe.cfg.train.max_steps = recipe.total_steps = args.warmup + args.steps
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
+        with profile(activities=activities, record_shapes=args.shapes) as prof:
             start = time.perf_counter()
             recipe.train()
+            if cuda:
+                torch.cuda.synchronize()
             wall = time.perf_counter() - start
         recipe.cleanup()
     events = prof.key_averages()
     total_us = wall * 1e6
     print(
-        f"\ntraining step profile: {Path(args.model).name}, cpu, {recipe.precision.name}, "
+        f"\ntraining step profile: {Path(args.model).name}, {args.device}, {recipe.precision.name}, "
         f"{args.batch} x (1+{args.negatives}), q {args.q_len} / p {args.p_len}, {args.steps} steps, "
         f"optim.fused={recipe.optimizer.defaults.get('fused')}, {torch.get_num_threads()} threads"
     )
@@ -101,14 +108,16 @@ def main(argv: list[str] | None = None) -> int:
         f"{'forward + backward + loss (the rest)':<40}{rest / args.steps / 1e3:>10.1f}{rest / total_us:>8.1%}"
     )
     print(f"{'step (wall)':<40}{total_us / args.steps / 1e3:>10.1f}")
-    print(f"\ntop {args.top} operators by self CPU time:")
-    print(
-        prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top, max_name_column_width=45)
-    )
+    if cuda:
+        # on a GPU the phases above are host time (launches, syncs); the device's own time per step:
+        busy = sum(e.self_device_time_total for e in events) / args.steps
+        print(f"{'GPU busy (sum of kernel time)':<40}{busy / 1e3:>10.1f}{busy * args.steps / total_us:>8.1%}")
+    print(f"\ntop {args.top} operators by self {'GPU' if cuda else 'CPU'} time:")
+    print(prof.key_averages().table(sort_by=sort_key, row_limit=args.top, max_name_column_width=45))
     if args.shapes:
         print(f"\ntop {args.top} operators and input shapes by self CPU time:")
         table = prof.key_averages(group_by_input_shape=True).table(
-            sort_by="self_cpu_time_total",
+            sort_by=sort_key,
             row_limit=args.top,
             max_name_column_width=30,
             max_shapes_column_width=70,

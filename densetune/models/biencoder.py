@@ -233,13 +233,22 @@ class BiEncoder(nn.Module):
             self.to(device)
         device = self.device
 
-        def step(index: list[int]) -> Tensor:
-            encoded = self.tokenize([texts[i] for i in index], is_query=is_query, max_length=max_length)
+        def prepare(index: list[int]) -> dict[str, Tensor]:
+            return self.tokenize([texts[i] for i in index], is_query=is_query, max_length=max_length)
+
+        def run(encoded: dict[str, Tensor]) -> Tensor:
             return self._encode_inputs({k: v.to(device) for k, v in encoded.items()}, is_query=is_query)
 
         out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
         return map_longest_first(
-            self, [len(t) for t in texts], batch_size, step, out, desc="encode", show_progress=show_progress
+            self,
+            [len(t) for t in texts],
+            batch_size,
+            prepare,
+            run,
+            out,
+            desc="encode",
+            show_progress=show_progress,
         )
 
     @property

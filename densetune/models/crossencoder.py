@@ -354,16 +354,18 @@ class CrossEncoder(nn.Module):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         device = self.device
 
-        def step(index: list[int]) -> Tensor:
-            enc = self.tokenize_pairs(
+        def prepare(index: list[int]) -> dict[str, Tensor]:
+            return self.tokenize_pairs(
                 [queries[i] for i in index], [passages[i] for i in index], max_length=max_length
             )
+
+        def run(enc: dict[str, Tensor]) -> Tensor:
             return self({k: v.to(device) for k, v in enc.items()})
 
         lengths = [len(q) + len(p) for q, p in zip(queries, passages)]
         out = torch.empty(len(lengths), dtype=torch.float32)
         return map_longest_first(
-            self, lengths, batch_size, step, out, desc="score", show_progress=show_progress
+            self, lengths, batch_size, prepare, run, out, desc="score", show_progress=show_progress
         )
 
     # ------------------------------------------------------------------ training helpers

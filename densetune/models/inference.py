@@ -1,51 +1,84 @@
 """The batch loop of BiEncoder.encode_texts and CrossEncoder.score_pairs: longest first, eval mode, input order,
-in the model's inference precision (:mod:`densetune.precision`)."""
+in the model's inference precision (:mod:`densetune.precision`), tokenising ahead of the GPU."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from densetune.precision import INFERENCE_ATTR
 
+# batches tokenised ahead of the one on the GPU (a thread: Hugging Face tokenizers release the GIL)
+PREFETCH = 2
+
 
 def map_longest_first(
     model: nn.Module,
     lengths: Sequence[int],
     batch_size: int,
-    step: Callable[[list[int]], Tensor],
+    prepare: Callable[[list[int]], Any],
+    run: Callable[[Any], Tensor],
     out: Tensor,
     *,
     desc: str,
     show_progress: bool = False,
 ) -> Tensor:
-    """Fill ``out[i]`` for every item i with ``step(index)``, ``index`` a batch of item indices.
+    """Fill ``out[i]`` for every item i with ``run(prepare(index))``, ``index`` a batch of item indices.
 
+    ``prepare`` is the CPU half (tokenising the batch's texts), ``run`` the model half (moving the inputs to
+    the device and the forward). On a GPU the next batches are prepared in a thread while the current one
+    runs, so tokenising does not leave the GPU idle; on a CPU they alternate (both would use the same cores).
     Items go longest first (by ``lengths``) so each batch pads little; ``model`` is in eval mode meanwhile
-    and goes back to its training mode after, even on an error. ``step`` returns one row per index, moved
+    and goes back to its training mode after, even on an error. ``run`` returns one row per index, moved
     to the CPU as float32 before it is stored; ``desc`` names the tqdm bar shown with ``show_progress``.
-    ``step`` runs under the model's ``inference_precision`` (set by
+    ``run`` runs under the model's ``inference_precision`` (set by
     :func:`densetune.precision.set_inference_precision`; none: the caller's context, fp32 by default).
     """
     precision = getattr(model, INFERENCE_ATTR, None)
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    on_gpu = next(model.parameters(), torch.empty(0)).device.type == "cuda"
     was_training = model.training
     model.eval()
     # one autocast context for all batches: autocast keeps its bf16 copies of the weights until it exits
     autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
     try:
-        starts = range(0, len(order), batch_size)
+        bar = None
         if show_progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc=desc, unit="batch")
+            bar = tqdm(total=len(batches), desc=desc, unit="batch")
         with autocast:
-            for start in starts:
-                index = order[start : start + batch_size]
-                out[torch.tensor(index, dtype=torch.long)] = step(index).float().cpu()
+            for index, inputs in _prepared(batches, prepare, ahead=PREFETCH if on_gpu else 0):
+                out[torch.tensor(index, dtype=torch.long)] = run(inputs).float().cpu()
+                if bar is not None:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
     finally:
         model.train(was_training)
     return out
+
+
+def _prepared(
+    batches: list[list[int]], prepare: Callable[[list[int]], Any], *, ahead: int
+) -> Iterator[tuple[list[int], Any]]:
+    """``(index, prepare(index))`` for each batch in order; with ``ahead`` > 0 up to that many batches are
+    prepared in a background thread before they are needed."""
+    if ahead <= 0:
+        for index in batches:
+            yield index, prepare(index)
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="densetune-tokenize") as pool:
+        pending = [pool.submit(prepare, index) for index in batches[:ahead]]
+        for i, index in enumerate(batches):
+            inputs = pending[i].result()
+            if i + ahead < len(batches):
+                pending.append(pool.submit(prepare, batches[i + ahead]))
+            pending[i] = None  # the batch's tokens are freed once it has run
+            yield index, inputs

@@ -138,7 +138,9 @@ class DataConfig:
             out rows without negatives where the selector's mode needs some (counted as ``no_negatives``).
         cache_dir: where the memory-mapped Arrow copy of the data goes; null = ``$DENSETUNE_CACHE`` or
             ``~/.cache/densetune``.
-        num_workers: DataLoader worker processes (0: load in the training process).
+        num_workers: DataLoader worker processes (0: load in the training process). null (default): auto,
+            0 on a CPU (tokenising there takes cores from the model) and on CUDA one per spare core of this
+            rank, at most 8 (collation is the step's CPU cost and one process cannot feed a GPU).
         selector: ``_target_`` node choosing [positive, negatives...] per example (``n_passages`` =
             1 positive + n-1 negatives); the recipe passes ``seed``.
         sampler: ``_target_`` batch sampler node; the recipe passes ``batch_size``, ``seed``, ``rank``,
@@ -152,7 +154,7 @@ class DataConfig:
     split: str = "train"
     skip_invalid: bool = False
     cache_dir: str | None = None
-    num_workers: int = 0
+    num_workers: int | None = None
     selector: dict = _node(DEFAULT_SELECTOR)
     sampler: dict = _node(DEFAULT_SAMPLER)
     collator: dict | None = _node(DEFAULT_COLLATOR)

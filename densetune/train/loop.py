@@ -274,8 +274,6 @@ class TrainRecipe:
         checkpoint, so a resume continues mid-epoch at the exact batch. It gets its own generator so making
         an iterator never draws from the global torch RNG (dropout must not depend on when loaders start).
         """
-        from torchdata.stateful_dataloader import StatefulDataLoader
-
         from densetune.data.dataset import RetrievalTrainDataset
 
         dcfg = self.cfg.data
@@ -301,17 +299,8 @@ class TrainRecipe:
                 tokenizer=self.tokenizer,
                 **self._model_prefixes(dcfg.collator),
             )
-        with warnings.catch_warnings():
-            # torchdata calls torch.set_vital, which torch 2.13 deprecates: noise in every run, nothing to act on
-            warnings.filterwarnings("ignore", message=".*set_vital.*deprecated", category=UserWarning)
-            self.loader = StatefulDataLoader(
-                self.dataset,
-                batch_sampler=self.sampler,
-                collate_fn=_WithQueryIds(self.collator),
-                num_workers=dcfg.num_workers,
-                pin_memory=self.device.type == "cuda",
-                generator=torch.Generator().manual_seed(self.cfg.seed),
-            )
+        self._workers = loader_workers(dcfg.num_workers, self.device)
+        self.loader = self._make_loader(self._workers)
         self.batches_per_epoch = len(self.sampler)
         if self.batches_per_epoch == 0:
             raise ConfigError(
@@ -328,6 +317,26 @@ class TrainRecipe:
             self.total_steps = cap
         self.state.total_steps = self.total_steps
         self.dev_loader = self._build_dev_loader()
+
+    def _make_loader(self, workers: int) -> Any:
+        """The StatefulDataLoader over this rank's batches, collating in ``workers`` processes."""
+        from torchdata.stateful_dataloader import StatefulDataLoader
+
+        if workers:
+            # forked workers must not inherit the tokenizer's thread pool (Hugging Face tokenizers warns and
+            # would disable it itself); each worker tokenises its own batches instead
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        with warnings.catch_warnings():
+            # torchdata calls torch.set_vital, which torch 2.13 deprecates: noise in every run, nothing to act on
+            warnings.filterwarnings("ignore", message=".*set_vital.*deprecated", category=UserWarning)
+            return StatefulDataLoader(
+                self.dataset,
+                batch_sampler=self.sampler,
+                collate_fn=_WithQueryIds(self.collator),
+                num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+                generator=torch.Generator().manual_seed(self.cfg.seed),
+            )
 
     def _model_prefixes(self, node: dict[str, Any]) -> dict[str, str]:
         """The model folder's prompts for a collator node that sets none (training and evaluation then
@@ -471,8 +480,17 @@ class TrainRecipe:
             self.sampler.set_epoch(st.epoch)
             self.dataset.set_epoch(st.epoch)
             if self._loader_state is not None:
+                saved = saved_loader_workers(self._loader_state)
+                if saved != self.loader.num_workers:
+                    self._say(
+                        f"data.num_workers: checkpoint had {saved}, this run {self.loader.num_workers} -> "
+                        "checkpoint wins until this epoch ends (a saved data position needs its worker count)"
+                    )
+                    self.loader = self._make_loader(saved)
                 self.loader.load_state_dict(self._loader_state)  # applied by the next iter(): mid-epoch
                 self._loader_state = None
+            elif self.loader.num_workers != self._workers:
+                self.loader = self._make_loader(self._workers)
             batches = iter(self.loader)
             while st.batches_in_epoch < self.batches_per_epoch and st.step < self.total_steps:
                 # The last window of an epoch may be short; its loss is averaged over the batches it has.
@@ -969,6 +987,24 @@ def _save_atomically(model: nn.Module, out: Path, card: dict[str, Any]) -> None:
         os.replace(out, old)
         shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, out)
+
+
+def loader_workers(configured: int | None, device: torch.device) -> int:
+    """``data.num_workers``, with null resolved: 0 on a CPU (tokenising would take the model's cores); on CUDA
+    one worker per core this rank can spare (cores / processes on the node, less the training process), at
+    most 8: a GPU step consumes batches faster than one process tokenises them."""
+    if configured is not None:
+        return configured
+    if device.type != "cuda":
+        return 0
+    per_rank = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(8, per_rank - 1))
+
+
+def saved_loader_workers(state: dict[str, Any]) -> int:
+    """The worker count a StatefulDataLoader state was saved with (its multi-process form keeps a snapshot)."""
+    snapshot = state.get("_snapshot")
+    return int(snapshot["_main_snapshot"]["_num_workers"]) if snapshot else 0
 
 
 def _env_cap(name: str) -> int | None:

@@ -1,7 +1,7 @@
 """A training run's claim on its output directory: an OS lock, the run's id, and another run's leftovers.
 
-- The lock is ``fcntl.flock`` on ``<output>/.densetune.lock``: the kernel drops it when the process ends,
-  however it ends, so a killed run leaves no stale lock and a second run on the same directory refuses.
+- The lock is a POSIX record lock (``fcntl.lockf``; forked DataLoader workers do not inherit it) on
+  ``<output>/.densetune.lock``: the kernel drops it when the process ends, however it ends, so a killed run leaves no stale lock and a second run on the same directory refuses.
   It is held per process: a later recipe in the same process (a test, a notebook) takes it over.
 - ``<output>/run.json`` names the run that owns the directory; each checkpoint's ``state.json`` carries
   the same id, so a run resumes and prunes only checkpoints of its own.
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -72,8 +73,13 @@ class OutputDir:
             return
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # a POSIX record lock, not flock: forked children (DataLoader workers) do not inherit it, so
+            # workers outliving their run never keep its directory locked
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EAGAIN):
+                os.close(fd)
+                raise
             holder = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
             os.close(fd)
             raise ConfigError(
@@ -88,7 +94,7 @@ class OutputDir:
     def release(self) -> None:
         if self._fd is not None and _HELD.get(self._key) == self._fd:
             del _HELD[self._key]
-            os.close(self._fd)  # closing the descriptor drops the flock
+            os.close(self._fd)  # closing the descriptor drops the lock
         self._fd = None
 
     def run_id(self) -> str | None:

@@ -204,7 +204,7 @@ def test_a_second_process_on_the_same_output_dir_refuses_and_the_lock_dies_with_
             "-c",
             "import fcntl, os, sys, time\n"
             f"fd = os.open({str(out / LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)\n"
-            "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
+            "fcntl.lockf(fd, fcntl.LOCK_EX)\nos.write(fd, str(os.getpid()).encode())\n"
             "print('locked', flush=True)\ntime.sleep(300)\n",
         ],
         stdout=subprocess.PIPE,

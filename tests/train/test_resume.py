@@ -87,3 +87,30 @@ def test_resume_from_an_explicit_path_and_refusal_of_other_batch_sizes(setup):
         TrainRecipe(load_config(cfg, [f"output.dir={out}", f"resume={step2}", "train.batch_size=2"])).setup()
     recipe = run(cfg, [f"output.dir={out}", f"resume={step2}", "train.max_steps=5"])
     assert recipe.state.step == 5
+
+
+def test_a_run_loading_in_worker_processes_resumes_exactly_in_one_process(setup, uninterrupted):
+    """data.num_workers changes where batches are collated, not which: killed with 2 DataLoader workers
+    (what auto picks on a GPU machine) and resumed with none, the weights equal the uninterrupted run's."""
+    tmp, cfg = setup
+    out = tmp / "workers"
+    run(cfg, [f"output.dir={out}", "data.num_workers=2"], kill_at=KILL_AT)
+    run(cfg, [f"output.dir={out}", "resume=auto", "data.num_workers=0"])
+    diff = max_abs_diff(final_weights(out), uninterrupted)
+    assert diff < 1e-6, f"resumed weights differ from the uninterrupted run by {diff}"
+
+
+def test_num_workers_auto_is_none_on_a_cpu_and_spare_cores_on_cuda(monkeypatch):
+    import torch
+
+    from densetune.train.loop import loader_workers
+
+    assert loader_workers(None, torch.device("cpu")) == 0
+    assert loader_workers(3, torch.device("cpu")) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert loader_workers(None, torch.device("cuda", 0)) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert loader_workers(None, torch.device("cuda", 0)) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert loader_workers(None, torch.device("cuda", 0)) == 0

@@ -232,7 +232,7 @@ def omegaconf_error(err: OmegaConfBaseException, given: Any = _NOTHING, at: str 
             message quotes the offending part of it and, for unknown keys, lists every unknown one there.
     """
     key = getattr(err, "full_key", None) or at or "<root>"
-    message = " ".join(str(getattr(err, "msg", None) or err).split())
+    message = str(err).strip().splitlines()[0].strip()  # the lines after it repeat the key and the types
     if isinstance(err, (InterpolationResolutionError, GrammarParseError)):
         return ConfigError(key, f"cannot resolve the interpolation: {message}")
     if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and OmegaConf.is_dict(err.parent_node):

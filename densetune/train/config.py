@@ -5,6 +5,12 @@ plus ``seed`` and ``resume``. Every key has its default here and nowhere else. P
 (batch sampler, collator, group selector, losses, model loader) are ``_target_`` nodes holding plain
 settings; the recipe passes the live objects (tokenizer, dataset, seed, rank) at the call site.
 
+The dataclasses are an OmegaConf structured-config schema: YAML and overrides merge into it, their values are
+checked against the annotations (a list's items too), and ``${...}`` interpolations resolve at the end. A new
+key is one annotated field with its default and a line in its section's docstring, e.g.
+``dims: list[int] = field(default_factory=list)`` or ``weights: list[float] | None = None``; range checks
+the types cannot express go in :func:`_check_values`.
+
 Batch sizes: ``train.batch_size`` is the number of *queries per device per micro-batch*. Each query
 brings ``n_passages`` documents (1 positive + n-1 hard negatives). The global batch, the number of
 queries one optimizer step sees, is ``batch_size x world_size x grad_accum_steps``; the recipe prints both

@@ -154,6 +154,7 @@ def test_interpolations_resolve_in_yaml_and_overrides_and_are_saved_resolved(tmp
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, MINIMAL), ["eval.batch_size=${train.batch_sise}"])
     assert err.value.key == "eval.batch_size" and "train.batch_sise" in str(err.value)
+    assert "\n" not in str(err.value) and "full_key" not in str(err.value)  # OmegaConf's key/type lines
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, MINIMAL), ["train.batch_size=${model.path}"])
     assert err.value.key == "train.batch_size" and "/models/m" in str(err.value)

@@ -1,5 +1,9 @@
 """YAML configs: load, apply dotted ``key=value`` overrides, and instantiate ``_target_`` nodes.
 
+Configs are OmegaConf configs (a schema is a structured config: dataclasses whose annotations type-check
+every value), so values may be ``${a.b}`` interpolations; this module turns OmegaConf's errors into
+densetune's one-line ones. YAML is read here (not by OmegaConf) so that problems name the file and line.
+
 A node ``{"_target_": "dotted.path.Name", "arg": ...}`` becomes ``Name(arg=...)``; nested nodes are built
 first (depth first). Live objects (a tokenizer, a model) are passed at the call site as keyword arguments,
 so YAML holds only plain settings. Every error names the key and what was expected.
@@ -8,15 +12,27 @@ so YAML holds only plain settings. Every error names the key and what was expect
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import importlib
 import inspect
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import Container, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    GrammarParseError,
+    InterpolationResolutionError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from densetune.errors import ConfigError
 from densetune.paths import path_problem
@@ -102,40 +118,76 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(cfg: Mapping[str, Any], overrides: list[str]) -> Any:
     """Return a copy of ``cfg`` with each ``a.b.c=value`` set (``+a.b=value`` adds a new key).
 
+    ``cfg`` is an OmegaConf config, whose schema (a structured config) then checks each value's type (a lone
+    string given for a list of strings becomes a one-item list), or a plain mapping, returned as one. A value
+    may be a ``${...}`` interpolation, resolved when the config is.
+
     Raises:
-        ConfigError: malformed override, or a key that does not exist (without ``+``), naming the key.
+        ConfigError: malformed override, a key that does not exist (without ``+``; a section of a schema takes
+            none), or a value of the wrong type, naming the key.
     """
-    cfg = copy.deepcopy(cfg)
+    conf = copy.deepcopy(cfg) if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(item, "expected an override of the form key.subkey=value")
-        key, value = item.split("=", 1)
+        key, text = item.split("=", 1)
         add = key.startswith("+")
         key = key.lstrip("+")
-        parts = key.split(".")
-        node: Any = cfg
-        for i, part in enumerate(parts[:-1]):
-            if isinstance(node, list):
-                node = node[_list_index(key, part, node)]
-                continue
-            if part not in node or node[part] is None:
-                if not add:
-                    raise ConfigError(".".join(parts[: i + 1]), _no_such_key(part, node, parts[:i]))
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, (dict, list)):
-                raise ConfigError(".".join(parts[: i + 1]), f"is a {type(node).__name__}, not a mapping")
-        last = parts[-1]
-        if isinstance(node, list):
-            node[_list_index(key, last, node)] = parse_value(value)
+        value = parse_value(text)
+        try:
+            _check_path(conf, key, add)
+            current = OmegaConf.select(conf, key, throw_on_resolution_failure=False)
+            # a section of a schema takes the keys given (the others keep their values); a mapping is replaced
+            merge = OmegaConf.is_dict(current) and dataclasses.is_dataclass(OmegaConf.get_type(current))
+            try:
+                OmegaConf.update(conf, key, value, merge=merge, force_add=True)
+            except ValidationError:
+                if not (isinstance(value, str) and OmegaConf.is_list(current)):
+                    raise
+                OmegaConf.update(conf, key, [value], merge=False, force_add=True)
+        except OmegaConfBaseException as err:
+            raise omegaconf_error(err, value, at=key) from None
+    return conf if isinstance(cfg, DictConfig) else OmegaConf.to_container(conf)
+
+
+def _check_path(conf: Container, key: str, add: bool) -> None:
+    """Raise ConfigError unless ``key`` names a place in ``conf``; with ``add``, missing or null mappings on
+    the way are created (a schema's section still takes no new keys: OmegaConf would drop them silently)."""
+    parts = key.split(".")
+    node: Any = conf
+    for i, part in enumerate(parts[:-1]):
+        if OmegaConf.is_list(node):
+            node = node[_list_index(key, part, node)]
             continue
-        if last not in node and not add:
+        if part not in node or node[part] is None:
+            here = ".".join(parts[: i + 1])
+            if not add and part in node:
+                raise ConfigError(
+                    here, f"is null; set it whole ({here}={{...}}) or add to it with +{key}=..."
+                )
+            if not add:
+                raise ConfigError(here, _no_such_key(part, node, parts[:i]))
+            _refuse_new_key(node, part, here, parts[:i])
+            with open_dict(node):
+                node[part] = {}
+        node = node[part]
+        if not OmegaConf.is_config(node):
+            raise ConfigError(".".join(parts[: i + 1]), f"is a {type(node).__name__}, not a mapping")
+    last = parts[-1]
+    if OmegaConf.is_list(node):
+        _list_index(key, last, node)
+    elif last not in node:
+        if not add:
             raise ConfigError(key, _no_such_key(last, node, parts[:-1]))
-        node[last] = parse_value(value)
-    return cfg
+        _refuse_new_key(node, last, key, parts[:-1])
+
+
+def _refuse_new_key(node: DictConfig, name: str, key: str, parents: list[str]) -> None:
+    if name not in node and dataclasses.is_dataclass(OmegaConf.get_type(node)):
+        raise ConfigError(key, unknown_key_message([name], node, "".join(p + "." for p in parents)))
 
 
 def closest_keys(name: str, valid: Iterable[str], prefix: str = "") -> str:
@@ -144,12 +196,21 @@ def closest_keys(name: str, valid: Iterable[str], prefix: str = "") -> str:
     return f"did you mean {' or '.join(prefix + c for c in close)}? " if close else ""
 
 
-def _no_such_key(name: str, node: dict[str, Any], parents: list[str]) -> str:
+def unknown_key_message(
+    unknown: Iterable[str], valid: Iterable[str], prefix: str = "", what: str = "unknown key"
+) -> str:
+    """``"unknown key; did you mean ...? valid keys here: ..."`` for keys a mapping does not have."""
+    valid = [str(v) for v in valid]
+    hint = "".join(closest_keys(str(u), valid, prefix) for u in unknown)
+    return f"{what}; {hint}valid keys here: {', '.join(prefix + v for v in valid)}"
+
+
+def _no_such_key(name: str, node: Any, parents: list[str]) -> str:
     prefix = "".join(p + "." for p in parents)
-    return f"no such key; {closest_keys(name, node, prefix)}valid keys here: {', '.join(prefix + str(k) for k in node)} (use +key=value to add one)"
+    return unknown_key_message([name], node, prefix, "no such key") + " (use +key=value to add one)"
 
 
-def _list_index(key: str, part: str, node: list) -> int:
+def _list_index(key: str, part: str, node: Any) -> int:
     try:
         idx = int(part)
     except ValueError:
@@ -157,6 +218,66 @@ def _list_index(key: str, part: str, node: list) -> int:
     if not -len(node) <= idx < len(node):
         raise ConfigError(key, f"list index {idx} out of range (length {len(node)})")
     return idx
+
+
+_NOTHING = object()
+
+
+def omegaconf_error(err: OmegaConfBaseException, given: Any = _NOTHING, at: str = "") -> ConfigError:
+    """densetune's one-line ConfigError for one of OmegaConf's: the dotted key and what its schema expects.
+
+    Args:
+        err: raised while merging, setting or resolving a config.
+        given: what was merged or set at ``at`` (the YAML mapping at the root, an override's value): the
+            message quotes the offending part of it and, for unknown keys, lists every unknown one there.
+    """
+    key = getattr(err, "full_key", None) or at or "<root>"
+    message = str(err).strip().splitlines()[0].strip()  # the lines after it repeat the key and the types
+    if isinstance(err, (InterpolationResolutionError, GrammarParseError)):
+        return ConfigError(key, f"cannot resolve the interpolation: {message}")
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and OmegaConf.is_dict(err.parent_node):
+        parent, _, name = key.rpartition(".")
+        prefix = parent + "." if parent else ""
+        here = _dig(given, parent) if not at else _NOTHING  # a merged mapping: name all its unknown keys
+        unknown = sorted(set(map(str, here)) - set(err.parent_node)) if isinstance(here, Mapping) else [name]
+        return ConfigError(
+            ", ".join(prefix + u for u in unknown), unknown_key_message(unknown, err.parent_node, prefix)
+        )
+    if isinstance(err, ValidationError):
+        hint = getattr(getattr(err.child_node, "_metadata", None), "type_hint", None)
+        if hint is None and typing.get_origin(err.ref_type) in (list, tuple):
+            hint = typing.get_args(err.ref_type)[0]  # an item of a typed list
+        if hint is not None and hint is not Any:
+            got = _dig(given, key[len(at) :] if key.startswith(at) else "")
+            return ConfigError(
+                key, f"expected {type_name(hint)}" + ("" if got is _NOTHING else f"; got {got!r}")
+            )
+    return ConfigError(key, message)
+
+
+def _dig(data: Any, dotted: str) -> Any:
+    """The value at ``a.b[0]`` (or ``a.b.0``) in nested plain mappings and lists, or _NOTHING."""
+    for part in re.findall(r"[^.\[\]]+", dotted):
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and part.lstrip("-").isdigit() and -len(data) <= int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return _NOTHING
+    return data
+
+
+def type_name(tp: Any) -> str:
+    """How an error message names the type annotation ``tp`` (``"an integer or null"``)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {type_name(typing.get_args(tp)[0])}"
+    if origin is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 # Targets that moved: configs and checkpoints saved before the move name the old path, which still
@@ -206,13 +327,19 @@ def instantiate(node: Any, key: str = "", **call_kwargs: Any) -> Any:
     """Build the objects a config node describes.
 
     Args:
-        node: a mapping with ``_target_``, a plain mapping/list (instantiated element-wise), or a value.
+        node: a mapping with ``_target_``, a plain mapping/list (instantiated element-wise), or a value; an
+            OmegaConf node is resolved first (``${...}`` interpolations).
         key: dotted location of ``node`` in the config, for error messages.
         **call_kwargs: live objects passed to the top-level target, overriding YAML values.
 
     Raises:
         ConfigError: unknown target, or arguments the target does not accept, naming the key.
     """
+    if OmegaConf.is_config(node):
+        try:
+            node = OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as err:
+            raise omegaconf_error(err, at=key) from None
     if isinstance(node, list):
         return [instantiate(v, f"{key}[{i}]") for i, v in enumerate(node)]
     if not isinstance(node, Mapping):

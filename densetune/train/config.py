@@ -5,6 +5,12 @@ plus ``seed`` and ``resume``. Every key has its default here and nowhere else. P
 (batch sampler, collator, group selector, losses, model loader) are ``_target_`` nodes holding plain
 settings; the recipe passes the live objects (tokenizer, dataset, seed, rank) at the call site.
 
+The dataclasses are an OmegaConf structured-config schema: YAML and overrides merge into it, their values are
+checked against the annotations (a list's items too), and ``${...}`` interpolations resolve at the end. A new
+key is one annotated field with its default and a line in its section's docstring, e.g.
+``dims: list[int] = field(default_factory=list)`` or ``weights: list[float] | None = None``; range checks
+the types cannot express go in :func:`_check_values`.
+
 Batch sizes: ``train.batch_size`` is the number of *queries per device per micro-batch*. Each query
 brings ``n_passages`` documents (1 positive + n-1 hard negatives). The global batch, the number of
 queries one optimizer step sees, is ``batch_size x world_size x grad_accum_steps``; the recipe prints both
@@ -23,21 +29,23 @@ import copy
 import dataclasses
 import logging
 import math
-import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from densetune.config import (
     TARGET,
     apply_overrides,
     check_arguments,
-    closest_keys,
     load_yaml,
     locate,
+    omegaconf_error,
     signature_defaults,
 )
 from densetune.errors import ConfigError
@@ -349,10 +357,12 @@ class RecipeConfig:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RecipeConfig:
-    """Read a recipe YAML, fill defaults, apply ``key=value`` overrides, and validate.
+    """Read a recipe YAML, fill defaults, apply ``key=value`` overrides, resolve ``${...}``, and validate.
 
     Overrides are applied after defaults are filled, so any key of the schema can be overridden even
-    when the YAML does not mention it (``train.max_steps=10``).
+    when the YAML does not mention it (``train.max_steps=10``). Values in the YAML and in overrides may be
+    OmegaConf interpolations (``eval.batch_size: ${train.batch_size}``, ``${oc.env:VAR}``), resolved once
+    everything is merged, so the saved ``config.yaml`` holds the resolved values.
 
     Args:
         path: the YAML file, or None for defaults only.
@@ -361,58 +371,78 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     Raises:
         ConfigError: naming the key and what was expected (for unknown keys: the valid ones).
     """
-    raw = load_yaml(path) if path is not None else {}
-    merged = merge_defaults(raw)
+    conf = merge_defaults(load_yaml(path) if path is not None else {})
     # The NeMo aliases are not schema keys, so an override naming one adds it (no "+" needed).
     aliases = {f"data.selector.{name}" for name in NEGATIVE_ALIASES}
     overrides = [f"+{o}" if o.split("=", 1)[0] in aliases else o for o in overrides or []]
-    merged = apply_overrides(merged, overrides)
-    return from_dict(merged)
+    return from_dict(apply_overrides(conf, overrides))
 
 
-def merge_defaults(raw: dict[str, Any]) -> dict[str, Any]:
-    """Defaults overlaid with ``raw``; rejects unknown keys. Component nodes merge unless retargeted."""
-    return _merge(RecipeConfig, raw, "")
+def merge_defaults(raw: Mapping[str, Any]) -> DictConfig:
+    """The schema (:class:`RecipeConfig` as an OmegaConf structured config) overlaid with ``raw``.
+
+    Unknown keys and values of the wrong type are errors naming the key. A component node merges into its
+    default unless it names another ``_target_``: then it replaces the default whole (its own defaults come
+    from its signature). ``${...}`` interpolations stay until :func:`from_dict` resolves them.
+    """
+    conf = OmegaConf.structured(RecipeConfig)
+    raw = _fit(conf, raw)
+    try:
+        return OmegaConf.merge(conf, raw)
+    except OmegaConfBaseException as err:
+        raise omegaconf_error(err, raw) from None
 
 
-def _merge(cls: type, raw: Any, prefix: str) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ConfigError(prefix or "<root>", f"expected a mapping, got {type(raw).__name__} {raw!r}")
-    out = dataclasses.asdict(cls())
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    _reject_unknown(raw, fields, prefix)
-    for name, value in raw.items():
-        key = f"{prefix}{name}"
-        f = fields[name]
-        if dataclasses.is_dataclass(hints[name]):
-            out[name] = _merge(hints[name], value if value is not None else {}, key + ".")
-        elif "component" in f.metadata:
-            out[name] = _merge_node(out[name], value, key, f.metadata["component"])
-        else:
-            out[name] = copy.deepcopy(value)
-    return out
+_SECTIONS = {
+    name: tp for name, tp in typing.get_type_hints(RecipeConfig).items() if dataclasses.is_dataclass(tp)
+}
+# Component nodes by dotted key, with their default node; the keys typed as a list of strings.
+COMPONENTS = {
+    f"{name}.{f.name}": f.metadata["component"]
+    for name, tp in _SECTIONS.items()
+    for f in dataclasses.fields(tp)
+    if "component" in f.metadata
+}
+_STRING_LISTS = [
+    f"{name}.{field}"
+    for name, tp in _SECTIONS.items()
+    for field, hint in typing.get_type_hints(tp).items()
+    if hint == list[str]
+]
 
 
-def _merge_node(current: Any, value: Any, key: str, default: dict[str, Any]) -> Any:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ConfigError(key, f"expected a component mapping with {TARGET} (or null), got {value!r}")
-    if TARGET in value and value[TARGET] != (current or default).get(TARGET):
-        return copy.deepcopy(value)
-    base = copy.deepcopy(current if current is not None else default)
-    base.update(copy.deepcopy(value))
-    return base
-
-
-def _reject_unknown(raw: dict[str, Any], fields: dict[str, Any], prefix: str) -> None:
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        where = ", ".join(prefix + u for u in unknown)
-        valid = ", ".join(prefix + n for n in fields)
-        hint = "".join(closest_keys(str(u), fields, prefix) for u in unknown)
-        raise ConfigError(where, f"unknown key; {hint}valid keys here: {valid}")
+def _fit(conf: DictConfig, raw: Any) -> dict[str, Any]:
+    """``raw`` shaped, and ``conf`` readied, for OmegaConf's merge where the recipe means more than the types
+    say: an empty section (all commented out) is its defaults, a lone string is a one-item list of strings
+    (unless it is one ``${...}``, which may name a list), and a component node merges into its default (the
+    default node when the schema's is null) or, naming another ``_target_``, replaces it."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("<root>", f"expected a mapping, got {type(raw).__name__} {raw!r}")
+    raw = copy.deepcopy(dict(raw))
+    for name in _SECTIONS:
+        if name in raw and raw[name] is None:
+            raw[name] = {}
+        elif name in raw and not isinstance(raw[name], Mapping):
+            raise ConfigError(name, f"expected a mapping, got {type(raw[name]).__name__} {raw[name]!r}")
+    for key, default in COMPONENTS.items():
+        section, name = key.split(".")
+        node = raw.get(section, {}).get(name)
+        if node is None:
+            continue
+        if not isinstance(node, Mapping):
+            raise ConfigError(key, f"expected a component mapping with {TARGET} (or null), got {node!r}")
+        current = conf[section][name]
+        base = current if current is not None else default
+        if node.get(TARGET, base[TARGET]) != base[TARGET]:
+            conf[section][name] = {}
+        elif current is None:
+            conf[section][name] = default
+    for key in _STRING_LISTS:
+        section, name = key.split(".")
+        value = raw.get(section, {}).get(name)
+        if isinstance(value, str) and not value.startswith("${"):
+            raw[section][name] = [value]
+    return raw
 
 
 # Classic NeMo's names for the number of hard negatives per query (SBERT's model.data.hard_negatives_to_train,
@@ -420,11 +450,9 @@ def _reject_unknown(raw: dict[str, Any], fields: dict[str, Any], prefix: str) ->
 NEGATIVE_ALIASES = ("hard_negatives_to_train", "num_hard_negatives")
 
 
-def _resolve_negative_aliases(data: dict[str, Any]) -> None:
+def _resolve_negative_aliases(cfg: RecipeConfig) -> None:
     """Rewrite ``data.selector.{hard_negatives_to_train,num_hard_negatives}: k`` as ``n_passages: k + 1``."""
-    node = (data.get("data") or {}).get("selector")
-    if not isinstance(node, dict):
-        return
+    node = cfg.data.selector
     given = {name: node.pop(name) for name in NEGATIVE_ALIASES if name in node}
     if not given:
         return
@@ -445,81 +473,29 @@ def _resolve_negative_aliases(data: dict[str, Any]) -> None:
     )
 
 
-def from_dict(data: dict[str, Any]) -> RecipeConfig:
-    """Build a validated :class:`RecipeConfig` from a fully merged dict (see :func:`merge_defaults`)."""
-    _resolve_negative_aliases(data)
-    cfg = _build(RecipeConfig, data, "")
+def from_dict(data: DictConfig | Mapping[str, Any]) -> RecipeConfig:
+    """A validated :class:`RecipeConfig` from :func:`merge_defaults`' result (a plain mapping is merged first),
+    with every ``${...}`` interpolation resolved."""
+    conf = data if isinstance(data, DictConfig) else merge_defaults(data)
+    try:
+        cfg = OmegaConf.to_object(conf)
+    except OmegaConfBaseException as err:
+        raise omegaconf_error(err) from None
+    _resolve_negative_aliases(cfg)
+    _check_choices(cfg)
     _check_values(cfg)
     return cfg
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    _reject_unknown(data, fields, prefix)
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}{name}"
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value if value is not None else {}, key + ".")
-            continue
-        kwargs[name] = _coerce(value, tp, key)
-        choices = fields[name].metadata.get("choices")
-        if choices and kwargs[name] not in choices:
-            raise ConfigError(key, f"expected one of {', '.join(map(str, choices))}; got {kwargs[name]!r}")
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (converting int -> float, str -> [str])."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise ConfigError(key, f"expected {_type_name(tp)}; got {value!r}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif origin is list or tp is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str) and item is str:
-            return [value]
-        if isinstance(value, (list, tuple)):
-            return [_coerce(v, item, f"{key}[{i}]") if item is not Any else v for i, v in enumerate(value)]
-    elif tp is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
-    elif tp is Any:
-        return value
-    raise ConfigError(key, f"expected {_type_name(tp)}; got {value!r}")
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
+def _check_choices(cfg: RecipeConfig) -> None:
+    for section in _SECTIONS:
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(values):
+            choices, value = f.metadata.get("choices"), getattr(values, f.name)
+            if choices and value not in choices:
+                raise ConfigError(
+                    f"{section}.{f.name}", f"expected one of {', '.join(map(str, choices))}; got {value!r}"
+                )
 
 
 def _check_values(cfg: RecipeConfig) -> None:

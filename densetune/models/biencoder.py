@@ -86,6 +86,8 @@ class BiEncoderConfig:
     max_passage_len: int = _DEFAULT_MAX_LEN
     special_tokens: list[str] = field(default_factory=list)
     base_model: str = ""
+    # the dims a Matryoshka loss trained (largest first; densetune/models/matryoshka.py), [] for none
+    matryoshka_dims: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.pooling = resolve_pooling(self.pooling)
@@ -476,11 +478,30 @@ class BiEncoder(nn.Module):
             "q = model.encode(['a question'], prompt_name='query')",
             "d = model.encode(['a passage'], prompt_name='document')",
         ]
+        tags = ["sentence-transformers", "feature-extraction", "densetune"]
+        if cfg.matryoshka_dims:
+            dims = ", ".join(map(str, cfg.matryoshka_dims))
+            settings.append(
+                (
+                    "Matryoshka dimensions",
+                    f"{dims}: trained to be cut to any of these (`densetune encode --dim K`, "
+                    "`SentenceTransformer(path, truncate_dim=K)`)",
+                )
+            )
+            tags.append("matryoshka")
+            small = cfg.matryoshka_dims[-1]
+            usage += [
+                f"# the first {small} dimensions alone (a Matryoshka dimension); sentence-transformers cuts "
+                "after normalising,",
+                "# so normalise again for unit vectors (cosine similarity ranks alike either way)",
+                f"small = SentenceTransformer('PATH', truncate_dim={small})",
+                "q = small.encode(['a question'], prompt_name='query', normalize_embeddings=True)",
+            ]
         return loading.render_model_card(
             base_model=cfg.base_model,
             library_name="sentence-transformers",
             pipeline_tag="sentence-similarity",
-            tags=["sentence-transformers", "feature-extraction", "densetune"],
+            tags=tags,
             title="densetune bi-encoder",
             settings=settings,
             # separate towers do not load as one sentence-transformers model
@@ -570,6 +591,7 @@ def _resolve_settings(
             dict.fromkeys([*saved.get("special_tokens", []), *(explicit.get("special_tokens") or [])])
         ),
         base_model=saved.get("base_model") or base_model,
+        matryoshka_dims=[int(d) for d in saved.get("matryoshka_dims") or []],
     )
 
 

@@ -41,6 +41,7 @@ import torch
 
 from densetune import distributed
 from densetune.errors import DataError, DensetuneError
+from densetune.models.matryoshka import add_dim_argument, single_dim
 from densetune.paths import (
     add_overwrite_argument,
     atomic_path,
@@ -374,6 +375,8 @@ def encoder_meta(encoder: Any, model: str = "", max_length: int | None = None) -
         "max_length": max_length,
         "normalized": bool(getattr(config, "normalize", False)),
         "precision": "bf16" if bf16 else "fp32",
+        # a Matryoshka cut (--dim) gives other embeddings; None (whole) equals an earlier meta without the key
+        "truncate_dim": getattr(encoder, "truncate_dim", None),
     }
 
 
@@ -633,12 +636,27 @@ def _merge_shards(out: Path, n_shards: int, n: int, dtype: str) -> None:
 
 
 def load_encoder(
-    model: str | Path | Encoder, *, device: str | None = None, precision: str | None = None
+    model: str | Path | Encoder,
+    *,
+    device: str | None = None,
+    precision: str | None = None,
+    dim: int | None = None,
 ) -> Encoder:
     """A model folder/name -> :class:`densetune.models.biencoder.BiEncoder` on ``device`` (default: cuda if
     available); an object with ``encode_texts`` is returned as it is. ``precision`` (``auto`` | ``bf16`` |
     ``fp32``): what its forwards run in (:func:`densetune.precision.set_inference_precision`; a model loaded
-    here gets bf16 weights under bf16, an object passed in runs under autocast); None: as it is."""
+    here gets bf16 weights under bf16, an object passed in runs under autocast); None: as it is. ``dim``:
+    embeddings cut to their first ``dim`` dimensions (a :class:`~densetune.models.matryoshka.TruncatedEncoder`,
+    renormalised when the model normalises)."""
+    encoder = _load_encoder(model, device=device, precision=precision)
+    if dim is None:
+        return encoder
+    from densetune.models.matryoshka import TruncatedEncoder
+
+    return TruncatedEncoder(encoder, dim)
+
+
+def _load_encoder(model: str | Path | Encoder, *, device: str | None, precision: str | None) -> Encoder:
     if not isinstance(model, (str, Path)):
         if not hasattr(model, "encode_texts"):
             raise DensetuneError(
@@ -692,6 +710,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     add_precision_argument(parser)
+    add_dim_argument(parser)
     add_overwrite_argument(
         parser, "query embeddings in --out; corpus: discard earlier shards instead of resuming"
     )
@@ -703,6 +722,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def _queries_key(args: argparse.Namespace, queries: tuple[list[str], list[str]]) -> str:
     """What identifies a query encoding: the model folder, token limit, dtype, ids and texts."""
     what = [str(Path(args.model).resolve()), str(args.max_length), args.dtype, args.precision]
+    what += [f"dim={args.dim}"] if args.dim else []
     what += [*queries[0], *queries[1]]
     return lines_digest(what)
 
@@ -718,6 +738,7 @@ def main(args: argparse.Namespace) -> int:
         raise DensetuneError("nothing to encode: give --queries and/or --corpus")
     if args.batch_size < 1:
         raise DensetuneError(f"--batch-size must be >= 1, got {args.batch_size}")
+    dim = single_dim(args.dim)
     # read inputs before loading the model, so bad input fails fast
     queries = read_queries(args.queries, args.split) if args.queries else None
     source = open_corpus(args.corpus, cache_dir=args.cache_dir) if args.corpus else None
@@ -731,7 +752,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     # Under torchrun every rank encodes its share of the corpus shards and rank 0 merges them.
     rank, world, device = distributed.join(args.device)
-    encoder = load_encoder(args.model, device=device, precision=args.precision)
+    encoder = load_encoder(args.model, device=device, precision=args.precision, dim=dim)
     meta = encoder_meta(encoder, str(Path(args.model).resolve()), args.max_length)
     if source is not None:
         start = time.perf_counter()

@@ -5,6 +5,7 @@ Python: :func:`evaluate_model` (used by the quickstart and by evaluation during 
 
 - ``densetune evaluate --run RUN --qrels QRELS [--metrics ndcg,mrr] [--k 1,3,5,10,100] [--out metrics.json]``
 - ``densetune evaluate --model M --data BEIR_DIR --split test [--save-dir DIR] [--out metrics.json]``
+  (``--dim 384,256,128,64``: the embeddings cut to each of those dimensions, one row each, one encoding)
 
 Both print a table (metrics as rows, cut-offs as columns) and optionally write JSON:
 ``{"metrics": {"ndcg@10": ...}, "queries": n, ...}`` (plus ``"per_query"`` with ``--per-query``).
@@ -16,11 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from densetune.errors import DataError, DensetuneError
+from densetune.models.matryoshka import add_dim_argument, parse_dims
 from densetune.paths import add_overwrite_argument, check_output, write_text_atomic
 from densetune.precision import add_precision_argument
 from densetune.retrieval.metrics import (
@@ -73,6 +75,23 @@ def retrieve_beir(
     beir_dir: str | Path,
     split: str = "test",
     *,
+    dim: int | None = None,
+    **kwargs: Any,
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
+    """Encode a BEIR split's queries and the corpus, and search: returns ``(run, qrels)``.
+
+    Arguments as in :func:`evaluate_model`; with ``save_dir`` the embeddings and ``run.trec`` are written.
+    """
+    runs, qrels = retrieve_beir_dims(model_or_path, beir_dir, split, [dim], **kwargs)
+    return runs[dim], qrels
+
+
+def retrieve_beir_dims(
+    model_or_path: Any,
+    beir_dir: str | Path,
+    split: str,
+    dims: Sequence[int | None],
+    *,
     top_k: int = 100,
     batch_size: int = 64,
     max_length: int | None = None,
@@ -82,12 +101,15 @@ def retrieve_beir(
     cache_dir: str | Path | None = None,
     show_progress: bool = True,
     precision: str | None = None,
-) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, int]]]:
-    """Encode a BEIR split's queries and the corpus, and search: returns ``(run, qrels)``.
+) -> tuple[dict[int | None, dict[str, dict[str, float]]], dict[str, dict[str, int]]]:
+    """:func:`retrieve_beir` at each of ``dims`` from one encoding: ``({dim: run}, qrels)``.
 
-    Arguments as in :func:`evaluate_model`; with ``save_dir`` the embeddings and ``run.trec`` are written.
+    Each dim cuts the embeddings to their first ``dim`` dimensions (renormalised when the model normalises;
+    :func:`densetune.models.matryoshka.truncate`); None searches them whole. With ``save_dir`` the whole
+    embeddings are written, and the run of each dim as ``run.trec`` (dim None) or ``run.dim{K}.trec``.
     """
     from densetune.data.trec import read_qrels, write_run
+    from densetune.models.matryoshka import check_width, truncate
     from densetune.retrieval.encode import (
         QUERY,
         embed_texts,
@@ -106,6 +128,7 @@ def retrieve_beir(
     qrels = read_qrels(beir_dir / "qrels" / f"{split}.tsv")
     source = open_corpus(beir_dir, cache_dir=cache_dir)
     encoder = load_encoder(model_or_path, device=device, precision=precision)
+    check_width(dims, encoder)
     kwargs = {"batch_size": batch_size, "max_length": max_length, "show_progress": show_progress}
     query_emb = embed_texts(encoder, query_texts, is_query=True, **kwargs)
     if save_dir is None:
@@ -121,10 +144,14 @@ def retrieve_beir(
         encode_corpus(encoder, source, save_dir, meta=meta, overwrite=True, **kwargs)
         doc_ids, doc_emb = load_embeddings(save_dir, "doc")
         write_embeddings(save_dir, QUERY, query_ids, query_emb, meta=meta)
-    run = search_run(query_ids, query_emb, doc_ids, doc_emb, top_k, search_config)
-    if save_dir is not None:
-        write_run(run, save_dir / "run.trec")
-    return run, qrels
+    normalized = bool(getattr(getattr(encoder, "config", None), "normalize", False))
+    runs = {}
+    for dim in dims:
+        q, d = truncate(query_emb, dim, normalized), truncate(doc_emb, dim, normalized)
+        runs[dim] = search_run(query_ids, q, doc_ids, d, top_k, search_config)
+        if save_dir is not None:
+            write_run(runs[dim], save_dir / ("run.trec" if dim is None else f"run.dim{dim}.trec"))
+    return runs, qrels
 
 
 def evaluate_model(
@@ -132,18 +159,8 @@ def evaluate_model(
     beir_dir: str | Path,
     split: str = "test",
     *,
-    metrics: Iterable[str] = DEFAULT_METRICS,
-    top_k: int | None = None,
-    batch_size: int = 64,
-    max_length: int | None = None,
-    device: str | None = None,
-    search_config: SearchConfig | None = None,
-    save_dir: str | Path | None = None,
-    missing_queries: str = "skip",
-    ignore_identical_ids: bool = False,
-    cache_dir: str | Path | None = None,
-    show_progress: bool = True,
-    precision: str | None = None,
+    dim: int | None = None,
+    **kwargs: Any,
 ) -> dict[str, float]:
     """Encode a BEIR split's queries and corpus with a model, search, and evaluate.
 
@@ -153,6 +170,8 @@ def evaluate_model(
             ``encode_texts`` switches to eval mode and back).
         beir_dir: BEIR directory (corpus.jsonl, queries.jsonl, qrels/{split}.tsv).
         split: qrels split; only its queries are encoded.
+        dim: search the first ``dim`` dimensions of the embeddings (Matryoshka; renormalised when the
+            model normalises); None: all.
         metrics: metric names (default ndcg@10, mrr@10, recall@100, map@100, p@10, accuracy@10).
         top_k: documents retrieved per query; default: the largest cut-off (at least 100).
         batch_size / max_length / device: encoding settings.
@@ -170,30 +189,45 @@ def evaluate_model(
     Example:
         >>> evaluate_model("path/to/model", "data/scifact", "test")["ndcg@10"]
     """
+    return evaluate_dims(model_or_path, beir_dir, split, [dim], **kwargs)[dim]
+
+
+def evaluate_dims(
+    model_or_path: Any,
+    beir_dir: str | Path,
+    split: str,
+    dims: Sequence[int | None],
+    *,
+    metrics: Iterable[str] = DEFAULT_METRICS,
+    top_k: int | None = None,
+    save_dir: str | Path | None = None,
+    missing_queries: str = "skip",
+    ignore_identical_ids: bool = False,
+    **kwargs: Any,
+) -> dict[int | None, dict[str, float]]:
+    """:func:`evaluate_model` at each of ``dims`` (None: whole embeddings) from one encoding: ``{dim: means}``.
+
+    Example:
+        >>> evaluate_dims("runs/mrl/model", "data/scifact", "test", [384, 128, 64])[64]["ndcg@10"]
+    """
     metrics = parse_metrics(metrics)
-    run, qrels = retrieve_beir(
-        model_or_path,
-        beir_dir,
-        split,
-        top_k=top_k or _top_k_for(metrics),
-        batch_size=batch_size,
-        max_length=max_length,
-        device=device,
-        search_config=search_config,
-        save_dir=save_dir,
-        cache_dir=cache_dir,
-        show_progress=show_progress,
-        precision=precision,
+    runs, qrels = retrieve_beir_dims(
+        model_or_path, beir_dir, split, dims, top_k=top_k or _top_k_for(metrics), save_dir=save_dir, **kwargs
     )
-    means, per_query = evaluate_run(
-        run, qrels, metrics, missing_queries=missing_queries, ignore_identical_ids=ignore_identical_ids
-    )
+    by_dim, queries = {}, 0
+    for dim, run in runs.items():
+        by_dim[dim], per_query = evaluate_run(
+            run, qrels, metrics, missing_queries=missing_queries, ignore_identical_ids=ignore_identical_ids
+        )
+        queries = len(per_query)
     if save_dir is not None:
         model_name = str(model_or_path) if isinstance(model_or_path, (str, Path)) else ""
-        report = {"metrics": means, "queries": len(per_query), "data": str(beir_dir), "split": split}
+        report = {"metrics": by_dim[dims[0]], "queries": queries, "data": str(beir_dir), "split": split}
         report["model"] = model_name
+        if dims != [None]:
+            report["metrics_by_dim"] = {str(dim): means for dim, means in by_dim.items()}
         write_text_atomic(Path(save_dir) / "metrics.json", json.dumps(report, indent=2))
-    return means
+    return by_dim
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -213,6 +247,16 @@ def format_table(means: Mapping[str, float]) -> str:
             label = name if k is None else f"{name}@{k}"
             cells.append(f"{means[label]:>9.4f}" if label in means else f"{'-':>9}")
         lines.append(f"{name:<9}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def format_dim_table(by_dim: Mapping[int | None, Mapping[str, float]]) -> str:
+    """One row per embedding dimension (``dim  ndcg@10  mrr@10 ...``), one column per metric."""
+    labels = list(next(iter(by_dim.values())))
+    width = max(10, *(len(label) + 2 for label in labels))
+    lines = [f"{'dim':<6}" + "".join(f"{label:>{width}}" for label in labels)]
+    for dim, means in by_dim.items():
+        lines.append(f"{dim or 'all'!s:<6}" + "".join(f"{means[label]:>{width}.4f}" for label in labels))
     return "\n".join(lines)
 
 
@@ -253,6 +297,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_precision_argument(mdl)
     mdl.add_argument("--index", choices=INDEX_TYPES, default="exact", help="search method (default: exact)")
     mdl.add_argument("--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE)")
+    add_dim_argument(mdl, several=True)
     parser.add_argument(
         "--metrics",
         help="comma-separated metrics: ndcg, mrr, recall, map, p, accuracy, with @k or expanded over --k "
@@ -283,6 +328,7 @@ def main(args: argparse.Namespace) -> int:
     from densetune.data.trec import read_run
 
     metrics = [m.label for m in parse_metrics(_metric_list(args.metrics, args.k))]
+    dims: list[int | None] = list(parse_dims(args.dim) or [None])
     for path in (args.out, args.save_dir):
         if path:
             check_output(path, args.overwrite)
@@ -292,8 +338,10 @@ def main(args: argparse.Namespace) -> int:
             raise DensetuneError("give both --run and --qrels (or --model and --data)")
         if args.model or args.data:
             raise DensetuneError("give either --run/--qrels or --model/--data, not both")
+        if args.dim:
+            raise DensetuneError("--dim truncates a model's embeddings: give --model and --data, not a run")
         qrels = load_qrels(args.qrels, args.split)  # qrels, a NeMo query file or a training file with ids
-        run = read_run(args.run)
+        runs = {None: read_run(args.run)}
         source = {"run": str(args.run), "qrels": str(args.qrels)}
     elif args.model and args.data:
         from densetune.data.beir import is_beir_dir
@@ -302,10 +350,11 @@ def main(args: argparse.Namespace) -> int:
             raise DataError(
                 "not a BEIR directory; expected corpus.jsonl, queries.jsonl and qrels/", args.data
             )
-        run, qrels = retrieve_beir(
+        runs, qrels = retrieve_beir_dims(
             args.model,
             args.data,
             args.split,
+            dims,
             top_k=args.top_k or _top_k_for(parse_metrics(metrics)),
             batch_size=args.batch_size,
             max_length=args.max_length,
@@ -318,24 +367,35 @@ def main(args: argparse.Namespace) -> int:
         source = {"model": str(args.model), "data": str(args.data), "split": args.split}
     else:
         raise DensetuneError("nothing to evaluate: give --run and --qrels, or --model and --data")
-    means, per_query = evaluate_run(
-        run,
-        qrels,
-        metrics,
-        missing_queries=args.missing_queries,
-        ignore_identical_ids=args.ignore_identical_ids,
-        relevance_level=args.relevance_level,
-    )
+    by_dim, per_query_by_dim = {}, {}
+    for dim, run in runs.items():
+        by_dim[dim], per_query_by_dim[dim] = evaluate_run(
+            run,
+            qrels,
+            metrics,
+            missing_queries=args.missing_queries,
+            ignore_identical_ids=args.ignore_identical_ids,
+            relevance_level=args.relevance_level,
+        )
+    first = dims[0]
+    means, per_query = by_dim[first], per_query_by_dim[first]
     if not per_query:
         raise DataError(
             "no query of the run has relevance judgements (0 queries to evaluate); expected a run and qrels "
             "with query ids in common",
             args.run or args.data,
         )
-    print(format_table(means))
+    if len(dims) > 1:
+        print(format_dim_table(by_dim))
+    else:
+        print(format_table(means) + (f"\n(first {first} dimensions)" if first else ""))
     print(f"{len(per_query)} queries evaluated in {time.perf_counter() - start:.1f}s")
     if args.out:
         report: dict[str, Any] = {"metrics": means, "queries": len(per_query), **source}
+        if first is not None:
+            # "metrics" holds the first --dim's; each dim's in "metrics_by_dim"
+            report["dim"] = first
+            report["metrics_by_dim"] = {str(dim): values for dim, values in by_dim.items()}
         if args.per_query:
             report["per_query"] = per_query
         write_text_atomic(args.out, json.dumps(report, indent=2))

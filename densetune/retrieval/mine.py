@@ -23,6 +23,7 @@ import numpy as np
 
 from densetune import distributed
 from densetune.errors import DataError, DensetuneError
+from densetune.models.matryoshka import add_dim_argument, single_dim
 from densetune.paths import add_overwrite_argument, check_output, write_text_atomic
 from densetune.precision import add_precision_argument
 from densetune.retrieval.negatives import (
@@ -77,6 +78,7 @@ def mine(
     retriever: str = "dense",
     bm25_config=None,
     precision: str | None = None,
+    dim: int | None = None,
 ) -> MiningStats:
     """Mine hard negatives for a training file and write the result.
 
@@ -104,6 +106,8 @@ def mine(
             apply to BM25 scores).
         bm25_config: :class:`densetune.retrieval.bm25.BM25Config` for ``retriever="bm25"``.
         precision: ``auto`` | ``bf16`` | ``fp32`` for the model's forwards (:mod:`densetune.precision`).
+        dim: retrieve and score with the first ``dim`` dimensions of the embeddings (a Matryoshka model's
+            cut, renormalised when the model normalises); None: all.
 
     Under torchrun each rank mines a contiguous slice of the queries against the whole corpus (random
     sampling and fill seeded by the global query index, so the result equals one process's), the corpus is
@@ -162,7 +166,7 @@ def mine(
         corpus_rows, meta, mined = _mine_dense(
             model, local, corpus_obj, corpus, corpus_embeddings, config, search_config, batch_size,
             max_length, device, precision, query_keys, positive_keys, show_progress,
-            query_offset=lo, query_cache="mine_query" if world == 1 else f"mine_query.{lo}-{hi}",
+            query_offset=lo, query_cache="mine_query" if world == 1 else f"mine_query.{lo}-{hi}", dim=dim,
         )  # fmt: skip
     if world > 1:
         mined = MinedNegatives.concat(distributed.gather_objects(mined, world))
@@ -256,6 +260,7 @@ def _check_retriever(retriever: str, model) -> None:
 def _mine_dense(
     model, examples, corpus_obj, corpus, corpus_embeddings, config, search_config, batch_size, max_length,
     device, precision, query_keys, positive_keys, show_progress, *, query_offset=0, query_cache="mine_query",
+    dim=None,
 ):  # fmt: skip
     """Dense candidates: encode (or reuse) the corpus and the queries, then the selection rules.
 
@@ -275,7 +280,7 @@ def _mine_dense(
     )
 
     search_config = search_config or SearchConfig()
-    encoder = load_encoder(model, device=device, precision=precision)
+    encoder = load_encoder(model, device=device, precision=precision, dim=dim)
     meta = encoder_meta(
         encoder, str(Path(model).resolve()) if isinstance(model, (str, Path)) else "", max_length
     )
@@ -540,6 +545,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     add_precision_argument(parser)
+    add_dim_argument(parser)
     parser.add_argument(
         "--cache-dir", default=None, help="corpus cache (default: $DENSETUNE_CACHE or ~/.cache/densetune)"
     )
@@ -562,6 +568,9 @@ def main(args: argparse.Namespace) -> int:
     # torchrun: every rank encodes and mines its share, rank 0 writes and reports
     rank, world, device = distributed.join(args.device)
     _check_retriever(args.retriever, args.model)  # argument errors before output ones
+    dim = single_dim(args.dim)
+    if dim is not None and args.retriever != "dense":
+        raise DensetuneError("--dim truncates the model's embeddings: it needs --retriever dense")
     for path in (args.out, f"{args.out}.mine.json"):
         check_output(path, args.overwrite)
     if args.with_scores and args.format != "flag" and rank == 0:
@@ -585,6 +594,7 @@ def main(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         precision=args.precision,
         retriever=args.retriever,
+        dim=dim,
     )
     if rank == 0:
         print(stats.summary())

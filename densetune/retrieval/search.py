@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from densetune.errors import DensetuneError
+from densetune.models.matryoshka import add_dim_argument, single_dim, truncate
 from densetune.paths import add_overwrite_argument, check_output
 from densetune.retrieval import bm25
 from densetune.retrieval.topk import sort_rows, to_run
@@ -329,6 +330,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--index", choices=INDEX_TYPES, default=d.index, help="search method (default: exact)"
     )
     parser.add_argument("--normalize", action="store_true", help="L2-normalise embeddings first (cosine)")
+    add_dim_argument(parser)
     parser.add_argument(
         "--device", default=d.device, help="torch device for exact search (default: cuda if available)"
     )
@@ -352,7 +354,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_overwrite_argument(parser, "the --out run file")
 
 
+def _normalized(path: str, kind: str) -> bool:
+    """Whether ``densetune encode`` recorded normalised embeddings in ``path`` (a directory or its .npy)."""
+    from pathlib import Path
+
+    from densetune.retrieval.encode import read_meta
+
+    folder = Path(path).parent if str(path).endswith(".npy") else Path(path)
+    return bool(read_meta(folder, kind).get("normalized"))
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.bm25 and args.dim:
+        raise DensetuneError("--dim truncates embeddings; --bm25 searches texts")
     if args.bm25:
         return bm25.search_main(args)
     from densetune.data.trec import write_run
@@ -372,6 +386,14 @@ def main(args: argparse.Namespace) -> int:
     check_output(args.out, args.overwrite)
     query_ids, query_emb = load_embeddings(args.queries, "query")
     doc_ids, doc_emb = load_embeddings(args.corpus, "doc")
+    dim = single_dim(args.dim)
+    if dim is not None:
+        # a view of the (memory-mapped) arrays; the search renormalises chunk by chunk, in bounded memory,
+        # when the encoder normalised (its .meta.json says so) or --normalize asks
+        query_emb, doc_emb = truncate(query_emb, dim, False), truncate(doc_emb, dim, False)
+        config.normalize = (
+            config.normalize or _normalized(args.queries, "query") or _normalized(args.corpus, "doc")
+        )
     start = time.perf_counter()
     run = search_run(query_ids, query_emb, doc_ids, doc_emb, args.top_k, config, show_progress=True)
     write_run(run, args.out, tag=args.tag)

@@ -186,6 +186,11 @@ class LossConfig:
         reranker: ``_target_`` node of the cross-encoder loss
             (:class:`~densetune.losses.RerankerLoss`: listwise CE over each group, optional BCE
             and distillation from teacher scores); used only when the model is a cross-encoder.
+        matryoshka_dims: train the first k dimensions of every embedding as embeddings too (Matryoshka,
+            :class:`~densetune.losses.MatryoshkaLoss`): the loss is the weighted sum of the whole objective on
+            the embeddings cut to each dim (and renormalised when the model normalises), e.g.
+            ``[384, 256, 128, 64]``; sorted largest first; [] = off. Bi-encoders and LLM embedders only.
+        matryoshka_weights: one weight per dim, in the order of ``matryoshka_dims``; [] = 1.0 each.
     """
 
     contrastive: dict | None = _node(DEFAULT_CONTRASTIVE)
@@ -195,6 +200,8 @@ class LossConfig:
     task_weights: dict = field(default_factory=dict)
     use_train_config: bool | str = False
     reranker: dict | None = _node(DEFAULT_RERANKER)
+    matryoshka_dims: list[int] = field(default_factory=list)
+    matryoshka_weights: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -541,6 +548,13 @@ def _check_values(cfg: RecipeConfig) -> None:
     if not cfg.data.train:
         raise ConfigError("data.train", "required: a list of training files or directories")
     _check_loss_kind(cfg)
+    if cfg.loss.matryoshka_dims or cfg.loss.matryoshka_weights:
+        from densetune.models.matryoshka import check_dims
+
+        # largest first, each weight with its dim (the model's width is checked once it is loaded)
+        cfg.loss.matryoshka_dims, cfg.loss.matryoshka_weights = check_dims(
+            cfg.loss.matryoshka_dims, cfg.loss.matryoshka_weights
+        )
     from densetune.data.prompts import train_config_name
 
     try:
@@ -604,6 +618,11 @@ def _check_loss_kind(cfg: RecipeConfig) -> None:
                 "eval.rerank_run", "reranks with a cross-encoder; a bi-encoder searches eval.beir_dir"
             )
         return
+    if lcfg.matryoshka_dims or lcfg.matryoshka_weights:
+        raise ConfigError(
+            "loss.matryoshka_dims",
+            "truncates embeddings; a cross-encoder scores pairs and has none: set loss.matryoshka_dims=[]",
+        )
     if lcfg.distillation is not None:
         raise ConfigError(
             "loss.distillation",

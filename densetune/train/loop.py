@@ -755,6 +755,10 @@ class TrainRecipe:
             model = self._fresh_cpu_model()
             model.load_state_dict(full, strict=False)
         if self.is_main:
+            if hasattr(getattr(model, "config", None), "matryoshka_dims"):
+                # the folder records the dims this run trained (none: a loaded folder's earlier dims no
+                # longer hold)
+                model.config.matryoshka_dims = list(self.cfg.loss.matryoshka_dims)
             _save_atomically(model, out, card)
             self.log.print(f"saved model {out}")
         if self.world_size > 1:

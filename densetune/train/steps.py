@@ -44,7 +44,8 @@ class EmbeddingStep:
         self.objective = objective
         self.autocast = autocast
         self.chunk = grad_cache_chunk_size
-        contrastive = getattr(objective, "contrastive", None)
+        # a MatryoshkaLoss wraps the objective (as ``base``)
+        contrastive = getattr(getattr(objective, "base", objective), "contrastive", None)
         # the dev loss is the contrastive loss's softmax over each group, at the training temperature
         self.dev_temperature = float(getattr(contrastive, "temperature", 1.0))
 
@@ -97,6 +98,11 @@ class EmbeddingStep:
             "distillation_weight": lcfg.distillation_weight,
             **({"task_weights": lcfg.task_weights} if lcfg.task_weights else {}),
             **({"use_train_config": lcfg.use_train_config} if lcfg.use_train_config else {}),
+            **(
+                {"matryoshka_dims": lcfg.matryoshka_dims, "matryoshka_weights": self.objective.weights}
+                if lcfg.matryoshka_dims
+                else {}
+            ),
         }
 
 
@@ -157,16 +163,18 @@ def is_reranker(model: nn.Module) -> bool:
 def build_step(cfg: Any, model: nn.Module, autocast: Autocast) -> EmbeddingStep | RerankerStep:
     """The step for the loaded model, with its loss built from the config's nodes.
 
-    A bi-encoder takes ``loss.contrastive`` + ``loss.distillation`` (a :class:`RetrievalObjective`); a
-    cross-encoder takes ``loss.reranker`` (the config checked that no option of the other kind is set).
+    A bi-encoder takes ``loss.contrastive`` + ``loss.distillation`` (a :class:`RetrievalObjective`), inside a
+    :class:`MatryoshkaLoss` with ``loss.matryoshka_dims`` (checked here against the model's embedding
+    dimension); a cross-encoder takes ``loss.reranker`` (the config checked that no option of the other kind
+    is set).
     """
     lcfg = cfg.loss
     if is_reranker(model):
         return RerankerStep(instantiate(lcfg.reranker, "loss.reranker"), autocast)
 
-    from densetune.losses import RetrievalObjective
+    from densetune.losses import MatryoshkaLoss, RetrievalObjective
 
-    objective = RetrievalObjective(
+    objective: nn.Module = RetrievalObjective(
         instantiate(lcfg.contrastive, "loss.contrastive") if lcfg.contrastive else None,
         instantiate(lcfg.distillation, "loss.distillation") if lcfg.distillation else None,
         contrastive_weight=lcfg.contrastive_weight,
@@ -174,6 +182,14 @@ def build_step(cfg: Any, model: nn.Module, autocast: Autocast) -> EmbeddingStep 
         task_weights=lcfg.task_weights or None,
         use_train_config=lcfg.use_train_config,
     )
+    if lcfg.matryoshka_dims:
+        objective = MatryoshkaLoss(
+            objective,
+            lcfg.matryoshka_dims,
+            lcfg.matryoshka_weights or None,
+            normalize=bool(getattr(getattr(model, "config", None), "normalize", False)),
+            embedding_dim=getattr(model, "embedding_dim", None),
+        )
     return EmbeddingStep(objective, autocast, cfg.train.grad_cache_chunk_size)
 
 

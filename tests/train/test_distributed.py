@@ -16,7 +16,13 @@ import torch
 import torch.multiprocessing as mp
 from tiny_models import tiny_biencoder
 
-from densetune.losses import ContrastiveLoss, DistillationLoss, RetrievalObjective, loss_inputs
+from densetune.losses import (
+    ContrastiveLoss,
+    DistillationLoss,
+    MatryoshkaLoss,
+    RetrievalObjective,
+    loss_inputs,
+)
 from densetune.models.biencoder import BiEncoder
 
 N_QUERIES, N_PASSAGES = 6, 3
@@ -29,6 +35,8 @@ SCENARIOS = {
     "objective": (3, 3, False, "objective", False),
     "ids_on_one_rank": (3, 3, False, "contrastive", True),
     "sbert_scope_uneven": (2, 4, False, "sbert", False),  # in_batch_scope="positives" over gathered columns
+    # the objective on embeddings cut to 32, 16 and 4 dims, through the gradient cache, uneven split
+    "matryoshka_gradcache": (2, 4, True, "matryoshka", False),
 }
 
 
@@ -62,7 +70,12 @@ def make_loss(kind: str, cross_device: bool):
     contrastive = ContrastiveLoss(temperature=0.05, cross_device=cross_device, in_batch_scope=scope)
     if kind in ("contrastive", "sbert"):
         return contrastive
-    return RetrievalObjective(contrastive, DistillationLoss("kl"), contrastive_weight=0.3, distill_weight=1.0)
+    objective = RetrievalObjective(
+        contrastive, DistillationLoss("kl"), contrastive_weight=0.3, distill_weight=1.0
+    )
+    if kind == "matryoshka":
+        return MatryoshkaLoss(objective, [32, 16, 4], [1.0, 0.5, 0.25])
+    return objective
 
 
 def rows(batch: dict, start: int, count: int) -> dict:

@@ -6,7 +6,13 @@ import pytest
 import torch
 from tiny_models import tiny_biencoder
 
-from densetune.losses import ContrastiveLoss, DistillationLoss, RetrievalObjective, loss_inputs
+from densetune.losses import (
+    ContrastiveLoss,
+    DistillationLoss,
+    MatryoshkaLoss,
+    RetrievalObjective,
+    loss_inputs,
+)
 from densetune.models.biencoder import BiEncoder
 from densetune.train.gradcache import _plan, grad_cache_step
 
@@ -106,6 +112,32 @@ def test_matches_one_full_batch_forward_without_dropout():
     loss = grad_cache_step(model, loss_fn, batch, chunk_size=2, passage_chunk_size=5, scale=0.25)
     torch.testing.assert_close(loss, reference.detach(), atol=1e-6, rtol=1e-6)
     assert_same_grads(grads(model), expected)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4])
+def test_matryoshka_loss_through_the_cache_gives_the_plain_gradients(chunk_size):
+    """The cut and renormalisation run inside the loss on the cached embeddings: same grads as no cache."""
+    model = tiny_bert(dropout=0.1).train()
+    batch = random_batch()
+    batch["teacher_scores"] = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
+    objective = RetrievalObjective(ContrastiveLoss(temperature=0.05), DistillationLoss("kl"))
+    loss_fn = MatryoshkaLoss(objective, [32, 16, 4], [1.0, 0.5, 0.25], embedding_dim=model.embedding_dim)
+
+    torch.manual_seed(11)
+    reference = plain_chunked_reference(model, loss_fn, batch, chunk_size)
+    expected = grads(model)
+    model.zero_grad(set_to_none=True)
+
+    torch.manual_seed(11)
+    loss = grad_cache_step(model, loss_fn, batch, chunk_size=chunk_size)
+    torch.testing.assert_close(loss, reference, atol=1e-6, rtol=1e-6)
+    assert_same_grads(grads(model), expected)
+    # the small dims add to the gradient: the plain objective's differs
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(11)
+    plain_chunked_reference(model, objective, batch, chunk_size)
+    plain = grads(model)
+    assert any((plain[n] - expected[n]).abs().max() > 1e-4 for n in expected)
 
 
 def test_accepts_a_loss_taking_the_batch():

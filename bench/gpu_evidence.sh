@@ -5,6 +5,7 @@
 #   bash bench/gpu_evidence.sh core      # throughput: training (MiniLM, BERT-base), encode, a profiled step,
 #                                        # SciFact 3 epochs / 3 negatives under bf16 (auto) and fp32   (~6 min)
 #   bash bench/gpu_evidence.sh throughput # the throughput steps of core alone                        (~4 min)
+#   bash bench/gpu_evidence.sh matryoshka+throughput  # bench_matryoshka.py, then those               (~5 min)
 #   bash bench/gpu_evidence.sh quality   # SciFact 10 epochs / 7 negatives vs the peer, Matryoshka dims,
 #                                        # the quickstart, rerankers + distillation                      (~6 min)
 #   SMOKE=1 bash bench/gpu_evidence.sh core   # the same steps, tiny, on a CPU: checks the script itself
@@ -115,8 +116,17 @@ throughput() {
     step profile_step "${LIMIT:-90}" $PY bench/profile_train_step.py --model "$MODEL" --data "$DATA" $PROF --top 15
 }
 
+matryoshka() {
+    step matryoshka "${LIMIT:-200}" $PY bench/bench_matryoshka.py --model "$MODEL" --data "$DATA" $SF \
+        --out "$WORK/matryoshka" --json "$WORK/matryoshka.json"
+}
+
 case "$PART" in
 throughput)
+    throughput
+    ;;
+matryoshka+throughput)
+    matryoshka
     throughput
     ;;
 core)
@@ -135,17 +145,14 @@ core)
 quality)
     step scifact_10ep "${LIMIT:-240}" $PY bench/bench_scifact_finetune.py --model "$MODEL" --data "$DATA" $SF \
         --epochs 10 --negatives 7 --out "$WORK/scifact_10ep"
-    if [ -f bench/bench_matryoshka.py ]; then
-        step matryoshka "${LIMIT:-200}" $PY bench/bench_matryoshka.py --model "$MODEL" --data "$DATA" $SF \
-            --out "$WORK/matryoshka" --json "$WORK/matryoshka.json"
-    fi
+    matryoshka
     step quickstart "${LIMIT:-120}" $PY -m densetune quickstart --device "$DEVICE" --model "$MODEL" \
         --out "$WORK/quickstart" ${SMOKE:+--max-steps 2}
     step rerank_distill "${LIMIT:-240}" $PY bench/bench_rerank_distill.py --model "$MODEL" --data "$DATA" \
         --device "$DEVICE" --out "$WORK/rerank" ${SMOKE:+--max-steps 2}
     ;;
 *)
-    echo "usage: bash bench/gpu_evidence.sh core|throughput|quality" >&2
+    echo "usage: bash bench/gpu_evidence.sh core|throughput|matryoshka+throughput|quality" >&2
     exit 2
     ;;
 esac

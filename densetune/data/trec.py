@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Mapping
+from itertools import islice
 from pathlib import Path
 
+from densetune.caps import MAX_QUERIES, env_cap, notice
 from densetune.data.jsonrecords import check_text_head, iter_text_lines
 from densetune.errors import DataError
 from densetune.paths import atomic_path, check_input_file
@@ -34,7 +36,8 @@ def _lines(path: Path, name: str, what: str) -> Iterator[tuple[int, str]]:
 
 def read_qrels(path: str | Path) -> Qrels:
     """Read qrels in TREC format (``qid 0 docid rel``) or BEIR TSV (``query-id<TAB>corpus-id<TAB>score``,
-    optional header line, CRLF tolerated). Relevance must be an integer.
+    optional header line, CRLF tolerated). Relevance must be an integer. With ``DENSETUNE_MAX_QUERIES=N``
+    (:mod:`densetune.caps`) only the first N queries, in file order, are kept.
 
     Raises:
         DataError: missing or unreadable file, a bad line, a relevance that is not an integer, the same
@@ -82,6 +85,10 @@ def read_qrels(path: str | Path) -> Qrels:
         logger.warning(
             "%s: %d repeated (query, document) rows with the same relevance, read once", path, repeated
         )
+    cap = env_cap(MAX_QUERIES)  # a smoke run: every line is still read and checked above
+    if cap is not None and cap < len(qrels):
+        notice(f"{MAX_QUERIES}={cap}: {path} keeps its first {cap} of {len(qrels)} queries")
+        qrels = dict(islice(qrels.items(), cap))
     return qrels
 
 

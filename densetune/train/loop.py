@@ -25,6 +25,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from densetune.caps import MAX_BATCH, MAX_STEPS, env_cap
 from densetune.config import instantiate, locate
 from densetune.distributed import gather_objects, init_distributed
 from densetune.errors import ConfigError, DensetuneError
@@ -45,10 +46,6 @@ from densetune.train.sharding import (
 from densetune.train.steps import EmbeddingStep, RerankerStep, build_step, group_metrics, is_reranker
 
 Batch = dict[str, Any]
-# Environment variables capping every run's optimizer steps and per-device batch: smoke runs of any recipe
-# (README: "Testing the documentation"; tests/test_docs.py runs every documented command with them).
-MAX_STEPS_ENV = "DENSETUNE_MAX_STEPS"
-MAX_BATCH_ENV = "DENSETUNE_MAX_BATCH"
 
 
 class TrainRecipe:
@@ -67,10 +64,7 @@ class TrainRecipe:
     """
 
     def __init__(self, cfg: RecipeConfig):
-        cap = _env_cap(MAX_BATCH_ENV)
-        if cap is not None and cap < cfg.train.batch_size:
-            print(f"{MAX_BATCH_ENV}={cap}: train.batch_size {cfg.train.batch_size} -> {cap}", flush=True)
-            cfg.train.batch_size = cap
+        _cap_batch(cfg)
         self.cfg = cfg
         self.out_dir = Path(cfg.output.dir)
         self.ckpt_root = self.out_dir / "checkpoints"
@@ -311,9 +305,9 @@ class TrainRecipe:
         accum = self.cfg.train.grad_accum_steps
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
         self.total_steps = self.cfg.train.max_steps or self.cfg.train.epochs * self.steps_per_epoch
-        cap = _env_cap(MAX_STEPS_ENV)
+        cap = env_cap(MAX_STEPS)
         if cap is not None and cap < self.total_steps:
-            self._say(f"{MAX_STEPS_ENV}={cap}: training stops after {cap} of {self.total_steps} steps")
+            self._say(f"{MAX_STEPS}={cap}: training stops after {cap} of {self.total_steps} steps")
             self.total_steps = cap
         self.state.total_steps = self.total_steps
         self.dev_loader = self._build_dev_loader()
@@ -1011,14 +1005,22 @@ def saved_loader_workers(state: dict[str, Any]) -> int:
     return int(snapshot["_main_snapshot"]["_num_workers"]) if snapshot else 0
 
 
-def _env_cap(name: str) -> int | None:
-    """A positive integer from the environment variable ``name``, or None when it is not set."""
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or int(value) < 1:
-        raise ConfigError(name, f"expected a positive integer in the environment variable, got {value!r}")
-    return int(value)
+def _cap_batch(cfg: RecipeConfig) -> None:
+    """``DENSETUNE_MAX_BATCH=N``: at most N queries per device, per-task sizes (``batch_size_by_task``) too."""
+    cap = env_cap(MAX_BATCH)
+    if cap is None:
+        return
+    cut = []
+    if cap < cfg.train.batch_size:
+        cut.append(f"train.batch_size {cfg.train.batch_size} -> {cap}")
+        cfg.train.batch_size = cap
+    by_task = cfg.data.sampler.get("batch_size_by_task") or {}
+    for task, size in by_task.items():
+        if isinstance(size, int) and cap < size:
+            cut.append(f"data.sampler.batch_size_by_task.{task} {size} -> {cap}")
+            by_task[task] = cap
+    if cut:
+        print(f"{MAX_BATCH}={cap}: {', '.join(cut)}", flush=True)
 
 
 def _seed_everything(seed: int) -> None:

@@ -9,10 +9,11 @@ sentence-transformers' ``quantize_embeddings`` and its rescoring recipe):
   corpus can reuse them). A quarter of float32.
 - ``binary``: one bit per dimension, ``x > 0``, packed 8 to a byte (``np.packbits``): [N, ceil(dim / 8)]
   uint8, 1/32 of float32. Searched by Hamming distance between the query's and the documents' bits.
-- A rescoring store: the candidates of the compact search (``top_k * rescore_multiplier`` per query) are
-  scored again with the float query against finer document vectors: the ``doc.rescore.npy`` written beside
-  the codes when asked (int8 or float, memory-mapped: only the candidates' rows are read), else the codes
-  themselves (int8 dequantized, binary as +-1).
+- Search scores int8 codes with the float query (against the dequantized values, the codes never decoded)
+  and binary codes by Hamming distance. A rescoring store, ``doc.rescore.npy`` (int8 beside binary codes,
+  float16 / float32 beside either; memory-mapped: only the candidates' rows are read), gives the
+  ``top_k * rescore_multiplier`` candidates their scores with the float query; binary codes without a
+  store are rescored as +-1 vectors.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def calibrate_int8(blocks: Iterable[np.ndarray]) -> np.ndarray:
     return np.stack([lo, hi]).astype(np.float32)
 
 
-def _steps(ranges: np.ndarray) -> np.ndarray:
+def int8_steps(ranges: np.ndarray) -> np.ndarray:
+    """Each dimension's step: ``(max - min) / 255`` (float32 values are ``min + (code + 128) * step``)."""
     steps = (ranges[1].astype(np.float64) - ranges[0]) / 255.0
     return np.where(steps > 0, steps, 1.0)  # a constant dimension: any step maps it to one code
 
@@ -93,14 +95,14 @@ def quantize_int8(emb: np.ndarray, ranges: np.ndarray) -> np.ndarray:
         raise DensetuneError(
             f"int8 ranges are for dim {ranges.shape[1]}; the embeddings have dim {emb.shape[-1]}"
         )
-    codes = np.rint((emb - ranges[0]) / _steps(ranges)) - 128
+    codes = np.rint((emb - ranges[0]) / int8_steps(ranges)) - 128
     return np.clip(codes, -128, 127).astype(np.int8)
 
 
 def dequantize_int8(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     """int8 codes -> float32 rows (each value at its step; within half a step of the original)."""
     codes = np.asarray(codes, dtype=np.float64)
-    return (ranges[0] + (codes + 128) * _steps(ranges)).astype(np.float32)
+    return (ranges[0] + (codes + 128) * int8_steps(ranges)).astype(np.float32)
 
 
 def quantize_binary(emb: np.ndarray) -> np.ndarray:
@@ -248,6 +250,12 @@ class CompactCorpus:
     def shape(self) -> tuple[int, int]:
         """``(rows, dim)``: the float shape the codes stand for."""
         return self.codes.shape[0], self.dim
+
+    @property
+    def rescores(self) -> bool:
+        """Whether candidates get rescored: with a store, or binary codes as +-1 (int8 codes alone are
+        already scored against their dequantized values)."""
+        return self.store is not None or self.dtype == "binary"
 
     @property
     def rescore_dtype(self) -> str:

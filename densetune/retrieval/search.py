@@ -11,9 +11,9 @@ For very large corpora, faiss indexes trade exactness for speed: ``flat`` (exact
 ``ef_search``).
 
 Compact corpora (``densetune encode --dtype int8|binary``, :mod:`densetune.retrieval.quantize`) are searched
-by :func:`compact_search`: int8 by dot products of int8 codes (the query quantized with the corpus' ranges),
-binary by Hamming distance, then the top ``top_k * rescore_multiplier`` candidates are rescored with the
-float query.
+by :func:`compact_search`: int8 by the float query's dot products with the codes (scaled by the corpus' ranges),
+binary by Hamming distance; the top ``top_k * rescore_multiplier`` candidates are then rescored with the
+float query against finer vectors.
 
 Command: ``densetune search --queries DIR --corpus DIR --top-k 100 --out RUN [--index exact|flat|ivf|hnsw]``
 reads the outputs of ``densetune encode`` (``query.npy``/``query.ids`` and ``doc.npy``/``doc.ids``) and writes
@@ -285,11 +285,13 @@ def compact_search(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k over int8 or binary codes, then float rescoring; same return as :func:`exact_search`.
 
-    int8: the query is quantized with the corpus' ranges and scored by int8 dot products (computed in
-    float32, exact up to dim 1024: 128 * 128 * 1024 = 2**24); binary:
-    Hamming distance between sign bits, scored ``dim - 2 * distance`` (the dot product of the +-1 vectors).
-    The best ``top_k * config.rescore_multiplier`` then get ``query . vector`` with the float query and the
-    corpus' rescoring vectors (:meth:`densetune.retrieval.quantize.CompactCorpus.vectors`).
+    int8: the float query against the dequantized codes, ``query . (min + (code + 128) * step)``, computed
+    as one chunked float product ``(query * step) . code`` plus a per-query constant (the codes are never
+    decoded: the int8 array is all the memory the corpus takes); binary: Hamming distance between sign bits,
+    scored ``dim - 2 * distance`` (the dot product of the +-1 vectors). The best
+    ``top_k * config.rescore_multiplier`` then get ``query . vector`` with the float query and the corpus'
+    rescoring vectors (:meth:`densetune.retrieval.quantize.CompactCorpus.vectors`: the rescoring store, or
+    binary codes as +-1; int8 codes without a finer store are final as scored).
     """
     config = config or SearchConfig()
     if config.index != "exact":
@@ -307,13 +309,16 @@ def compact_search(
         raise DensetuneError(f"top_k must be >= 1, got {top_k}")
     if config.normalize:
         queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    depth = top_k * max(config.rescore_multiplier, 1)
+    final = config.rescore_multiplier == 0 or not corpus.rescores
+    depth = top_k if final else top_k * config.rescore_multiplier
     if corpus.dtype == "binary":
         dist, rows = quantize.hamming_search(quantize.quantize_binary(queries), corpus.codes, depth)
         scores = (corpus.dim - 2 * dist).astype(np.float32)
     else:
+        lo, step = corpus.ranges[0], quantize.int8_steps(corpus.ranges)
+        scaled = (queries * step).astype(np.float32)
         scores, rows = exact_search(
-            quantize.quantize_int8(queries, corpus.ranges).astype(np.float32),
+            scaled,
             corpus.codes,
             depth,
             query_block=config.query_block,
@@ -321,8 +326,9 @@ def compact_search(
             device=config.device,
             show_progress=show_progress,
         )
-    if config.rescore_multiplier == 0:
-        return scores[:, :top_k], rows[:, :top_k]
+        scores += (queries @ lo + 128 * scaled.sum(1))[:, None]
+    if final:
+        return scores, rows
     vectors = corpus.vectors
     if config.normalize:
 
@@ -463,7 +469,7 @@ def main(args: argparse.Namespace) -> int:
     if isinstance(doc_emb, quantize.CompactCorpus):
         how = f"{doc_emb.dtype} codes" + (
             f", top {config.rescore_multiplier}x rescored with {doc_emb.rescore_dtype}"
-            if config.rescore_multiplier
+            if config.rescore_multiplier and doc_emb.rescores
             else ""
         )
     print(

@@ -89,14 +89,20 @@ def int8_steps(ranges: np.ndarray) -> np.ndarray:
 
 
 def quantize_int8(emb: np.ndarray, ranges: np.ndarray) -> np.ndarray:
-    """Float rows -> int8 codes with ``ranges`` ([2, dim]: min, max); values outside are clipped."""
-    emb = np.asarray(emb, dtype=np.float64)
+    """Float rows -> int8 codes with ``ranges`` ([2, dim]: min, max); values outside are clipped. Computed
+    in float64 block by block (a million rows do not need their float64 copy at once)."""
+    emb = np.asarray(emb)
     if emb.shape[-1] != ranges.shape[1]:
         raise DensetuneError(
             f"int8 ranges are for dim {ranges.shape[1]}; the embeddings have dim {emb.shape[-1]}"
         )
-    codes = np.rint((emb - ranges[0]) / int8_steps(ranges)) - 128
-    return np.clip(codes, -128, 127).astype(np.int8)
+    out = np.empty(emb.shape, dtype=np.int8)
+    lo, steps = ranges[0].astype(np.float64), int8_steps(ranges)
+    flat, codes = emb.reshape(-1, emb.shape[-1]), out.reshape(-1, emb.shape[-1])
+    for start in range(0, flat.shape[0], BLOCK_ROWS):
+        block = np.rint((flat[start : start + BLOCK_ROWS].astype(np.float64) - lo) / steps) - 128
+        codes[start : start + BLOCK_ROWS] = np.clip(block, -128, 127)
+    return out
 
 
 def dequantize_int8(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:

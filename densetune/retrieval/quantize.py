@@ -107,8 +107,8 @@ def quantize_int8(emb: np.ndarray, ranges: np.ndarray) -> np.ndarray:
 
 def dequantize_int8(codes: np.ndarray, ranges: np.ndarray) -> np.ndarray:
     """int8 codes -> float32 rows (each value at its step; within half a step of the original)."""
-    codes = np.asarray(codes, dtype=np.float64)
-    return (ranges[0] + (codes + 128) * int8_steps(ranges)).astype(np.float32)
+    steps = int8_steps(ranges).astype(np.float32)
+    return (np.asarray(codes, dtype=np.float32) + 128) * steps + ranges[0].astype(np.float32)
 
 
 def quantize_binary(emb: np.ndarray) -> np.ndarray:
@@ -331,7 +331,8 @@ def rescore(
         cand = candidates[qs : qs + query_block]
         unique, inverse = np.unique(np.where(cand < 0, 0, cand), return_inverse=True)
         docs = vectors(unique)  # [U, dim]
-        scores = np.einsum("qd,qcd->qc", query[qs : qs + query_block], docs[inverse.reshape(cand.shape)])
+        gathered = docs[inverse.reshape(cand.shape)]  # [block, C, dim]
+        scores = np.matmul(gathered, query[qs : qs + query_block, :, None])[..., 0]
         scores = np.where(cand < 0, -np.inf, scores).astype(np.float32)
         s, r = sort_rows(scores, cand)
         scores_out[qs : qs + len(cand)], rows_out[qs : qs + len(cand)] = s[:, :k], r[:, :k]

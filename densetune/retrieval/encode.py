@@ -422,8 +422,8 @@ def encode_queries(
 ) -> Path:
     """Embed queries and write ``query.npy`` + ``query.ids`` + ``query.meta.json`` to ``out_dir``.
 
-    Under a compact ``dtype`` (int8, binary: the corpus' codes) queries stay float32: search quantizes them
-    with the corpus' own ranges, and rescoring needs the float query."""
+    Under a compact ``dtype`` (int8, binary: the corpus' codes) queries stay float32: search scores the
+    codes with the float query (binary: its sign bits), and rescoring needs it."""
     _check_dtype(dtype)
     dtype = dtype if dtype in DTYPES else "float32"
     emb = embed_texts(
@@ -554,6 +554,8 @@ def encode_corpus(
     n_shards = (n + shard_size - 1) // shard_size
     # Every rank reads the state and checks it (so a refusal ends every rank alike); rank 0 alone writes.
     previous = {} if overwrite else read_meta(out, DOC)
+    if previous.get("rescore_dtype") and rescore_dtype is None:
+        settings["rescore_dtype"] = None  # a store asked for before and not now is another encode
     if previous:
         old = {k: previous.get(k) for k in settings}
         if old != settings:

@@ -161,6 +161,10 @@ def test_encode_binary_with_an_int8_rescoring_store(stub_encoder, tmp_path):
     np.testing.assert_array_equal(corpus.codes, quantize.quantize_binary(floats))
     assert np.abs(corpus.vectors(np.arange(23)) - floats).max() < 0.01
     # another dtype in the same directory is another encode: refused, as any changed setting
+    with pytest.raises(DataError, match="rescore_dtype: 'int8' -> None"):
+        encode_corpus(
+            stub_encoder, source, tmp_path / "bin", dtype="binary", shard_size=5, show_progress=False
+        )
     with pytest.raises(DataError, match="dtype: 'binary' -> 'int8'"):
         encode_corpus(stub_encoder, source, tmp_path / "bin", dtype="int8", shard_size=5, show_progress=False)
     with pytest.raises(DensetuneError, match="--rescore-dtype float16 with --dtype float32"):

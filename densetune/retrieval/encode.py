@@ -12,6 +12,10 @@ Corpora are encoded in shards of ``shard_size`` documents, each written atomical
 rename) as ``doc.shard-00000.npy`` + ``.ids``. An interrupted encode re-run with the same settings continues
 after the last complete shard; at the end the shards are merged (streamed, bounded memory) into
 ``doc.npy``/``doc.ids`` and removed. Re-running a finished encode with the same settings does nothing.
+With ``--dtype int8|binary`` the shards stay float32 and the merge writes compact codes
+(:mod:`densetune.retrieval.quantize`: ``doc.npy`` as int8 or packed bits, ``doc.int8-ranges.npy``,
+optionally ``doc.rescore.npy``), so resumption and the equality of one and many processes are the float
+encode's.
 
 Inputs:
 
@@ -50,9 +54,10 @@ from densetune.paths import (
     write_text_atomic,
 )
 from densetune.precision import INFERENCE_ATTR, add_precision_argument, set_inference_precision
+from densetune.retrieval import quantize
 
 QUERY, DOC = "query", "doc"
-DTYPES = {"float32": np.float32, "float16": np.float16}
+DTYPES = quantize.FLOAT_DTYPES  # float storage; --dtype int8 | binary: compact corpus codes (quantize.py)
 DEFAULT_SHARD_SIZE = 100_000
 
 
@@ -118,16 +123,21 @@ def write_embeddings(
     return out
 
 
-def load_embeddings(directory: str | Path, kind: str, *, mmap: bool = True) -> tuple[list[str], np.ndarray]:
+def load_embeddings(
+    directory: str | Path, kind: str, *, mmap: bool = True, compact: bool = False
+) -> tuple[list[str], Any]:
     """Read ``{kind}.ids`` and ``{kind}.npy`` from an encode output directory.
 
     Args:
         directory: the directory (a path to the ``.npy`` itself is accepted too).
         kind: ``query`` or ``doc``.
         mmap: memory-map the array (``np.load(mmap_mode="r")``) instead of reading it.
+        compact: accept int8 / binary codes (``encode --dtype int8|binary``), returned as a
+            :class:`densetune.retrieval.quantize.CompactCorpus`; False: only float embeddings.
 
     Raises:
-        DataError: missing files, or rows and ids that differ in number.
+        DataError: missing files, rows and ids that differ in number, or compact codes where float
+            embeddings are expected (or whose ``.meta.json`` names another dtype).
     """
     directory = Path(directory)
     if directory.suffix == ".npy":
@@ -150,7 +160,28 @@ def load_embeddings(directory: str | Path, kind: str, *, mmap: bool = True) -> t
             f"{len(ids)} ids in {ids_path.name} but array shape {emb.shape}; expected one row per id", npy
         )
     _check_finite(emb, npy, ids)
-    return ids, emb
+    return ids, _compact_or_float(npy, emb, compact)
+
+
+def _compact_or_float(npy: Path, emb: np.ndarray, compact: bool) -> Any:
+    """Float embeddings as they are; compact codes as a CompactCorpus, when the caller reads them and the
+    ``.meta.json`` beside them agrees."""
+    stem = npy.name.split(".")[0]
+    meta = read_meta(npy.parent, stem)
+    named = meta.get("dtype")
+    held = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "binary"}.get(emb.dtype, str(emb.dtype))
+    if held not in quantize.COMPACT and named not in quantize.COMPACT:
+        return emb
+    meta_name = f"{stem}.meta.json"
+    if held != named:
+        raise DataError(f"holds {held} rows but {meta_name} names dtype {named!r}; re-encode it", npy)
+    if not compact:
+        raise DataError(
+            f"holds {held} codes (densetune encode --dtype {held}); only densetune search --corpus reads "
+            "them: expected float32 or float16 embeddings here",
+            npy,
+        )
+    return quantize.CompactCorpus.open(npy, emb, held, int(meta.get("dim", 0)))
 
 
 def _check_finite(emb: np.ndarray, npy: Path, ids: Sequence[str], rows: int = 65536) -> None:
@@ -392,8 +423,12 @@ def encode_queries(
     meta: dict[str, Any] | None = None,
     show_progress: bool = True,
 ) -> Path:
-    """Embed queries and write ``query.npy`` + ``query.ids`` + ``query.meta.json`` to ``out_dir``."""
+    """Embed queries and write ``query.npy`` + ``query.ids`` + ``query.meta.json`` to ``out_dir``.
+
+    Under a compact ``dtype`` (int8, binary: the corpus' codes) queries stay float32: search scores the
+    codes with the float query (binary: its sign bits), and rescoring needs it."""
     _check_dtype(dtype)
+    dtype = dtype if dtype in DTYPES else "float32"
     emb = embed_texts(
         encoder,
         texts,
@@ -424,9 +459,18 @@ class CorpusEncodeResult:
     rows: int
 
 
-def _check_dtype(dtype: str) -> None:
-    if dtype not in DTYPES:
-        raise DensetuneError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+def _check_dtype(dtype: str, rescore_dtype: str | None = None) -> None:
+    if dtype not in quantize.STORAGE_DTYPES:
+        raise DensetuneError(f"unknown dtype {dtype!r}; expected one of {', '.join(quantize.STORAGE_DTYPES)}")
+    if rescore_dtype is not None and (
+        dtype not in quantize.COMPACT
+        or rescore_dtype not in quantize.RESCORE_DTYPES
+        or rescore_dtype == dtype
+    ):
+        raise DensetuneError(
+            f"--rescore-dtype {rescore_dtype} with --dtype {dtype}: a rescoring store is int8 or float beside "
+            "int8 or binary codes, finer than the codes"
+        )
 
 
 def lines_digest(ids: Sequence[str]) -> str:
@@ -443,7 +487,9 @@ def _shard_paths(out: Path, k: int) -> tuple[Path, Path]:
 
 
 def _clear_doc_outputs(out: Path) -> None:
-    for p in [*out.glob(f"{DOC}.shard-*"), out / f"{DOC}.npy", out / f"{DOC}.ids", out / f"{DOC}.meta.json"]:
+    npy = out / f"{DOC}.npy"
+    compact = [quantize.rescore_path(npy), quantize.ranges_path(npy)]
+    for p in [*out.glob(f"{DOC}.shard-*"), npy, out / f"{DOC}.ids", out / f"{DOC}.meta.json", *compact]:
         p.unlink(missing_ok=True)
 
 
@@ -453,6 +499,7 @@ def encode_corpus(
     out_dir: str | Path,
     *,
     dtype: str = "float32",
+    rescore_dtype: str | None = None,
     batch_size: int = 64,
     max_length: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
@@ -467,7 +514,10 @@ def encode_corpus(
         encoder: see :class:`Encoder`.
         source: the documents (:func:`open_corpus`, or :meth:`DocSource.from_lists`).
         out_dir: output directory.
-        dtype: storage dtype, ``float32`` or ``float16``.
+        dtype: storage dtype, ``float32``, ``float16``, or compact codes ``int8`` | ``binary``
+            (:mod:`densetune.retrieval.quantize`; shards stay float32 and are quantized at the merge).
+        rescore_dtype: with compact codes: also write ``doc.rescore.npy`` in ``int8`` | ``float16`` |
+            ``float32``, the finer vectors search rescores candidates with.
         batch_size: texts per forward pass.
         max_length: token limit (None: the encoder's default).
         shard_size: documents per shard.
@@ -485,7 +535,7 @@ def encode_corpus(
         DataError: ``out_dir`` holds outputs of a different encode (other settings or corpus) and
             ``overwrite`` is False; or a shard on disk does not match the corpus.
     """
-    _check_dtype(dtype)
+    _check_dtype(dtype, rescore_dtype)
     if shard_size < 1:
         raise DensetuneError(f"shard_size must be >= 1, got {shard_size}")
     rank, world = distributed.rank(), distributed.world_size()
@@ -501,10 +551,14 @@ def encode_corpus(
         "rows": n,
         "ids_sha1": lines_digest(source.ids),
     }
+    if rescore_dtype is not None:
+        settings["rescore_dtype"] = rescore_dtype
     meta_path = out / f"{DOC}.meta.json"
     n_shards = (n + shard_size - 1) // shard_size
     # Every rank reads the state and checks it (so a refusal ends every rank alike); rank 0 alone writes.
     previous = {} if overwrite else read_meta(out, DOC)
+    if previous.get("rescore_dtype") and rescore_dtype is None:
+        settings["rescore_dtype"] = None  # a store asked for before and not now is another encode
     if previous:
         old = {k: previous.get(k) for k in settings}
         if old != settings:
@@ -566,7 +620,7 @@ def encode_corpus(
             npy, ids_path = _shard_paths(out, k)
             # ids first, array last: an existing shard .npy means its .ids is complete
             _write_ids(ids_path, source.ids[start:stop])
-            _atomic_save_npy(npy, emb.astype(DTYPES[dtype]))
+            _atomic_save_npy(npy, emb.astype(DTYPES.get(dtype, np.float32)))
             encoded += 1
             if bar is not None:
                 bar.update(stop - start)
@@ -579,19 +633,16 @@ def encode_corpus(
     if done < n_shards:
         return CorpusEncodeResult(False, n_shards, done, encoded, n)
     if rank == 0:
-        _merge_shards(out, n_shards, n, dtype)
+        dim = int(np.load(_shard_paths(out, 0)[0], mmap_mode="r").shape[1])
+        _merge_shards(out, n_shards, n, dim, dtype, rescore_dtype)
         write_text_atomic(
-            meta_path, json.dumps({**settings, "complete": True, "dim": _dim(out)}, indent=2, sort_keys=True)
+            meta_path, json.dumps({**settings, "complete": True, "dim": dim}, indent=2, sort_keys=True)
         )
         for k in range(n_shards):
             for p in _shard_paths(out, k):
                 p.unlink(missing_ok=True)
     distributed.barrier()
     return CorpusEncodeResult(True, n_shards, n_shards, encoded, n)
-
-
-def _dim(out: Path) -> int:
-    return int(np.load(out / f"{DOC}.npy", mmap_mode="r").shape[1])
 
 
 def _check_shard(out: Path, k: int, expected_ids: Sequence[str]) -> None:
@@ -608,27 +659,24 @@ def _check_shard(out: Path, k: int, expected_ids: Sequence[str]) -> None:
         raise DataError(f"shard has {rows} rows for {len(ids)} ids; delete it to re-encode it", npy)
 
 
-def _merge_shards(out: Path, n_shards: int, n: int, dtype: str) -> None:
-    """Concatenate shards into doc.npy / doc.ids, streaming (one shard in memory at a time)."""
-    first = np.load(_shard_paths(out, 0)[0], mmap_mode="r")
-    tmp_npy = out / f"{DOC}.merge.tmp.npy"
-    merged = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=DTYPES[dtype], shape=(n, first.shape[1]))
+def _merge_shards(out: Path, n_shards: int, n: int, dim: int, dtype: str, rescore_dtype: str | None) -> None:
+    """Concatenate shards into doc.npy / doc.ids, streaming (one shard in memory at a time); compact codes
+    (and their int8 ranges, rescoring store) are quantized from the float shards here, doc.npy last."""
     tmp_ids = out / f"{DOC}.ids.tmp"
-    row = 0
     with open(tmp_ids, "w", encoding="utf-8") as f_ids:
         for k in range(n_shards):
-            npy, ids_path = _shard_paths(out, k)
-            shard = np.load(npy, mmap_mode="r")
-            merged[row : row + shard.shape[0]] = shard
-            row += shard.shape[0]
-            with open(ids_path, encoding="utf-8") as f:
+            with open(_shard_paths(out, k)[1], encoding="utf-8") as f:
                 shutil.copyfileobj(f, f_ids)
-    if row != n:
-        raise DataError(f"shards hold {row} rows, expected {n}; re-run with --overwrite", out)
-    merged.flush()
-    del merged
+
+    def blocks():
+        return (np.load(_shard_paths(out, k)[0], mmap_mode="r") for k in range(n_shards))
+
+    npy = out / f"{DOC}.npy"
+    for target, kind in ((quantize.rescore_path(npy), rescore_dtype), (npy, dtype)):
+        ranges = quantize.write_rows(target, blocks, n, dim, kind) if kind else None
+        if ranges is not None:  # int8: calibrated on the whole corpus, kept for the queries and later corpora
+            quantize.save_ranges(npy, ranges)
     os.replace(tmp_ids, out / f"{DOC}.ids")
-    os.replace(tmp_npy, out / f"{DOC}.npy")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -695,7 +743,16 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(
-        "--dtype", choices=tuple(DTYPES), default="float32", help="storage dtype (default: float32)"
+        "--dtype",
+        choices=quantize.STORAGE_DTYPES,
+        default="float32",
+        help="storage dtype (default: float32); int8 | binary: compact corpus codes, queries stay float32",
+    )
+    parser.add_argument(
+        "--rescore-dtype",
+        choices=quantize.RESCORE_DTYPES,
+        default=None,
+        help="with --dtype int8|binary: also write doc.rescore.npy, the vectors search rescores with",
     )
     parser.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: 64)")
     parser.add_argument("--max-length", type=int, default=None, help="token limit (default: the model's)")
@@ -738,6 +795,7 @@ def main(args: argparse.Namespace) -> int:
         raise DensetuneError("nothing to encode: give --queries and/or --corpus")
     if args.batch_size < 1:
         raise DensetuneError(f"--batch-size must be >= 1, got {args.batch_size}")
+    _check_dtype(args.dtype, args.rescore_dtype)
     dim = single_dim(args.dim)
     # read inputs before loading the model, so bad input fails fast
     queries = read_queries(args.queries, args.split) if args.queries else None
@@ -761,6 +819,7 @@ def main(args: argparse.Namespace) -> int:
             source,
             args.out,
             dtype=args.dtype,
+            rescore_dtype=args.rescore_dtype,
             batch_size=args.batch_size,
             max_length=args.max_length,
             shard_size=args.shard_size,

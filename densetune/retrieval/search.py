@@ -10,6 +10,11 @@ For very large corpora, faiss indexes trade exactness for speed: ``flat`` (exact
 ``ivf`` (inverted lists, ``nlist`` cells, ``nprobe`` probed) and ``hnsw`` (graph, ``hnsw_m`` links,
 ``ef_search``).
 
+Compact corpora (``densetune encode --dtype int8|binary``, :mod:`densetune.retrieval.quantize`) are searched
+by :func:`compact_search`: int8 by the float query's dot products with the codes (scaled by the corpus' ranges),
+binary by Hamming distance; the top ``top_k * rescore_multiplier`` candidates are then rescored with the
+float query against finer vectors.
+
 Command: ``densetune search --queries DIR --corpus DIR --top-k 100 --out RUN [--index exact|flat|ivf|hnsw]``
 reads the outputs of ``densetune encode`` (``query.npy``/``query.ids`` and ``doc.npy``/``doc.ids``) and writes
 a TREC run.
@@ -29,7 +34,7 @@ import torch
 from densetune.errors import DensetuneError
 from densetune.models.matryoshka import add_dim_argument, single_dim, truncate
 from densetune.paths import add_overwrite_argument, check_output
-from densetune.retrieval import bm25
+from densetune.retrieval import bm25, quantize
 from densetune.retrieval.topk import sort_rows, to_run
 
 INDEX_TYPES = ("exact", "flat", "ivf", "hnsw")
@@ -50,6 +55,8 @@ class SearchConfig:
         hnsw_m: HNSW links per node.
         ef_construction / ef_search: HNSW beam widths when building / searching.
         seed: seed of the IVF k-means.
+        rescore_multiplier: compact corpora: candidates per query the codes pick, as a multiple of top_k,
+            for the float query to rescore; 0: the codes' own scores, no rescoring.
     """
 
     index: str = "exact"
@@ -63,6 +70,7 @@ class SearchConfig:
     ef_construction: int = 80
     ef_search: int = 256
     seed: int = 42
+    rescore_multiplier: int = quantize.DEFAULT_RESCORE_MULTIPLIER
 
     def __post_init__(self):
         if self.index not in INDEX_TYPES:
@@ -72,6 +80,8 @@ class SearchConfig:
                 raise DensetuneError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.nlist is not None and self.nlist < 1:
             raise DensetuneError(f"nlist must be >= 1, got {self.nlist}")
+        if self.rescore_multiplier < 0:
+            raise DensetuneError(f"rescore_multiplier must be >= 0, got {self.rescore_multiplier}")
 
 
 def _as_float32(array: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -262,21 +272,92 @@ def faiss_search(
     return sort_rows(scores, indices.astype(np.int64))
 
 
-def search(
+# ---------------------------------------------------------------------------------------------------------
+# compact corpora
+
+
+def compact_search(
     query_emb: np.ndarray | torch.Tensor,
-    doc_emb: np.ndarray | torch.Tensor,
+    corpus: quantize.CompactCorpus,
     top_k: int,
     config: SearchConfig | None = None,
     *,
     show_progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k documents per query with the method ``config.index`` names (default exact).
+    """Top-k over int8 or binary codes, then float rescoring; same return as :func:`exact_search`.
+
+    int8: the float query against the dequantized codes, ``query . (min + (code + 128) * step)``, computed
+    as one chunked float product ``(query * step) . code`` plus a per-query constant (the codes are never
+    decoded: the int8 array is all the memory the corpus takes); binary: Hamming distance between sign bits,
+    scored ``dim - 2 * distance`` (the dot product of the +-1 vectors). The best
+    ``top_k * config.rescore_multiplier`` then get ``query . vector`` with the float query and the corpus'
+    rescoring vectors (:meth:`densetune.retrieval.quantize.CompactCorpus.vectors`: the rescoring store, or
+    binary codes as +-1; int8 codes without a finer store are final as scored).
+    """
+    config = config or SearchConfig()
+    if config.index != "exact":
+        raise DensetuneError(
+            f"--index {config.index} searches float embeddings; {corpus.dtype} codes are searched exactly "
+            "(Hamming or int8 products) and rescored: drop --index"
+        )
+    queries = _as_float32(query_emb)
+    if queries.ndim != 2 or queries.shape[1] != corpus.dim:
+        raise DensetuneError(
+            f"queries of shape {tuple(queries.shape)} for {corpus.dtype} codes of dim {corpus.dim}; "
+            "were they encoded by the same model?"
+        )
+    if top_k < 1:
+        raise DensetuneError(f"top_k must be >= 1, got {top_k}")
+    if config.normalize:
+        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    final = config.rescore_multiplier == 0 or not corpus.rescores
+    depth = top_k if final else top_k * config.rescore_multiplier
+    if corpus.dtype == "binary":
+        dist, rows = quantize.hamming_search(quantize.quantize_binary(queries), corpus.codes, depth)
+        scores = (corpus.dim - 2 * dist).astype(np.float32)
+    else:
+        lo, step = corpus.ranges[0], quantize.int8_steps(corpus.ranges)
+        scaled = (queries * step).astype(np.float32)
+        scores, rows = exact_search(
+            scaled,
+            corpus.codes,
+            depth,
+            query_block=config.query_block,
+            doc_chunk=config.doc_chunk,
+            device=config.device,
+            show_progress=show_progress,
+        )
+        scores += (queries @ lo + 128 * scaled.sum(1))[:, None]
+    if final:
+        return scores, rows
+    vectors = corpus.vectors
+    if config.normalize:
+
+        def vectors(rows_: np.ndarray) -> np.ndarray:
+            v = corpus.vectors(rows_)
+            return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+    return quantize.rescore(queries, rows, vectors, top_k)
+
+
+def search(
+    query_emb: np.ndarray | torch.Tensor,
+    doc_emb: np.ndarray | torch.Tensor | quantize.CompactCorpus,
+    top_k: int,
+    config: SearchConfig | None = None,
+    *,
+    show_progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k documents per query with the method ``config.index`` names (default exact); compact codes
+    (a :class:`densetune.retrieval.quantize.CompactCorpus`) through :func:`compact_search`.
 
     Returns:
         ``(scores [Q, k] float32, indices [Q, k] int64)``, rows by descending score; index -1 marks an
         empty slot (only approximate indexes leave any).
     """
     config = config or SearchConfig()
+    if isinstance(doc_emb, quantize.CompactCorpus):
+        return compact_search(query_emb, doc_emb, top_k, config, show_progress=show_progress)
     if config.index == "exact":
         return exact_search(
             query_emb,
@@ -350,6 +431,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ef-search", type=int, default=d.ef_search, help=f"HNSW search beam (default: {d.ef_search})"
     )
+    parser.add_argument(
+        "--rescore-multiplier",
+        type=int,
+        default=d.rescore_multiplier,
+        help="int8/binary corpora: rescore top-k x this many candidates with the float query; 0: no "
+        f"rescoring (default: {d.rescore_multiplier})",
+    )
     parser.add_argument("--tag", default="densetune", help="run tag (last column of the run file)")
     add_overwrite_argument(parser, "the --out run file")
 
@@ -382,12 +470,18 @@ def main(args: argparse.Namespace) -> int:
         nprobe=args.nprobe,
         hnsw_m=args.hnsw_m,
         ef_search=args.ef_search,
+        rescore_multiplier=args.rescore_multiplier,
     )
     check_output(args.out, args.overwrite)
     query_ids, query_emb = load_embeddings(args.queries, "query")
-    doc_ids, doc_emb = load_embeddings(args.corpus, "doc")
+    doc_ids, doc_emb = load_embeddings(args.corpus, "doc", compact=True)
     dim = single_dim(args.dim)
     if dim is not None:
+        if isinstance(doc_emb, quantize.CompactCorpus):
+            raise DensetuneError(
+                f"--dim cuts float embeddings; {args.corpus} holds {doc_emb.dtype} codes: encode the corpus "
+                "with --dim and --dtype together instead"
+            )
         # a view of the (memory-mapped) arrays; the search renormalises chunk by chunk, in bounded memory,
         # when the encoder normalised (its .meta.json says so) or --normalize asks
         query_emb, doc_emb = truncate(query_emb, dim, False), truncate(doc_emb, dim, False)
@@ -398,8 +492,15 @@ def main(args: argparse.Namespace) -> int:
     run = search_run(query_ids, query_emb, doc_ids, doc_emb, args.top_k, config, show_progress=True)
     write_run(run, args.out, tag=args.tag)
     elapsed = time.perf_counter() - start
+    how = config.index
+    if isinstance(doc_emb, quantize.CompactCorpus):
+        how = f"{doc_emb.dtype} codes" + (
+            f", top {config.rescore_multiplier}x rescored with {doc_emb.rescore_dtype}"
+            if config.rescore_multiplier and doc_emb.rescores
+            else ""
+        )
     print(
-        f"searched {len(query_ids)} queries x {len(doc_ids)} documents ({config.index}) in {elapsed:.1f}s; "
+        f"searched {len(query_ids)} queries x {len(doc_ids)} documents ({how}) in {elapsed:.1f}s; "
         f"wrote top-{args.top_k} to {args.out}"
     )
     return 0

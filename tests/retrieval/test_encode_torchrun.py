@@ -12,6 +12,7 @@ import pytest
 from processes import run_densetune
 from tiny_models import save_tiny_bert
 
+from densetune.retrieval import quantize
 from densetune.retrieval.encode import load_embeddings
 
 pytestmark = pytest.mark.slow
@@ -41,11 +42,18 @@ def test_two_cpu_ranks_equal_one_process(minilm_path, tmp_path):
     assert meta["complete"] and meta["rows"] == 40
     assert "nothing to do" in encode(model, corpus, tmp_path / "two", 2).stdout
 
-    # Stopped after one shard per rank, then finished by a single process: the same files.
-    part = encode(model, corpus, tmp_path / "resume", 2, "--max-shards", "1")
+    # Stopped after one shard per rank, then finished by a single process: the same files. Compact codes
+    # (binary, with an int8 rescoring store) are quantized from the float shards at the merge, so they are
+    # those of the one-process float embeddings.
+    compact = ("--dtype", "binary", "--rescore-dtype", "int8")
+    part = encode(model, corpus, tmp_path / "resume", 2, "--max-shards", "1", *compact)
     assert "2/6 done" in part.stdout
     assert len(list((tmp_path / "resume").glob("doc.shard-*.npy"))) == 2
-    encode(model, corpus, tmp_path / "resume", 1)
-    ids3, emb3 = load_embeddings(tmp_path / "resume", "doc")
+    encode(model, corpus, tmp_path / "resume", 1, *compact)
+    ids3, codes = load_embeddings(tmp_path / "resume", "doc", compact=True)
     assert ids3 == ids1
-    np.testing.assert_allclose(emb3, emb1, atol=1e-5)
+    emb1 = np.asarray(emb1)
+    np.testing.assert_allclose(codes.ranges, np.stack([emb1.min(0), emb1.max(0)]), atol=1e-5)
+    # equal up to float rounding: a code may sit one sign (binary) or one step (int8) apart
+    assert np.mean(codes.codes == quantize.quantize_binary(emb1)) > 0.99
+    assert np.abs(codes.store.astype(int) - quantize.quantize_int8(emb1, codes.ranges)).max() <= 1

@@ -196,6 +196,9 @@ def test_codes_where_floats_are_expected_are_one_line_errors(stub_encoder, tmp_p
     # a float-only index on codes
     err = refused("--queries", str(enc), "--corpus", str(enc), "--index", "hnsw")
     assert "--index hnsw searches float embeddings; binary codes" in err
+    # a Matryoshka cut of codes (packed bits cannot be cut and renormalised)
+    err = refused("--queries", str(enc), "--corpus", str(enc), "--dim", "2")
+    assert "--dim cuts float embeddings" in err and "holds binary codes" in err
     assert cli(["search", "--queries", str(enc), "--corpus", str(enc), "--out", out]) == 0
     # doc.npy and its meta disagree
     meta = json.loads((enc / "doc.meta.json").read_text())

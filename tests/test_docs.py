@@ -57,13 +57,6 @@ SKIP = {
     "python bench/": "a benchmark: minutes to hours of measurement",
     # installs packages from the registry (the test environment already has the extra)
     "pip install": "needs the package registry",
-    # a decoder LLM from a GGUF file: measured 2026-12-04 under the caps (one step, batch 4, per-task sizes
-    # capped too), it costs 111 s of CPU (user + sys; 94 s in fp32, 95 s with the recipe test's tiny
-    # lengths, 128 s before DENSETUNE_MAX_BATCH capped batch_size_by_task): about a third loading (transformers parses the GGUF file three times and dequantises it), the
-    # rest one step of the 30-layer model with LoRA and gradient checkpointing. Too much for this test;
-    # tests/train/test_bge_icl_recipe.py trains this recipe on the same model, and
-    # test_smollm2_folder_command_works_without_importing_the_package runs its model.path=$(...) command
-    "densetune train configs/bge_icl_smollm2.yaml": "about 100 s of CPU (GGUF loading, one LLM step); tested elsewhere",
 }
 
 # Hub ids the documented commands and recipes name: each is served by the bundled MiniLM.

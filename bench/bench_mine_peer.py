@@ -12,7 +12,10 @@ Rows, each in a fresh process (peak memory is its own):
   with ``--corpus-embeddings`` (encoded there); the peer: ``mine_hard_negatives(..., cache_folder=DIR)``
   (which caches its embeddings there).
 - ``from embeddings``: the same call again, the corpus embeddings now on disk (densetune reuses
-  ``doc.npy``; the peer reads its cache).
+  ``doc.npy``; the peer reads its cache); ``--repeats`` times (default 2), the systems alternating.
+
+Times start in the child before its first import (densetune's command module; the peer's ``datasets`` and
+``sentence_transformers``), so each includes what a user's process spends importing.
 
 Reported: wall time, peak RSS (VmHWM) and peak anonymous memory, negatives per query, and the ratio
 peer time / densetune time (> 1: densetune faster), and how many queries each kept (the peer's n-tuple
@@ -21,6 +24,7 @@ output leaves out a query that got fewer negatives than asked; densetune keeps i
 Usage:
     python bench/bench_mine_peer.py                          # 100k passages, 10k queries
     python bench/bench_mine_peer.py --passages 20000 --queries 2000
+    python bench/bench_mine_peer.py --from-embeddings-only --repeats 3   # again, from the saved embeddings
 """
 
 from __future__ import annotations
@@ -74,12 +78,12 @@ def generate(directory: Path, passages: int, queries: int, topics: int, seed: in
 
 
 def child_densetune(directory: Path, model: str) -> dict:
+    peak = PeakAnon()
+    start = time.perf_counter()  # imports included, as for the peer
     from densetune.cli import main as cli
 
     beir = directory / "beir"
     out = directory / "densetune_mined.jsonl"
-    peak = PeakAnon()
-    start = time.perf_counter()
     rc = cli(
         ["mine", "--model", model, "--data", str(beir), "--out", str(out), "--overwrite",
          "--corpus-embeddings", str(directory / "densetune_emb"),
@@ -100,14 +104,14 @@ def child_densetune(directory: Path, model: str) -> dict:
 
 
 def child_peer(directory: Path, model: str) -> dict:
+    peak = PeakAnon()
+    start = time.perf_counter()  # imports included, as for densetune
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
     from densetune.data.beir import load_beir
 
-    peak = PeakAnon()
-    start = time.perf_counter()
     data = load_beir(directory / "beir", "train")
     corpus = [d.text for d in data.corpus]
     text_of = dict(zip(data.corpus.ids, corpus))
@@ -158,6 +162,12 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: the bundled all-MiniLM-L6-v2")
     parser.add_argument("--child", choices=("densetune", "peer"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=2, help="from-embeddings runs per system")
+    parser.add_argument(
+        "--from-embeddings-only",
+        action="store_true",
+        help="skip the end-to-end rows and reuse the embeddings an earlier run left in --dir",
+    )
     args = parser.parse_args()
     set_offline_env()
     directory = Path(args.dir)
@@ -171,25 +181,34 @@ def main() -> None:
 
     print_machine()
     generate(directory, args.passages, args.queries, args.topics)
-    for stale in ("densetune_emb", "peer_cache"):
-        shutil.rmtree(directory / stale, ignore_errors=True)
+    if not args.from_embeddings_only:
+        for stale in ("densetune_emb", "peer_cache"):
+            shutil.rmtree(directory / stale, ignore_errors=True)
+    elif not ((directory / "densetune_emb" / "doc.npy").is_file() and (directory / "peer_cache").is_dir()):
+        raise SystemExit(
+            f"no embeddings of an earlier run in {directory}; run without --from-embeddings-only"
+        )
     print(f"{args.passages:,} passages, {args.queries:,} queries, model {Path(model).name}, rules {RULES}")
+    phases = ([] if args.from_embeddings_only else ["end to end"]) + [
+        "from embeddings" + (f" #{i + 1}" if args.repeats > 1 else "") for i in range(args.repeats)
+    ]
     results = {}
-    for phase in ("end to end", "from embeddings"):
+    for phase in phases:
         for system in ("densetune", "peer"):
             results[phase, system] = run_child(
                 __file__, directory, system, args.threads, "--model", model, what=f"{system} ({phase})"
             )
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     print_header(
-        f"{'phase':<16} {'system':<22} {'time':>9} {'peak RSS':>10} {'peak anon':>10} {'queries':>8} "
+        f"{'phase':<19} {'system':<22} {'time':>9} {'peak RSS':>10} {'peak anon':>10} {'queries':>8} "
         f"{'neg/query':>9} {'speed-up':>8}"
     )
-    for phase in ("end to end", "from embeddings"):
+    for phase in phases:
         ours = results[phase, "densetune"]["wall"]
         for system, name in (("densetune", "densetune mine"), ("peer", "ST mine_hard_negatives")):
             r = results[phase, system]
             print(
-                f"{phase:<16} {name:<22} {r['wall']:>8.1f}s {r['hwm_mb']:>8.0f}MB {r['anon_mb']:>8.0f}MB "
+                f"{phase:<19} {name:<22} {r['wall']:>8.1f}s {r['hwm_mb']:>8.0f}MB {r['anon_mb']:>8.0f}MB "
                 f"{r['queries']:>8} {r['negatives']:>9.2f} {r['wall'] / ours if system == 'peer' else 1.0:>7.2f}x"
             )
 

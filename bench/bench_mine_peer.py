@@ -112,12 +112,7 @@ def child_peer(directory: Path, model: str) -> dict:
 
     from densetune.data.beir import load_beir
 
-    data = load_beir(directory / "beir", "train")
-    corpus = [d.text for d in data.corpus]
-    text_of = dict(zip(data.corpus.ids, corpus))
-    pairs = [
-        (data.queries[q], text_of[d]) for q, docs in data.qrels.items() for d, rel in docs.items() if rel > 0
-    ]
+    corpus, pairs = peer_inputs(load_beir(directory / "beir", "train"))
     dataset = Dataset.from_dict({"query": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
     st = SentenceTransformer(model, device="cpu")
     mined = mine_hard_negatives(
@@ -142,6 +137,54 @@ def child_peer(directory: Path, model: str) -> dict:
     }
 
 
+def peer_inputs(data) -> tuple[list[str], list[tuple[str, str]]]:
+    """The peer's corpus (passage texts) and (query, positive text) pairs, from the loaded BEIR data."""
+    corpus = [d.text for d in data.corpus]
+    text_of = dict(zip(data.corpus.ids, corpus))
+    pairs = [
+        (data.queries[q], text_of[d]) for q, docs in data.qrels.items() for d, rel in docs.items() if rel > 0
+    ]
+    return corpus, pairs
+
+
+def fill_peer_cache(directory: Path, model: str) -> None:
+    """Write the peer's cache files (named as ``mine_hard_negatives`` names them: a hash of the model name and
+    the de-duplicated texts) from densetune's saved embeddings, so the from-embeddings rows run both systems
+    on the same vectors without the peer encoding the corpus first."""
+    import hashlib
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from densetune.data.beir import load_beir
+    from densetune.data.formats import iter_examples
+    from densetune.retrieval.encode import load_embeddings
+
+    data = load_beir(directory / "beir", "train")
+    corpus, pairs = peer_inputs(data)
+    emb = directory / "densetune_emb"
+    doc_ids, docs = load_embeddings(emb, "doc")
+    row_of_id = {d: i for i, d in enumerate(doc_ids)}
+    row_of_text: dict[str, int] = {}
+    for doc_id, text in zip(data.corpus.ids, corpus):
+        row_of_text.setdefault(text, row_of_id[doc_id])
+    texts = list(dict.fromkeys(corpus + [p for _, p in pairs]))  # the peer's de-duplicated corpus
+    queries = list(dict.fromkeys(q for q, _ in pairs))
+    query_row: dict[str, int] = {}
+    for i, ex in enumerate(iter_examples(directory / "beir", split="train")):  # mine_query.npy's rows
+        query_row.setdefault(ex.query, i)
+    query_emb = load_embeddings(emb, "mine_query")[1]
+    name = SentenceTransformer(model, device="cpu").model_card_data.base_model or ""
+    cache = directory / "peer_cache"
+    cache.mkdir(exist_ok=True)
+    for kind, items, array in (
+        ("query", queries, query_emb[[query_row[q] for q in queries]]),
+        ("corpus", texts, docs[[row_of_text[t] for t in texts]]),
+    ):
+        digest = hashlib.sha256(repr((name, None, None, items)).encode(), usedforsecurity=False).hexdigest()
+        np.save(cache / f"{kind}_embeddings_{digest}.npy", np.asarray(array, dtype=np.float32))
+
+
 def _hwm_mb() -> float:
     from bench_common import status_kb
 
@@ -164,6 +207,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=2, help="from-embeddings runs per system")
     parser.add_argument(
+        "--peer-cache-from-densetune",
+        action="store_true",
+        help="with --from-embeddings-only: fill the peer's cache from densetune's saved embeddings (both then "
+        "mine from the same vectors; the peer's own encode of the corpus is not needed)",
+    )
+    parser.add_argument(
         "--from-embeddings-only",
         action="store_true",
         help="skip the end-to-end rows and reuse the embeddings an earlier run left in --dir",
@@ -184,6 +233,10 @@ def main() -> None:
     if not args.from_embeddings_only:
         for stale in ("densetune_emb", "peer_cache"):
             shutil.rmtree(directory / stale, ignore_errors=True)
+    elif args.peer_cache_from_densetune:
+        shutil.rmtree(directory / "peer_cache", ignore_errors=True)
+        fill_peer_cache(directory, model)
+        print("the peer's cache: densetune's saved embeddings (the same vectors for both)")
     elif not ((directory / "densetune_emb" / "doc.npy").is_file() and (directory / "peer_cache").is_dir()):
         raise SystemExit(
             f"no embeddings of an earlier run in {directory}; run without --from-embeddings-only"

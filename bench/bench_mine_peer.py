@@ -12,15 +12,20 @@ Rows, each in a fresh process (peak memory is its own):
   with ``--corpus-embeddings`` (encoded there); the peer: ``mine_hard_negatives(..., cache_folder=DIR)``
   (which caches its embeddings there).
 - ``from embeddings``: the same call again, the corpus embeddings now on disk (densetune reuses
-  ``doc.npy``; the peer reads its cache).
+  ``doc.npy``; the peer reads its cache); ``--repeats`` times (default 2), the systems alternating.
 
-Reported: wall time, peak RSS (VmHWM) and peak anonymous memory, negatives per query, and the ratio
-peer time / densetune time (> 1: densetune faster), and how many queries each kept (the peer's n-tuple
-output leaves out a query that got fewer negatives than asked; densetune keeps it with what it got).
+Times start in the child before its first import (densetune's command module; the peer's ``datasets`` and
+``sentence_transformers``), so each includes what a user's process spends importing.
+
+Reported: wall time, CPU time (user + system, whole process), peak RSS (VmHWM) and peak anonymous memory,
+negatives per query, the ratios peer / densetune of wall and of CPU time (> 1: densetune faster), and how
+many queries each kept (the peer's n-tuple output leaves out a query that got fewer negatives than asked;
+densetune keeps it with what it got).
 
 Usage:
     python bench/bench_mine_peer.py                          # 100k passages, 10k queries
     python bench/bench_mine_peer.py --passages 20000 --queries 2000
+    python bench/bench_mine_peer.py --from-embeddings-only --repeats 3   # again, from the saved embeddings
 """
 
 from __future__ import annotations
@@ -74,12 +79,12 @@ def generate(directory: Path, passages: int, queries: int, topics: int, seed: in
 
 
 def child_densetune(directory: Path, model: str) -> dict:
+    peak = PeakAnon()
+    start = time.perf_counter()  # imports included, as for the peer
     from densetune.cli import main as cli
 
     beir = directory / "beir"
     out = directory / "densetune_mined.jsonl"
-    peak = PeakAnon()
-    start = time.perf_counter()
     rc = cli(
         ["mine", "--model", model, "--data", str(beir), "--out", str(out), "--overwrite",
          "--corpus-embeddings", str(directory / "densetune_emb"),
@@ -92,6 +97,7 @@ def child_densetune(directory: Path, model: str) -> dict:
     rows = [json.loads(line) for line in open(out)]
     return {
         "wall": wall,
+        "cpu": _cpu_s(),
         "anon_mb": peak.stop(),
         "hwm_mb": _hwm_mb(),
         "negatives": sum(len(r["neg"]) for r in rows) / max(len(rows), 1),
@@ -100,20 +106,15 @@ def child_densetune(directory: Path, model: str) -> dict:
 
 
 def child_peer(directory: Path, model: str) -> dict:
+    peak = PeakAnon()
+    start = time.perf_counter()  # imports included, as for densetune
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.util import mine_hard_negatives
 
     from densetune.data.beir import load_beir
 
-    peak = PeakAnon()
-    start = time.perf_counter()
-    data = load_beir(directory / "beir", "train")
-    corpus = [d.text for d in data.corpus]
-    text_of = dict(zip(data.corpus.ids, corpus))
-    pairs = [
-        (data.queries[q], text_of[d]) for q, docs in data.qrels.items() for d, rel in docs.items() if rel > 0
-    ]
+    corpus, pairs = peer_inputs(load_beir(directory / "beir", "train"))
     dataset = Dataset.from_dict({"query": [q for q, _ in pairs], "positive": [p for _, p in pairs]})
     st = SentenceTransformer(model, device="cpu")
     mined = mine_hard_negatives(
@@ -131,11 +132,69 @@ def child_peer(directory: Path, model: str) -> dict:
     negs = [c for c in mined.column_names if c.startswith("negative")]
     return {
         "wall": wall,
+        "cpu": _cpu_s(),
         "anon_mb": peak.stop(),
         "hwm_mb": _hwm_mb(),
         "negatives": len(negs),
         "queries": len(mined),
     }
+
+
+def peer_inputs(data) -> tuple[list[str], list[tuple[str, str]]]:
+    """The peer's corpus (passage texts) and (query, positive text) pairs, from the loaded BEIR data."""
+    corpus = [d.text for d in data.corpus]
+    text_of = dict(zip(data.corpus.ids, corpus))
+    pairs = [
+        (data.queries[q], text_of[d]) for q, docs in data.qrels.items() for d, rel in docs.items() if rel > 0
+    ]
+    return corpus, pairs
+
+
+def fill_peer_cache(directory: Path, model: str) -> None:
+    """Write the peer's cache files (named as ``mine_hard_negatives`` names them: a hash of the model name and
+    the de-duplicated texts) from densetune's saved embeddings, so the from-embeddings rows run both systems
+    on the same vectors without the peer encoding the corpus first."""
+    import hashlib
+
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from densetune.data.beir import load_beir
+    from densetune.data.formats import iter_examples
+    from densetune.retrieval.encode import load_embeddings
+
+    data = load_beir(directory / "beir", "train")
+    corpus, pairs = peer_inputs(data)
+    emb = directory / "densetune_emb"
+    doc_ids, docs = load_embeddings(emb, "doc")
+    row_of_id = {d: i for i, d in enumerate(doc_ids)}
+    row_of_text: dict[str, int] = {}
+    for doc_id, text in zip(data.corpus.ids, corpus):
+        row_of_text.setdefault(text, row_of_id[doc_id])
+    texts = list(dict.fromkeys(corpus + [p for _, p in pairs]))  # the peer's de-duplicated corpus
+    queries = list(dict.fromkeys(q for q, _ in pairs))
+    query_row: dict[str, int] = {}
+    for i, ex in enumerate(iter_examples(directory / "beir", split="train")):  # mine_query.npy's rows
+        query_row.setdefault(ex.query, i)
+    query_emb = load_embeddings(emb, "mine_query")[1]
+    name = SentenceTransformer(model, device="cpu").model_card_data.base_model or ""
+    cache = directory / "peer_cache"
+    cache.mkdir(exist_ok=True)
+    for kind, items, array in (
+        ("query", queries, query_emb[[query_row[q] for q in queries]]),
+        ("corpus", texts, docs[[row_of_text[t] for t in texts]]),
+    ):
+        digest = hashlib.sha256(repr((name, None, None, items)).encode(), usedforsecurity=False).hexdigest()
+        np.save(cache / f"{kind}_embeddings_{digest}.npy", np.asarray(array, dtype=np.float32))
+
+
+def _cpu_s() -> float:
+    """User + system CPU seconds of this process so far (all threads; on a shared machine the steadier
+    measure: wall time there also counts waiting for the cores)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _hwm_mb() -> float:
@@ -158,6 +217,18 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: the bundled all-MiniLM-L6-v2")
     parser.add_argument("--child", choices=("densetune", "peer"), help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=2, help="from-embeddings runs per system")
+    parser.add_argument(
+        "--peer-cache-from-densetune",
+        action="store_true",
+        help="with --from-embeddings-only: fill the peer's cache from densetune's saved embeddings (both then "
+        "mine from the same vectors; the peer's own encode of the corpus is not needed)",
+    )
+    parser.add_argument(
+        "--from-embeddings-only",
+        action="store_true",
+        help="skip the end-to-end rows and reuse the embeddings an earlier run left in --dir",
+    )
     args = parser.parse_args()
     set_offline_env()
     directory = Path(args.dir)
@@ -171,26 +242,40 @@ def main() -> None:
 
     print_machine()
     generate(directory, args.passages, args.queries, args.topics)
-    for stale in ("densetune_emb", "peer_cache"):
-        shutil.rmtree(directory / stale, ignore_errors=True)
+    if not args.from_embeddings_only:
+        for stale in ("densetune_emb", "peer_cache"):
+            shutil.rmtree(directory / stale, ignore_errors=True)
+    elif args.peer_cache_from_densetune:
+        shutil.rmtree(directory / "peer_cache", ignore_errors=True)
+        fill_peer_cache(directory, model)
+        print("the peer's cache: densetune's saved embeddings (the same vectors for both)")
+    elif not ((directory / "densetune_emb" / "doc.npy").is_file() and (directory / "peer_cache").is_dir()):
+        raise SystemExit(
+            f"no embeddings of an earlier run in {directory}; run without --from-embeddings-only"
+        )
     print(f"{args.passages:,} passages, {args.queries:,} queries, model {Path(model).name}, rules {RULES}")
+    phases = ([] if args.from_embeddings_only else ["end to end"]) + [
+        "from embeddings" + (f" #{i + 1}" if args.repeats > 1 else "") for i in range(args.repeats)
+    ]
     results = {}
-    for phase in ("end to end", "from embeddings"):
+    for phase in phases:
         for system in ("densetune", "peer"):
             results[phase, system] = run_child(
                 __file__, directory, system, args.threads, "--model", model, what=f"{system} ({phase})"
             )
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
     print_header(
-        f"{'phase':<16} {'system':<22} {'time':>9} {'peak RSS':>10} {'peak anon':>10} {'queries':>8} "
-        f"{'neg/query':>9} {'speed-up':>8}"
+        f"{'phase':<19} {'system':<22} {'time':>9} {'CPU':>8} {'peak RSS':>10} {'peak anon':>10} "
+        f"{'queries':>8} {'neg/query':>9} {'speed-up':>8} {'CPU ratio':>9}"
     )
-    for phase in ("end to end", "from embeddings"):
-        ours = results[phase, "densetune"]["wall"]
+    for phase in phases:
+        ours = results[phase, "densetune"]
         for system, name in (("densetune", "densetune mine"), ("peer", "ST mine_hard_negatives")):
             r = results[phase, system]
             print(
-                f"{phase:<16} {name:<22} {r['wall']:>8.1f}s {r['hwm_mb']:>8.0f}MB {r['anon_mb']:>8.0f}MB "
-                f"{r['queries']:>8} {r['negatives']:>9.2f} {r['wall'] / ours if system == 'peer' else 1.0:>7.2f}x"
+                f"{phase:<19} {name:<22} {r['wall']:>8.1f}s {r['cpu']:>7.1f}s {r['hwm_mb']:>8.0f}MB "
+                f"{r['anon_mb']:>8.0f}MB {r['queries']:>8} {r['negatives']:>9.2f} "
+                f"{r['wall'] / ours['wall']:>7.2f}x {r['cpu'] / ours['cpu']:>8.2f}x"
             )
 
 

@@ -67,6 +67,7 @@ CONFIG_NAME = "densetune_config.json"
 ICL_SPECIAL_TOKENS = ("<instruct>", "<query>", "<response>")
 QUERY_TOWER, PASSAGE_TOWER = "query_encoder", "passage_encoder"
 _DEFAULT_MAX_LEN = 512
+_DEFAULT_NORMALIZE = True  # when neither the caller nor the folder says
 
 
 @dataclass
@@ -520,6 +521,12 @@ def _takes_token_type_ids(model: nn.Module) -> bool:
     return cached
 
 
+def folder_normalizes(path: str) -> bool:
+    """Whether :meth:`BiEncoder.from_pretrained` on this folder (no ``normalize`` argument) normalises its
+    embeddings, read from the folder's settings without loading the model."""
+    return bool(loading.first_set(_read_folder_settings(path).get("normalize"), _DEFAULT_NORMALIZE))
+
+
 def _read_folder_settings(path: str) -> dict[str, Any]:
     """densetune_config.json, else what the sentence-transformers files say; {} for anything else."""
     if not os.path.isdir(path):
@@ -577,7 +584,7 @@ def _resolve_settings(
     explicit_prefix = explicit.get("query_prefix") is not None or explicit.get("passage_prefix") is not None
     return BiEncoderConfig(
         pooling=pooling,
-        normalize=bool(pick("normalize", True)),
+        normalize=bool(pick("normalize", _DEFAULT_NORMALIZE)),
         query_prefix=pick("query_prefix", ""),
         passage_prefix=pick("passage_prefix", ""),
         # prefixes given here follow NeMo's "prefix text" rule; prompts read from a folder keep theirs

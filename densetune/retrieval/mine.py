@@ -175,10 +175,16 @@ def mine(
             return mined.stats
 
     def with_negatives():
-        for ex, rows, scores, pos in zip(examples, mined.indices, mined.scores, mined.positive_scores):
+        for ex, rows, scores, pos, negatives in zip(
+            examples,
+            mined.indices,
+            mined.scores,
+            mined.positive_scores,
+            _negative_docs(corpus_obj, corpus_rows, mined),
+        ):
             if drop_empty and len(rows) == 0:
                 continue
-            ex.negatives = corpus_obj.docs(corpus_rows[rows])
+            ex.negatives = negatives
             if with_scores:
                 ex.pos_scores = [float(s) for s in pos]
                 ex.neg_scores = [float(s) for s in scores]
@@ -202,6 +208,17 @@ def mine(
     write_text_atomic(str(out) + ".mine.json", json.dumps(report, indent=2))
     distributed.barrier()
     return mined.stats
+
+
+def _negative_docs(corpus_obj, corpus_rows: np.ndarray, mined: MinedNegatives, block: int = 4096):
+    """Per query, its negatives as documents; read from the corpus for ``block`` queries at once (one take
+    per block instead of one per query)."""
+    for start in range(0, len(mined.indices), block):
+        rows = mined.indices[start : start + block]
+        docs = corpus_obj.docs(corpus_rows[np.concatenate(rows)]) if rows else []
+        ends = np.cumsum([len(r) for r in rows])
+        for lo, hi in zip(np.concatenate([[0], ends[:-1]]), ends):
+            yield docs[lo:hi]
 
 
 def mine_bm25(
@@ -273,17 +290,12 @@ def _mine_dense(
         DEFAULT_SHARD_SIZE,
         DocSource,
         encode_corpus,
-        encoder_meta,
         load_embeddings,
-        load_encoder,
         read_meta,
     )
 
     search_config = search_config or SearchConfig()
-    encoder = load_encoder(model, device=device, precision=precision, dim=dim)
-    meta = encoder_meta(
-        encoder, str(Path(model).resolve()) if isinstance(model, (str, Path)) else "", max_length
-    )
+    encoder, meta = _encoder_and_meta(model, device, precision, max_length, dim)
 
     # corpus embeddings: rows follow doc_ids; corpus_rows maps them to rows of the corpus table
     if (
@@ -355,6 +367,52 @@ def _mine_dense(
     )
 
     return corpus_rows, meta, mined
+
+
+class _LazyEncoder:
+    """The encoder ``load()`` gives, loaded when a text must first be encoded: mining from saved corpus and
+    query embeddings never loads the model (importing transformers and reading the weights took most of
+    such a run's time)."""
+
+    def __init__(self, load):
+        self._load = load
+        self._encoder = None
+
+    def encode_texts(self, *args, **kwargs):
+        if self._encoder is None:
+            self._encoder = self._load()
+        return self._encoder.encode_texts(*args, **kwargs)
+
+
+def _encoder_and_meta(model, device, precision, max_length, dim=None):
+    """The encoder of ``model`` and its :func:`densetune.retrieval.encode.encoder_meta` (what the saved
+    embeddings are checked against). For a model folder the encoder is a :class:`_LazyEncoder` and the
+    metadata is read without loading it: normalisation from the folder's settings, bf16 or fp32 from
+    ``precision`` on the device ``load_encoder`` would use (tests check both equal the loaded model's);
+    ``dim``: a Matryoshka cut, recorded as ``truncate_dim``."""
+    import torch
+
+    from densetune.models.biencoder import folder_normalizes
+    from densetune.precision import resolve_precision
+    from densetune.retrieval.encode import encoder_meta, load_encoder
+
+    def load():
+        return load_encoder(model, device=device, precision=precision, dim=dim)
+
+    if not (isinstance(model, (str, Path)) and Path(model).is_dir()):  # an encoder object, or a hub id
+        name = str(Path(model).resolve()) if isinstance(model, (str, Path)) else ""
+        encoder = load()
+        return encoder, encoder_meta(encoder, name, max_length)
+    on = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = precision is not None and resolve_precision(precision, on).bf16
+    meta = {
+        "model": str(Path(model).resolve()),
+        "max_length": max_length,
+        "normalized": folder_normalizes(str(model)),
+        "precision": "bf16" if bf16 else "fp32",
+        "truncate_dim": dim,
+    }
+    return _LazyEncoder(load), meta
 
 
 def _doc_keys(corpus_obj, corpus_rows: np.ndarray) -> np.ndarray:
@@ -589,7 +647,7 @@ def main(args: argparse.Namespace) -> int:
         drop_empty=args.drop_empty,
         batch_size=args.batch_size,
         max_length=args.max_length,
-        search_config=SearchConfig(index=args.index, device=device),
+        search_config=SearchConfig(index=args.index, device=device, precision=args.precision),
         device=device,
         cache_dir=args.cache_dir,
         precision=args.precision,

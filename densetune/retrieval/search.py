@@ -1,9 +1,9 @@
 """Top-k search over embeddings (exact chunked matrix products, or faiss), and ``densetune search``.
 
-Exact search never holds the full ``[queries, corpus]`` score matrix: the corpus is read once, chunk by
-chunk (so a memory-mapped ``doc.npy`` larger than RAM works), each chunk is scored against blocks of queries
-and merged into a running top-k per query. Memory is ``query_block x doc_chunk`` scores plus the running
-``[queries, k]`` result, whatever the corpus size. Scores are inner products in float32 (cosine when
+Exact search (:mod:`densetune.retrieval.exact`) never holds the full ``[queries, corpus]`` score matrix: the
+corpus is read once, chunk by chunk (so a memory-mapped ``doc.npy`` larger than RAM works), each chunk is
+scored against blocks of queries and merged into a running top-k per query. Memory is ``query_block x
+doc_chunk`` scores plus the running ``[queries, k]`` result, whatever the corpus size. Scores are inner products in float32 (cosine when
 ``normalize=True`` or when the encoder normalised its embeddings, as densetune's bi-encoders do by default).
 
 For very large corpora, faiss indexes trade exactness for speed: ``flat`` (exact, faiss' BLAS),
@@ -35,6 +35,9 @@ from densetune.errors import DensetuneError
 from densetune.models.matryoshka import add_dim_argument, single_dim, truncate
 from densetune.paths import add_overwrite_argument, check_output
 from densetune.retrieval import bm25, quantize
+from densetune.retrieval.exact import as_float32 as _as_float32
+from densetune.retrieval.exact import check_shapes as _check_shapes
+from densetune.retrieval.exact import exact_search
 from densetune.retrieval.topk import sort_rows, to_run
 
 INDEX_TYPES = ("exact", "flat", "ivf", "hnsw")
@@ -57,6 +60,9 @@ class SearchConfig:
         seed: seed of the IVF k-means.
         rescore_multiplier: compact corpora: candidates per query the codes pick, as a multiple of top_k,
             for the float query to rescore; 0: the codes' own scores, no rescoring.
+        precision: ``auto`` | ``bf16`` | ``fp32``: the products exact search picks candidates with
+            (:mod:`densetune.retrieval.exact`: bf16 candidates are rescored in float32, so the result is the
+            same; ``auto`` uses bf16 where the CPU computes it natively).
     """
 
     index: str = "exact"
@@ -71,6 +77,7 @@ class SearchConfig:
     ef_search: int = 256
     seed: int = 42
     rescore_multiplier: int = quantize.DEFAULT_RESCORE_MULTIPLIER
+    precision: str = "auto"
 
     def __post_init__(self):
         if self.index not in INDEX_TYPES:
@@ -82,102 +89,6 @@ class SearchConfig:
             raise DensetuneError(f"nlist must be >= 1, got {self.nlist}")
         if self.rescore_multiplier < 0:
             raise DensetuneError(f"rescore_multiplier must be >= 0, got {self.rescore_multiplier}")
-
-
-def _as_float32(array: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().float().numpy()
-    out = np.ascontiguousarray(array, dtype=np.float32)
-    # read-only memmaps come through as views; torch wants writable memory
-    return out if out.flags.writeable else out.copy()
-
-
-def _check_shapes(query_emb, doc_emb, top_k: int) -> None:
-    if query_emb.ndim != 2 or doc_emb.ndim != 2:
-        raise DensetuneError(
-            f"embeddings must be 2-d [rows, dim]; got queries {tuple(query_emb.shape)}, docs {tuple(doc_emb.shape)}"
-        )
-    if query_emb.shape[1] != doc_emb.shape[1]:
-        raise DensetuneError(
-            f"query and document embeddings differ in dimension ({query_emb.shape[1]} vs {doc_emb.shape[1]}); "
-            "were they encoded by the same model?"
-        )
-    if top_k < 1:
-        raise DensetuneError(f"top_k must be >= 1, got {top_k}")
-
-
-def _default_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def exact_search(
-    query_emb: np.ndarray | torch.Tensor,
-    doc_emb: np.ndarray | torch.Tensor,
-    top_k: int,
-    *,
-    normalize: bool = False,
-    query_block: int = 1024,
-    doc_chunk: int = 32768,
-    device: str | None = None,
-    show_progress: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by inner product, in bounded memory.
-
-    The corpus is read once in chunks of ``doc_chunk`` rows (converted to float32 one chunk at a time, so
-    a float16 memmap works); each chunk is scored against blocks of ``query_block`` queries and merged
-    into a running top-k.
-
-    Args:
-        query_emb: [Q, H] queries (numpy, memmap or tensor).
-        doc_emb: [N, H] documents (numpy, ``np.load(..., mmap_mode="r")`` or tensor).
-        top_k: results per query; ``min(top_k, N)`` are returned.
-        normalize: L2-normalise both sides (cosine similarity).
-        query_block: queries scored together; memory is ``query_block * doc_chunk * 4`` bytes.
-        doc_chunk: documents scored together.
-        device: torch device; None: cuda when available, else cpu.
-        show_progress: tqdm bar over corpus chunks.
-
-    Returns:
-        ``(scores, indices)``: float32 [Q, k] and int64 [Q, k] (rows of ``doc_emb``), each row by descending
-        score, equal scores by ascending row. Which of several documents tied at the k-th score is kept is
-        unspecified.
-    """
-    _check_shapes(query_emb, doc_emb, top_k)
-    dev = _default_device(device)
-    n_queries, n_docs = query_emb.shape[0], doc_emb.shape[0]
-    k = min(top_k, n_docs)
-    queries = torch.as_tensor(_as_float32(query_emb)).to(dev)
-    if normalize:
-        queries = torch.nn.functional.normalize(queries, dim=-1)
-    # running result: [Q, k]; -inf / -1 until filled
-    best_scores = torch.full((n_queries, k), -math.inf, dtype=torch.float32, device=dev)
-    best_index = torch.full((n_queries, k), -1, dtype=torch.int64, device=dev)
-    starts = range(0, n_docs, doc_chunk)
-    if show_progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="search", unit="chunk")
-    # scores in float32 even inside a caller's bf16 autocast (the trainer evaluates under it)
-    with torch.inference_mode(), torch.autocast(dev.type, enabled=False):
-        for start in starts:
-            chunk = torch.as_tensor(_as_float32(doc_emb[start : start + doc_chunk])).to(dev)
-            if normalize:
-                chunk = torch.nn.functional.normalize(chunk, dim=-1)
-            kc = min(k, chunk.shape[0])
-            for qs in range(0, n_queries, query_block):
-                qe = min(qs + query_block, n_queries)
-                scores = queries[qs:qe] @ chunk.T  # [qb, chunk]
-                top_s, top_i = torch.topk(scores, kc, dim=1)
-                merged_s = torch.cat([best_scores[qs:qe], top_s], dim=1)  # [qb, k + kc]
-                merged_i = torch.cat([best_index[qs:qe], top_i + start], dim=1)
-                keep_s, pos = torch.topk(merged_s, k, dim=1)
-                best_scores[qs:qe] = keep_s
-                best_index[qs:qe] = torch.gather(merged_i, 1, pos)
-    scores_np = best_scores.cpu().numpy()
-    index_np = best_index.cpu().numpy()
-    return sort_rows(scores_np, index_np)
 
 
 def brute_force_search(
@@ -368,6 +279,7 @@ def search(
             doc_chunk=config.doc_chunk,
             device=config.device,
             show_progress=show_progress,
+            precision=config.precision,
         )
     return faiss_search(query_emb, doc_emb, top_k, config)
 

@@ -458,3 +458,49 @@ def test_mine_reads_a_directory_loop_once(beir_dir, stub_encoder, tmp_path):
     config = MiningConfig(num_negatives=2, range_max=6, relative_margin=None)
     stats = mine(stub_encoder, data, out, corpus=beir_dir, fmt="flag", config=config, show_progress=False)
     assert stats.queries == 1 and len(out.read_text().splitlines()) == 1
+
+
+@pytest.mark.parametrize("precision", [None, "fp32", "auto", "bf16"])
+@pytest.mark.parametrize("normalize", [None, False])
+def test_model_folder_metadata_without_loading_equals_the_loaded_models(
+    minilm_path, tmp_path_factory, precision, normalize
+):
+    """Mining from saved embeddings checks them against metadata read from the folder (the model is not
+    loaded); it must be what the loaded model reports, or saved embeddings would be reused wrongly."""
+    from tiny_models import save_tiny_bert
+
+    from densetune.retrieval.encode import encoder_meta, load_encoder
+    from densetune.retrieval.mine import _encoder_and_meta, _LazyEncoder
+
+    folder = tmp_path_factory.mktemp("tiny")
+    save_tiny_bert(folder, minilm_path)
+    if normalize is not None:
+        (folder / "densetune_config.json").write_text(json.dumps({"normalize": normalize}))
+    encoder, meta = _encoder_and_meta(str(folder), "cpu", precision, 32)
+    assert isinstance(encoder, _LazyEncoder)
+    loaded = load_encoder(str(folder), device="cpu", precision=precision)
+    assert meta == encoder_meta(loaded, str(folder.resolve()), 32)
+    assert meta["normalized"] is (normalize is None)
+
+
+def test_mining_from_saved_embeddings_does_not_load_the_model(minilm_path, tmp_path, monkeypatch, make_beir):
+    from tiny_models import save_tiny_bert
+
+    from densetune.retrieval import encode
+
+    model = save_tiny_bert(tmp_path / "model", minilm_path)
+    corpus = [(f"d{i}", "", f"passage {i} about topic {i % 5}") for i in range(40)]
+    queries = [(f"q{i}", f"question on topic {i % 5} number {i}") for i in range(12)]
+    data = make_beir(
+        tmp_path / "beir", corpus, queries, {"train": [(f"q{i}", f"d{3 * i}", 1) for i in range(12)]}
+    )
+    args = ["mine", "--model", model, "--data", str(data), "--corpus-embeddings", str(tmp_path / "emb"),
+            "--num-negatives", "3", "--range-max", "10", "--device", "cpu", "--with-scores"]  # fmt: skip
+    assert cli([*args, "--out", str(tmp_path / "a.jsonl")]) == 0
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded although every embedding was saved")
+
+    monkeypatch.setattr(encode, "load_encoder", refuse)
+    assert cli([*args, "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()

@@ -220,3 +220,59 @@ def test_cli_search_refuses_non_finite_embeddings_naming_file_and_row(tmp_path, 
     assert rc == 1 and len(err.strip().splitlines()) == 1, err
     assert f"{kind}.npy:row {row}: embedding of id '{name}{row}' holds NaN or inf" in err
     assert not out.exists()
+
+
+def _clustered(n_q=300, n_d=6000, dim=32, seed=3):
+    """Normalised embeddings around 40 centres (scores spread as a real model's are)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((40, dim))
+    d = centres[rng.integers(0, 40, n_d)] + 0.8 * rng.standard_normal((n_d, dim))
+    q = centres[rng.integers(0, 40, n_q)] + 0.8 * rng.standard_normal((n_q, dim))
+    unit = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in (q, d)]
+    return unit[0].astype(np.float32), unit[1].astype(np.float32)
+
+
+@pytest.mark.parametrize("top_k", [1, 20, 100])
+def test_bf16_candidates_give_the_float32_result(monkeypatch, top_k):
+    """bf16 products pick candidates, float32 rescoring orders them and the rounding bound proves them:
+    the result equals float32 search; the bound proves most queries (else it would be all fallback)."""
+    from densetune.retrieval import exact
+
+    q, d = _clustered()
+    proved = []
+    certified = exact._certified
+    monkeypatch.setattr(exact, "_certified", lambda *a: proved.append(certified(*a)) or proved[-1])
+    s_bf16, i_bf16 = exact_search(q, d, top_k, precision="bf16", doc_chunk=1000, query_block=64)
+    s_fp32, i_fp32 = exact_search(q, d, top_k, precision="fp32", doc_chunk=1000, query_block=64)
+    np.testing.assert_array_equal(i_bf16, i_fp32)
+    np.testing.assert_allclose(s_bf16, s_fp32, atol=1e-6)
+    assert len(proved) == 1 and proved[0].float().mean() > 0.9
+
+
+def test_bf16_candidates_fall_back_to_float32_where_the_bound_proves_nothing(monkeypatch):
+    from densetune.retrieval import exact
+
+    q, d = _clustered(n_q=40)
+    monkeypatch.setattr(exact, "_certified", lambda queries, *a: torch.zeros(len(queries), dtype=torch.bool))
+    s, i = exact_search(q, d, 30, precision="bf16", doc_chunk=700)
+    ref_s, ref_i = brute_force_search(q, d, 30)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(s, ref_s, atol=1e-5)
+
+
+@pytest.mark.parametrize("n", [100, 4096, 5000, 5003])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_group_max_top_k_equals_topk(n, dtype):
+    from densetune.retrieval.exact import block_topk
+
+    scores = torch.randn(7, n, generator=torch.Generator().manual_seed(n)).to(dtype)
+    values, cols = block_topk(scores, 40)
+    ref_values, _ = torch.topk(scores, 40, dim=1)
+    torch.testing.assert_close(values, ref_values)
+    torch.testing.assert_close(torch.gather(scores, 1, cols), values)
+
+
+def test_unknown_search_precision_is_refused():
+    q, d = _data()
+    with pytest.raises(DensetuneError, match="precision"):
+        exact_search(q, d, 3, precision="fp8")

@@ -1,4 +1,4 @@
-"""Collate: turn a batch of groups (NeMo-style dicts or :class:`~densetune.data.records.Group`) into tensors.
+"""Collate: turn a batch of :class:`~densetune.data.records.Group` objects (or NeMo-style dicts) into tensors.
 
 One collator per seed system, each with that seed's name, signature and output keys, so a user of the seed
 switches by changing an import:
@@ -12,13 +12,16 @@ switches by changing an import:
   :mod:`densetune.data.flag_collators`; they share this module's input handling, and ``SameEmbedCollator``
   (``output="train"``) gives the bi-encoder layout below.
 
-Batch layout shared by the bi-encoders (B queries, n documents per query, positive first)::
+Training calls ``collate_groups(groups)``, which builds the typed :class:`~densetune.data.batch.Batch` straight
+from the Groups; the seed's ``__call__`` returns that batch as the seed's dict (:meth:`Batch.to_dict`), whose
+layout for the bi-encoders (B queries, n documents per query, positive first) is::
 
     q_input_ids, q_attention_mask   [B, Lq]
     d_input_ids, d_attention_mask   [B*n, Lp]   rows i*n .. i*n+n-1 are query i's documents
     labels                          [B]         zeros: the positive is column 0 of each group
     passage_doc_ids                 [B*n] int64 only when every document has a non-empty id
     teacher_scores                  [B, n]      only when every group has teacher scores
+    task                            str         only when every group has the same non-empty task
     in_batch_negatives              False       SameEmbedCollator, symmetric class / clustering batches only:
                                                 score each query against its own group
 """
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding
 
+from densetune.data.batch import Batch
 from densetune.data.corpus import doc_text
 from densetune.data.prompts import (
     PromptFormatter,
@@ -132,12 +136,9 @@ def feature_to_group(feature: Group | Mapping[str, Any]) -> Group:
     )
 
 
-def _as_features(item: Group | Mapping[str, Any]) -> Mapping[str, Any]:
-    if isinstance(item, Group):
-        return group_to_features(item)
-    if isinstance(item, Mapping):
-        return item
-    raise ValueError(f"expected a Group or a dict per batch item, got {type(item).__name__}")
+def as_groups(items: Sequence[Group | Mapping[str, Any]]) -> list[Group]:
+    """The batch items as Groups (NeMo-style or LLM-Embedder dicts read by :func:`feature_to_group`)."""
+    return [feature_to_group(x) for x in items]
 
 
 def check_group_sizes(sizes: Sequence[int], what: str = "documents") -> int:
@@ -158,28 +159,29 @@ def check_group_sizes(sizes: Sequence[int], what: str = "documents") -> int:
     return sizes[0]
 
 
-def _teacher_scores(features: Sequence[Mapping[str, Any]], n: int) -> torch.Tensor | None:
-    """[B, n] float32 when every item has n scores, else None."""
-    rows = [f.get("teacher_scores") for f in features]
+def teacher_scores(groups: Sequence[Group], n: int) -> torch.Tensor | None:
+    """[B, n] float32 when every group has n scores, else None."""
+    rows = [g.scores for g in groups]
     if any(r is None for r in rows):
         return None
-    if any(len(r) != n for r in rows):
-        sizes = sorted({len(r) for r in rows})
+    if any(len(r) != n for r in rows):  # type: ignore[arg-type]
+        sizes = sorted({len(r) for r in rows})  # type: ignore[arg-type]
         raise ValueError(f"teacher_scores must have one score per document ({n}); got lengths {sizes}")
     return torch.tensor(rows, dtype=torch.float32)
 
 
-def _passage_doc_ids(features: Sequence[Mapping[str, Any]]) -> torch.Tensor | None:
+def passage_doc_ids(groups: Sequence[Group]) -> torch.Tensor | None:
     """[B*n] int64 hashes of the document ids, or None when any document has no id."""
-    flat: list[str] = []
-    for f in features:
-        ids = f.get("doc_id")
-        if not ids:
-            return None
-        flat.extend(ids)
-    if not all(flat):
+    flat = [d.id for g in groups for d in g.docs]
+    if not flat or not all(flat):
         return None
-    return torch.tensor([doc_id_to_int64(str(s)) for s in flat], dtype=torch.long)
+    return torch.tensor([doc_id_to_int64(s) for s in flat], dtype=torch.long)
+
+
+def shared_task(groups: Sequence[Group]) -> str | None:
+    """The batch's task when every group has the same non-empty one (per-task loss settings read it)."""
+    tasks = {g.task for g in groups}
+    return tasks.pop() if len(tasks) == 1 and "" not in tasks else None
 
 
 def _doc_id_str_to_int64(doc_id: str) -> int:
@@ -274,7 +276,8 @@ class BiEncoderCollator:
         query's documents contiguous, positive first); ``labels`` zeros [B] (long); ``passage_doc_ids`` [B*n]
         int64 (:func:`~densetune.data.records.doc_id_to_int64`) when every document has a non-empty id;
         ``teacher_scores`` [B, n] float32 when every item has scores; ``task`` (str) when every item has the
-        same non-empty task (same-task batches: per-task loss settings read it).
+        same non-empty task (same-task batches: per-task loss settings read it). :meth:`collate_groups` gives
+        the same as a typed :class:`~densetune.data.batch.Batch`.
 
     Raises:
         ValueError: an empty batch, or items with different numbers of documents (naming the sizes).
@@ -330,36 +333,33 @@ class BiEncoderCollator:
 
     def texts(self, batch: Sequence[Group | Mapping[str, Any]]) -> tuple[list[str], list[str], int]:
         """The query strings [B], document strings [B*n] and n, as the model will see them (prefixes applied)."""
-        features = [_as_features(x) for x in batch]
-        n = check_group_sizes([len(f["doc_text"]) for f in features])
+        groups = as_groups(batch)
+        n = check_group_sizes([len(g.docs) for g in groups])
         fmt = self.formatter
-        queries = [fmt.apply_query(f["question"], f.get("query_instruction") or "") for f in features]
-        docs = [
-            fmt.apply_passage(text, f.get("passage_instruction") or "")
-            for f in features
-            for text in f["doc_text"]
-        ]
+        queries = [fmt.apply_query(g.query, g.query_instruction) for g in groups]
+        docs = [fmt.apply_passage(doc_text(d), g.passage_instruction) for g in groups for d in g.docs]
         return queries, docs, n
 
     def __call__(self, batch: Sequence[Group | Mapping[str, Any]]) -> dict[str, Any]:
-        features = [_as_features(x) for x in batch]
-        queries, docs, n = self.texts(features)
-        out: dict[str, Any] = {}
-        for prefix, texts, max_len in (("q_", queries, self.q_max_len), ("d_", docs, self.p_max_len)):
-            enc = self._encode(texts, max_len)
-            out.update({prefix + k: v for k, v in enc.items()})
-        out["labels"] = torch.zeros(len(features), dtype=torch.long)
-        doc_ids = _passage_doc_ids(features)
-        if doc_ids is not None:
-            out["passage_doc_ids"] = doc_ids
-        scores = _teacher_scores(features, n)
-        if scores is not None:
-            out["teacher_scores"] = scores
-        # Per-task loss settings need the batch's task; the items of a same-task batch share one.
-        tasks = {f.get("task") or "" for f in features}
-        if len(tasks) == 1 and "" not in tasks:
-            out["task"] = tasks.pop()
-        return out
+        return self.collate_groups(batch).to_dict()
+
+    def collate_groups(self, batch: Sequence[Group | Mapping[str, Any]]) -> Batch:
+        """The typed :class:`~densetune.data.batch.Batch` of the groups (what ``__call__`` returns as a dict)."""
+        groups = as_groups(batch)
+        queries, docs, n = self.texts(groups)
+        q = self._encode(queries, self.q_max_len)
+        d = self._encode(docs, self.p_max_len)
+        return Batch(
+            q_input_ids=q["input_ids"],
+            q_attention_mask=q["attention_mask"],
+            d_input_ids=d["input_ids"],
+            d_attention_mask=d["attention_mask"],
+            labels=torch.zeros(len(groups), dtype=torch.long),
+            passage_doc_ids=passage_doc_ids(groups),
+            teacher_scores=teacher_scores(groups, n),
+            task=shared_task(groups),
+            query_ids=[g.query_id for g in groups],
+        )
 
     def _encode(self, texts: list[str], max_len: int) -> Mapping[str, torch.Tensor]:
         if not self.cache_tokens:
@@ -517,16 +517,18 @@ class CrossEncoderCollator(DataCollatorWithPadding):
         super().__init__(*args, **kwargs)
 
     def __call__(self, features: Sequence[Group | Mapping[str, Any]]) -> BatchEncoding:
-        items = [_as_features(x) for x in features]
+        items = list(features)
         if not items:
             raise ValueError("cannot collate an empty batch")
-        grouped = not isinstance(items[0]["doc_text"], str)
+        # Rows the seed's cross-encoder dataset already flattened carry one document text each.
+        grouped = not (isinstance(items[0], Mapping) and isinstance(items[0].get("doc_text"), str))
+        groups: list[Group] = []
         if grouped:
-            n = check_group_sizes([len(f["doc_text"]) for f in items])
-            pairs = [(f["question"], doc) for f in items for doc in f["doc_text"]]
-            num_labels: int | None = len(items)
+            groups = as_groups(items)
+            n = check_group_sizes([len(g.docs) for g in groups])
+            pairs = [(g.query, doc_text(d)) for g in groups for d in g.docs]
+            num_labels: int | None = len(groups)
         else:
-            n = 1
             pairs = [(f["question"], f["doc_text"]) for f in items]
             num_labels = items[0].get("num_labels")
         texts = [self.prompt_template.format(query=q, passage=p) for q, p in pairs]
@@ -541,7 +543,7 @@ class CrossEncoderCollator(DataCollatorWithPadding):
         if num_labels is not None:
             batch["labels"] = torch.zeros(int(num_labels), dtype=torch.long)
         if grouped:
-            scores = _teacher_scores(items, n)
+            scores = teacher_scores(groups, n)
             if scores is not None:
                 batch["teacher_scores"] = scores
         return batch

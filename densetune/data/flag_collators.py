@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from densetune.data.collators import check_group_sizes, feature_to_group
+from densetune.data.batch import Batch
+from densetune.data.collators import as_groups, check_group_sizes, passage_doc_ids, shared_task
 from densetune.data.corpus import doc_text
 from densetune.data.groups import derive_seed
 from densetune.data.prompts import (
@@ -27,7 +28,7 @@ from densetune.data.prompts import (
     format_passage,
     sample_icl_examples,
 )
-from densetune.data.records import EXAMPLE_TYPES, Group, doc_id_to_int64
+from densetune.data.records import EXAMPLE_TYPES, Group
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
@@ -219,8 +220,9 @@ class SameEmbedCollator:
     examples (any worker, any resumed run).
 
     Two outputs (``output``): ``"seed"`` returns the seed's dict, for code written against FlagEmbedding;
-    ``"train"`` returns the bi-encoder batch ``densetune train`` feeds to ``BiEncoder.forward`` and
-    :func:`densetune.losses.loss_inputs` (the recipe's ``data.collator`` sets ``output: train``).
+    ``"train"`` returns the bi-encoder batch ``BiEncoder.forward`` and :func:`densetune.losses.loss_inputs`
+    read, as a dict (the recipe's ``data.collator`` sets ``output: train``); :meth:`collate_groups` gives it as
+    the typed :class:`~densetune.data.batch.Batch` ``densetune train`` uses.
 
     The seed's own input, one pre-tokenised ``(queries, passages, messages, scores)`` tuple per step (its
     ``SameDatasetTrainDataset``), is also accepted and only padded.
@@ -337,22 +339,33 @@ class SameEmbedCollator:
                 )
 
     def __call__(self, features: Sequence[Any], return_tensors: str | None = None) -> dict[str, Any]:
-        items = list(features)
-        if not items:
-            raise ValueError("cannot collate an empty batch")
-        groups: list[Group] | None = None
-        if len(items) == 1 and isinstance(items[0], tuple) and len(items[0]) == 4:
-            queries, passages, messages, scores = items[0]
-        else:
-            if all(isinstance(x, list) for x in items):
-                items = [g for part in items for g in part]
-            groups = self.trim_groups([feature_to_group(x) for x in items])
-            queries, passages, messages, scores = self.build(groups)
         if self.output == "train":
-            return self._train_batch(queries, passages, messages, scores, groups)
+            return self.collate_groups(features).to_dict()
+        queries, passages, messages, scores, _ = self._built(features)
         q = self._pad_all(queries, self.query_max_len)
         p = self._pad_all(passages, self.passage_max_len)
         return {"query": q, "passage": p, "messages": messages, "teacher_scores": scores or None}
+
+    def collate_groups(self, features: Sequence[Any]) -> Batch:
+        """The typed bi-encoder :class:`~densetune.data.batch.Batch` (what ``output="train"`` returns as a
+        dict), whatever ``output`` is."""
+        return self._train_batch(*self._built(features))
+
+    def _built(
+        self, features: Sequence[Any]
+    ) -> tuple[Mapping[str, list], Mapping[str, list], list[str], list[float], list[Group] | None]:
+        """Tokenised queries and passages, messages, flattened scores and the (trimmed) groups, or None for
+        the seed's pre-tokenised tuple."""
+        items = list(features)
+        if not items:
+            raise ValueError("cannot collate an empty batch")
+        if len(items) == 1 and isinstance(items[0], tuple) and len(items[0]) == 4:
+            queries, passages, messages, scores = items[0]
+            return queries, passages, messages, scores, None
+        if all(isinstance(x, list) for x in items):
+            items = [g for part in items for g in part]
+        groups = self.trim_groups(as_groups(items))
+        return (*self.build(groups), groups)
 
     def trim_groups(self, groups: Sequence[Group]) -> list[Group]:
         """The groups cut to their type's ``group_size_by_type`` (positive and first negatives, scores alike)."""
@@ -445,7 +458,7 @@ class SameEmbedCollator:
         messages: Sequence[str],
         scores: Sequence[float],
         groups: Sequence[Group] | None,
-    ) -> dict[str, Any]:
+    ) -> Batch:
         """The bi-encoder batch (see Returns); ``groups`` is None for the seed's pre-tokenised input."""
         q = self._pad(queries, self.query_max_len)
         d = self._pad(passages, self.passage_max_len)
@@ -453,27 +466,20 @@ class SameEmbedCollator:
         if n_q == 0 or n_d % n_q:
             raise ValueError(f"{n_d} passages for {n_q} queries: every query needs the same number")
         n = n_d // n_q
-        out: dict[str, Any] = {
-            "q_input_ids": q["input_ids"],
-            "q_attention_mask": q["attention_mask"],
-            "d_input_ids": d["input_ids"],
-            "d_attention_mask": d["attention_mask"],
-            "labels": torch.zeros(n_q, dtype=torch.long),
-        }
-        if scores:
-            if len(scores) != n_d:
-                raise ValueError(f"{len(scores)} teacher scores for {n_d} passages: give one per passage")
-            out["teacher_scores"] = torch.tensor(list(scores), dtype=torch.float32).view(n_q, n)
-        if list(messages) == ["not in-batch"]:
-            out["in_batch_negatives"] = False
-        if groups is not None:
-            ids = [doc.id for g in groups for doc in g.docs]
-            if all(ids):
-                out["passage_doc_ids"] = torch.tensor([doc_id_to_int64(i) for i in ids], dtype=torch.long)
-            tasks = {g.task for g in groups}
-            if len(tasks) == 1 and groups[0].task:
-                out["task"] = groups[0].task
-        return out
+        if scores and len(scores) != n_d:
+            raise ValueError(f"{len(scores)} teacher scores for {n_d} passages: give one per passage")
+        return Batch(
+            q_input_ids=q["input_ids"],
+            q_attention_mask=q["attention_mask"],
+            d_input_ids=d["input_ids"],
+            d_attention_mask=d["attention_mask"],
+            labels=torch.zeros(n_q, dtype=torch.long),
+            passage_doc_ids=passage_doc_ids(groups) if groups is not None else None,
+            teacher_scores=torch.tensor(list(scores), dtype=torch.float32).view(n_q, n) if scores else None,
+            task=shared_task(groups) if groups is not None else None,
+            in_batch_negatives=False if list(messages) == ["not in-batch"] else None,
+            query_ids=[g.query_id for g in groups] if groups is not None else [],
+        )
 
     def _tokenize(self, texts: list[str], max_len: int) -> dict[str, list]:
         reserve = 1 if self.append_eos else 0

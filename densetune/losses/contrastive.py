@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from densetune.data.batch import Batch, as_batch
 from densetune.distributed import all_gather
 from densetune.losses.scoring import _columns, _ConfiguredLoss, _masked_fill_value, _no_autocast, _reduce
 
@@ -239,33 +240,35 @@ class ContrastiveLoss(_ConfiguredLoss):
         return _reduce(losses, self.cross_device)
 
 
-def loss_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+def loss_inputs(batch: Batch | Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments of the embedding losses, read from a collated bi-encoder batch.
 
-    Returns ``n_passages`` (rows of ``d_input_ids`` per row of ``q_input_ids``) and, when present and not
-    None, ``passage_doc_ids``, ``positive_doc_ids``, ``teacher_scores``, ``in_batch_negatives`` (a bool
-    switching in-batch negatives for this batch) and ``task`` (a string, or a list of one repeated string).
+    ``batch`` is a :class:`~densetune.data.batch.Batch` or a seed collator's dict of the same names. Returns
+    ``n_passages`` (rows of ``d_input_ids`` per row of ``q_input_ids``) and, when not None,
+    ``passage_doc_ids``, ``positive_doc_ids``, ``teacher_scores``, ``in_batch_negatives`` (a bool switching
+    in-batch negatives for this batch) and ``task`` (a string, or a list of one repeated string).
 
     Raises:
         ValueError: when the passage rows are not a multiple of the query rows, or ``in_batch_negatives`` is
             not a bool.
     """
-    n_queries = batch["q_input_ids"].shape[0]
-    n_docs = batch["d_input_ids"].shape[0]
+    batch = as_batch(batch)
+    n_queries = batch.q_input_ids.shape[0]  # type: ignore[union-attr]
+    n_docs = batch.d_input_ids.shape[0]  # type: ignore[union-attr]
     if n_queries == 0 or n_docs % n_queries:
         raise ValueError(f"batch has {n_docs} passage rows for {n_queries} queries: expected a multiple")
     out: dict[str, Any] = {"n_passages": n_docs // n_queries}
     for key in ("passage_doc_ids", "positive_doc_ids", "teacher_scores"):
-        if batch.get(key) is not None:
-            out[key] = batch[key]
-    flag = batch.get("in_batch_negatives")
+        if getattr(batch, key) is not None:
+            out[key] = getattr(batch, key)
+    flag = batch.in_batch_negatives
     if isinstance(flag, Tensor) and flag.dtype == torch.bool and flag.numel() == 1:
         flag = bool(flag)
     if flag is not None:
         if not isinstance(flag, bool):
             raise ValueError(f"batch['in_batch_negatives'] must be True or False, got {flag!r}")
         out["in_batch_negatives"] = flag
-    task = batch.get("task")
+    task = batch.task
     if isinstance(task, (list, tuple)) and task and all(t == task[0] for t in task):
         task = task[0]
     if isinstance(task, str):

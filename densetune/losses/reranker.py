@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densetune.data.batch import PairBatch, as_pair_batch
 from densetune.losses.distill import DISTILL_KINDS, DistillationLoss
 from densetune.losses.scoring import _ConfiguredLoss
 
@@ -141,7 +142,9 @@ def _as_loss(loss_cfg: RerankerLoss | Mapping[str, Any] | None) -> RerankerLoss:
 
 
 def loss_step(
-    model: nn.Module, batch: Mapping[str, Any], loss_cfg: RerankerLoss | Mapping[str, Any] | None = None
+    model: nn.Module,
+    batch: PairBatch | Mapping[str, Any],
+    loss_cfg: RerankerLoss | Mapping[str, Any] | None = None,
 ) -> Tensor:
     """Forward one collated batch and return the reranker loss (the caller runs backward and the optimizer).
 
@@ -162,25 +165,25 @@ def loss_step(
         >>> loss.backward(); optimizer.step(); optimizer.zero_grad()
     """
     loss_fn = _as_loss(loss_cfg)
+    batch = as_pair_batch(batch)
     n = rows_per_query(batch)
     scores = model(batch)  # [B*n]
-    return loss_fn(
-        scores, n_passages=n, teacher_scores=batch.get("teacher_scores"), labels=batch.get("row_labels")
-    )
+    return loss_fn(scores, n_passages=n, teacher_scores=batch.teacher_scores, labels=batch.row_labels)
 
 
-def rows_per_query(batch: Mapping[str, Any]) -> int:
+def rows_per_query(batch: PairBatch | Mapping[str, Any]) -> int:
     """n, the rows of each query's group in a reranker batch: ``n_passages`` (densetune's collator) or
     rows / ``labels.numel()`` (NeMo's CrossEncoderCollator gives one label per query).
 
     Raises:
         ValueError: the batch gives neither, or its rows do not split into groups of n.
     """
-    rows = int(batch["input_ids"].shape[0])
-    if batch.get("n_passages") is not None:
-        n = int(batch["n_passages"])
-    elif batch.get("labels") is not None and batch["labels"].numel() > 0:
-        n = rows // int(batch["labels"].numel())
+    batch = as_pair_batch(batch)
+    rows = int(batch.input_ids.shape[0])
+    if batch.n_passages is not None:
+        n = int(batch.n_passages)
+    elif batch.labels is not None and batch.labels.numel() > 0:
+        n = rows // int(batch.labels.numel())
     else:
         raise ValueError(
             "the batch gives neither n_passages nor labels [B]: cannot group its rows into queries"

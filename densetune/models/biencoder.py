@@ -5,8 +5,8 @@ API:
         gradient_checkpointing=False, attn_implementation="sdpa", dtype=None, gguf_file=None,
         query_prefix=None, passage_prefix=None, lora=None, bidirectional=None, add_eos=None,
         special_tokens=None, max_query_len=None, max_passage_len=None) -> BiEncoder
-    model(batch) -> (q [B, H] | None, p [B*n, H] | None)      batch keys q_input_ids, q_attention_mask,
-                                                               d_input_ids, d_attention_mask (+ *_token_type_ids)
+    model(batch) -> (q [B, H] | None, p [B*n, H] | None)      batch: a data.batch.Batch (q_input_ids,
+                          q_attention_mask, d_input_ids, d_attention_mask, + *_token_type_ids) or a dict of them
     model.encode(input_ids, attention_mask, *, is_query, token_type_ids=None) -> [N, H]
     model.encode_texts(texts, *, is_query, batch_size=64, max_length=None, device=None,
                        show_progress=False) -> CPU float32 [N, H], input order
@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densetune.data.batch import Batch, as_batch
 from densetune.models import loading
 from densetune.models.inference import map_longest_first
 from densetune.models.lora import apply_lora, unwrap_peft
@@ -168,22 +169,24 @@ class BiEncoder(nn.Module):
             embeddings = F.normalize(embeddings, p=2, dim=-1)
         return embeddings
 
-    def forward(self, batch: Mapping[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
+    def forward(self, batch: Batch | Mapping[str, Tensor]) -> tuple[Tensor | None, Tensor | None]:
         """Embed a collated batch: ``(q [B, H], p [B*n, H])``; a side whose ids are absent gives None.
 
+        ``batch`` is a :class:`~densetune.data.batch.Batch` or a seed collator's dict of the same names.
         Queries are encoded before passages (gradient caching replays this order).
         """
-        q = self._encode_inputs(batch, "q_", is_query=True) if "q_input_ids" in batch else None
-        p = self._encode_inputs(batch, "d_", is_query=False) if "d_input_ids" in batch else None
+        batch = as_batch(batch)
+        q = self._encode_side(batch.side("q_"), is_query=True) if batch.q_input_ids is not None else None
+        p = self._encode_side(batch.side("d_"), is_query=False) if batch.d_input_ids is not None else None
         return q, p
 
-    def _encode_inputs(self, inputs: Mapping[str, Tensor], prefix: str = "", *, is_query: bool) -> Tensor:
-        """:meth:`encode` of ``{prefix}input_ids``, ``{prefix}attention_mask`` (+ ``{prefix}token_type_ids``)."""
+    def _encode_side(self, inputs: Mapping[str, Tensor], *, is_query: bool) -> Tensor:
+        """:meth:`encode` of one side's ``input_ids``, ``attention_mask`` (+ ``token_type_ids``)."""
         return self.encode(
-            inputs[f"{prefix}input_ids"],
-            inputs[f"{prefix}attention_mask"],
+            inputs["input_ids"],
+            inputs["attention_mask"],
             is_query=is_query,
-            token_type_ids=inputs.get(f"{prefix}token_type_ids"),
+            token_type_ids=inputs.get("token_type_ids"),
         )
 
     def format_text(self, text: str, *, is_query: bool) -> str:
@@ -240,7 +243,7 @@ class BiEncoder(nn.Module):
             return self.tokenize([texts[i] for i in index], is_query=is_query, max_length=max_length)
 
         def run(encoded: dict[str, Tensor]) -> Tensor:
-            return self._encode_inputs({k: v.to(device) for k, v in encoded.items()}, is_query=is_query)
+            return self._encode_side({k: v.to(device) for k, v in encoded.items()}, is_query=is_query)
 
         out = torch.empty(len(texts), self.embedding_dim, dtype=torch.float32)
         return map_longest_first(

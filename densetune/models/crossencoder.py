@@ -61,6 +61,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from densetune.data.batch import PairBatch, as_pair_batch
 from densetune.models import loading
 from densetune.models.inference import map_longest_first
 from densetune.models.lora import apply_lora, unwrap_peft
@@ -212,15 +213,19 @@ class RerankerCollator:
         Returns:
             ``input_ids``, ``attention_mask`` (+ ``token_type_ids``) [B*n, L]; ``labels`` zeros [B] (the
             positive is column 0 of each group); ``n_passages`` n; ``teacher_scores`` [B, n] float32 when
-            every group has scores.
+            every group has scores: :meth:`collate_groups` as a dict.
 
         Raises:
             ValueError: an empty batch or groups of different sizes.
         """
-        from densetune.data.collators import feature_to_group
+        return self.collate_groups(items).to_dict()
+
+    def collate_groups(self, items: Sequence[Any]) -> PairBatch:
+        """The typed :class:`~densetune.data.batch.PairBatch` of the groups (see :meth:`__call__`)."""
+        from densetune.data.collators import as_groups, teacher_scores
         from densetune.data.corpus import doc_text
 
-        groups = [feature_to_group(x) for x in items]
+        groups = as_groups(items)
         if not groups:
             raise ValueError("cannot collate an empty batch")
         sizes = sorted({len(g.docs) for g in groups})
@@ -231,13 +236,11 @@ class RerankerCollator:
         n = sizes[0]
         queries = [g.query for g in groups for _ in g.docs]
         passages = [doc_text(d) for g in groups for d in g.docs]
-        batch: dict[str, Any] = self.tokenize_pairs(queries, passages)
-        batch["labels"] = torch.zeros(len(groups), dtype=torch.long)
-        batch["n_passages"] = n
-        if all(g.scores is not None for g in groups):
-            if any(len(g.scores) != n for g in groups):  # type: ignore[arg-type]
-                raise ValueError(f"teacher scores must have one score per document ({n})")
-            batch["teacher_scores"] = torch.tensor([g.scores for g in groups], dtype=torch.float32)
+        batch = PairBatch.from_mapping(self.tokenize_pairs(queries, passages))
+        batch.labels = torch.zeros(len(groups), dtype=torch.long)
+        batch.n_passages = n
+        batch.teacher_scores = teacher_scores(groups, n)
+        batch.query_ids = [g.query_id for g in groups]
         return batch
 
 
@@ -298,14 +301,15 @@ class CrossEncoder(nn.Module):
         return self.collator(items)
 
     # ------------------------------------------------------------------ scoring
-    def forward(self, batch: Mapping[str, Any]) -> Tensor:
-        """Scores [N] (float32) of a tokenised batch of N pairs (``input_ids``, ``attention_mask``, optional
-        ``token_type_ids``); other keys are ignored."""
-        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+    def forward(self, batch: PairBatch | Mapping[str, Any]) -> Tensor:
+        """Scores [N] (float32) of a tokenised batch of N pairs (a :class:`~densetune.data.batch.PairBatch`, or
+        a dict with ``input_ids``, ``attention_mask``, optional ``token_type_ids``; other keys are ignored)."""
+        batch = as_pair_batch(batch)
+        input_ids, mask = batch.input_ids, batch.attention_mask
         if self.kind == "encoder":
             inputs = {"input_ids": input_ids, "attention_mask": mask}
-            if batch.get("token_type_ids") is not None:
-                inputs["token_type_ids"] = batch["token_type_ids"]
+            if batch.token_type_ids is not None:
+                inputs["token_type_ids"] = batch.token_type_ids
             logits = self.backbone(**inputs).logits  # [N, 1]
             return logits[:, 0].float()
         # Decoder: left padding puts every row's last real token at position -1. Position ids count from the

@@ -14,8 +14,9 @@ How (Gao et al. 2021, "Scaling Deep Contrastive Learning Batch Size under Memory
 Memory: activations of one chunk plus the embeddings, instead of the whole batch. Time: one extra
 forward pass (about +20-30%).
 
-Contract with the model: ``model(sub_batch) -> (q, p)`` where a sub-batch carries only the ``q_*`` keys,
-only the ``d_*`` keys, or both, and absent sides come back as None (BiEncoder.forward does this). The
+Contract with the model: ``model(sub_batch) -> (q, p)`` where a sub-batch is a
+:class:`~densetune.data.batch.Batch` with only the ``q_*`` fields, only the ``d_*`` fields, or both, and absent
+sides come back as None (BiEncoder.forward does this). The
 last call embeds the last query chunk and the last passage chunk together, so every tower takes part in
 the one forward pass that DDP synchronises; the earlier ones run under ``model.no_sync()``. Wrap the
 model in DDP as usual; the first pass calls the unwrapped module (no graph, nothing to synchronise).
@@ -26,7 +27,7 @@ loss with respect to its own embeddings, which step 3 then pushes through the lo
 
 ``loss_fn`` is either an embedding loss whose signature has the keyword ``n_passages``
 (ContrastiveLoss, RetrievalObjective), called as ``loss_fn(q, p, **loss_inputs(batch))`` (or with
-``loss_kwargs``), or any other callable, called as ``loss_fn(q, p, batch)``. ``scale`` multiplies the loss
+``loss_kwargs``), or any other callable, called as ``loss_fn(q, p, batch)`` with the batch it was given. ``scale`` multiplies the loss
 before its backward (1 / accumulation steps); with a GradScaler (float16) pass ``scaler`` as well. The
 cached gradients and the parameter gradients then carry the same factor.
 """
@@ -41,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from densetune.data.batch import Batch, as_batch
 from densetune.distributed import unwrap_model
 from densetune.losses import loss_inputs
 
@@ -66,33 +68,29 @@ class _RngState:
             yield
 
 
-def _side_keys(batch: Mapping[str, Any], prefix: str) -> list[str]:
-    return [k for k in batch if k.startswith(prefix) and isinstance(batch[k], Tensor)]
-
-
-def _slice_rows(batch: Mapping[str, Any], keys: list[str], start: int, stop: int) -> dict[str, Tensor]:
-    """Rows [start, stop) of the given keys, dropping trailing columns that are padding in every row."""
-    part = {k: batch[k][start:stop] for k in keys}
-    mask_key = next((k for k in keys if k.endswith("attention_mask")), None)
-    if mask_key is not None and part[mask_key].dim() == 2:
+def _slice_side(batch: Batch, prefix: str, start: int, stop: int) -> dict[str, Tensor]:
+    """Rows [start, stop) of one side's tensors (``prefix`` ``"q_"`` or ``"d_"``), as ``Batch`` field names,
+    dropping trailing columns that are padding in every row."""
+    part = {prefix + k: v[start:stop] for k, v in batch.side(prefix).items()}
+    mask = part[prefix + "attention_mask"]
+    if mask.dim() == 2:
         # Right padding only: trailing all-pad columns change nothing (masked keys), so dropping them is
         # exact and saves compute. Leading pad columns are kept: removing them would shift positions.
-        used = part[mask_key].any(dim=0).nonzero()
-        length = int(used.max().item()) + 1 if used.numel() else part[mask_key].shape[1]
+        used = mask.any(dim=0).nonzero()
+        length = int(used.max().item()) + 1 if used.numel() else mask.shape[1]
         part = {
-            k: v[:, :length] if v.dim() == 2 and v.shape[1] == part[mask_key].shape[1] else v
-            for k, v in part.items()
+            k: v[:, :length] if v.dim() == 2 and v.shape[1] == mask.shape[1] else v for k, v in part.items()
         }
     return part
 
 
-def _plan(batch: Mapping[str, Any], q_chunk: int, p_chunk: int) -> list[dict[str, Tensor]]:
+def _plan(batch: Batch | Mapping[str, Any], q_chunk: int, p_chunk: int) -> list[Batch]:
     """Sub-batches in call order: query chunks, passage chunks, then the last of each together."""
-    q_keys, d_keys = _side_keys(batch, "q_"), _side_keys(batch, "d_")
-    n_q, n_d = batch["q_input_ids"].shape[0], batch["d_input_ids"].shape[0]
-    q_parts = [_slice_rows(batch, q_keys, s, min(s + q_chunk, n_q)) for s in range(0, n_q, q_chunk)]
-    d_parts = [_slice_rows(batch, d_keys, s, min(s + p_chunk, n_d)) for s in range(0, n_d, p_chunk)]
-    return q_parts[:-1] + d_parts[:-1] + [{**q_parts[-1], **d_parts[-1]}]
+    batch = as_batch(batch)
+    n_q, n_d = batch.q_input_ids.shape[0], batch.d_input_ids.shape[0]  # type: ignore[union-attr]
+    q_parts = [_slice_side(batch, "q_", s, min(s + q_chunk, n_q)) for s in range(0, n_q, q_chunk)]
+    d_parts = [_slice_side(batch, "d_", s, min(s + p_chunk, n_d)) for s in range(0, n_d, p_chunk)]
+    return [Batch(**part) for part in q_parts[:-1] + d_parts[:-1] + [{**q_parts[-1], **d_parts[-1]}]]
 
 
 def _takes_loss_inputs(loss_fn: Callable[..., Tensor]) -> bool:
@@ -103,7 +101,7 @@ def _takes_loss_inputs(loss_fn: Callable[..., Tensor]) -> bool:
         return False
 
 
-def _call_loss(loss_fn, q: Tensor, p: Tensor, batch: Mapping[str, Any], loss_kwargs) -> Tensor:
+def _call_loss(loss_fn, q: Tensor, p: Tensor, batch: Batch | Mapping[str, Any], loss_kwargs) -> Tensor:
     if loss_kwargs is not None or _takes_loss_inputs(loss_fn):
         return loss_fn(q, p, **(loss_inputs(batch) if loss_kwargs is None else dict(loss_kwargs)))
     return loss_fn(q, p, batch)
@@ -112,7 +110,7 @@ def _call_loss(loss_fn, q: Tensor, p: Tensor, batch: Mapping[str, Any], loss_kwa
 def grad_cache_step(
     model: nn.Module,
     loss_fn: Callable[..., Tensor],
-    batch: Mapping[str, Any],
+    batch: Batch | Mapping[str, Any],
     *,
     chunk_size: int,
     passage_chunk_size: int | None = None,
@@ -126,8 +124,9 @@ def grad_cache_step(
         model: a BiEncoder (or DDP around one); ``model(sub_batch) -> (q | None, p | None)``.
         loss_fn: an embedding loss ``loss_fn(q [B, H], p [B*n, H], *, n_passages, ...)`` called with
             ``loss_kwargs`` (default ``loss_inputs(batch)``), or a callable ``loss_fn(q, p, batch)``.
-        batch: collated tensors (``q_input_ids``, ``q_attention_mask``, ``d_input_ids``,
-            ``d_attention_mask``, optional ``*_token_type_ids``, ``passage_doc_ids``, ...), on the device.
+        batch: a :class:`~densetune.data.batch.Batch` (or a seed collator's dict of its names: ``q_input_ids``,
+            ``q_attention_mask``, ``d_input_ids``, ``d_attention_mask``, optional ``*_token_type_ids``,
+            ``passage_doc_ids``, ...), on the device.
         chunk_size: rows per forward pass for queries (and passages unless ``passage_chunk_size``).
         passage_chunk_size: rows per forward pass for passages.
         loss_kwargs: keyword arguments for an embedding loss; default ``loss_inputs(batch)``.
@@ -144,7 +143,7 @@ def grad_cache_step(
             f"chunk sizes must be >= 1, got chunk_size={chunk_size}, passage_chunk_size={passage_chunk_size}"
         )
     plan = _plan(batch, chunk_size, passage_chunk_size or chunk_size)
-    device = batch["q_input_ids"].device
+    device = plan[-1].q_input_ids.device  # type: ignore[union-attr]  # the last sub-batch has both sides
     module = unwrap_model(model)
 
     # Pass 1: embeddings without graphs; remember each chunk's RNG state.

@@ -27,6 +27,7 @@ from torch import nn
 
 from densetune.caps import MAX_BATCH, MAX_STEPS, env_cap
 from densetune.config import instantiate, locate
+from densetune.data.batch import Batch, PairBatch, typed_batch
 from densetune.distributed import gather_objects, init_distributed
 from densetune.errors import ConfigError, DensetuneError
 from densetune.precision import resolve_precision
@@ -44,8 +45,6 @@ from densetune.train.sharding import (
     trainable_state,
 )
 from densetune.train.steps import EmbeddingStep, RerankerStep, build_step, group_metrics, is_reranker
-
-Batch = dict[str, Any]
 
 
 class TrainRecipe:
@@ -326,7 +325,7 @@ class TrainRecipe:
             return StatefulDataLoader(
                 self.dataset,
                 batch_sampler=self.sampler,
-                collate_fn=_WithQueryIds(self.collator),
+                collate_fn=TypedCollate(self.collator),
                 num_workers=workers,
                 pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(self.cfg.seed),
@@ -366,7 +365,7 @@ class TrainRecipe:
         )
         dataset = RetrievalTrainDataset(store, selector)
         batches = BatchSampler(SequentialSampler(dataset), self.cfg.eval.batch_size, drop_last=False)
-        return DataLoader(dataset, batch_sampler=batches, collate_fn=self.collator)
+        return DataLoader(dataset, batch_sampler=batches, collate_fn=TypedCollate(self.collator))
 
     def _setup_optimizer(self) -> None:
         """AdamW (no decay on biases / norm weights) and the warm-up + decay schedule over ``total_steps``.
@@ -491,10 +490,10 @@ class TrainRecipe:
                 n_micro = min(accum, self.batches_per_epoch - st.batches_in_epoch)
                 step_loss: Any = 0.0
                 for i in range(n_micro):
-                    batch, query_ids = next(batches)
-                    self._nonfinite.note(st.step + 1, query_ids)
+                    batch = next(batches)
+                    self._nonfinite.note(st.step + 1, batch.query_ids)
                     self._window.add(*self.step.count(batch))
-                    batch = _to_device(batch, self.device)
+                    batch = batch.to(self.device)
                     with self._no_sync(last=i == n_micro - 1):
                         step_loss = (
                             step_loss + self.step.backward(self.model, batch, scale=1.0 / n_micro) / n_micro
@@ -614,7 +613,7 @@ class TrainRecipe:
 
     def _evaluate_groups(self, model: nn.Module) -> dict[str, float]:
         """Over each dev group's [positive + negatives]: mean cross-entropy, acc@1 and MRR (positive at 0)."""
-        scores = [self.step.group_scores(model, _to_device(b, self.device)) for b in self.dev_loader]
+        scores = [self.step.group_scores(model, b.to(self.device)) for b in self.dev_loader]
         return group_metrics(scores, self.step.dev_temperature)
 
     def _evaluate_corpus(self, model: nn.Module) -> dict[str, float]:
@@ -900,14 +899,22 @@ class _NonFiniteWatch:
         return step, ids.get(step, [])
 
 
-class _WithQueryIds:
-    """A collate function that also returns the batch's query ids (for messages about that batch)."""
+class TypedCollate:
+    """The collate function of the loaders: groups -> a typed batch carrying the groups' query ids.
+
+    A collator with ``collate_groups`` (densetune's own) makes the :class:`~densetune.data.batch.Batch` /
+    :class:`~densetune.data.batch.PairBatch` directly; any other (a seed's, returning its dict) is read back
+    by :func:`~densetune.data.batch.typed_batch`.
+    """
 
     def __init__(self, collate: Any):
         self.collate = collate
 
-    def __call__(self, groups: list[Any]) -> tuple[Any, list[str]]:
-        return self.collate(groups), [str(getattr(g, "query_id", "")) for g in groups]
+    def __call__(self, groups: list[Any]) -> Batch | PairBatch:
+        make = getattr(self.collate, "collate_groups", None)
+        batch = make(groups) if make is not None else typed_batch(self.collate(groups))
+        batch.query_ids = [str(getattr(g, "query_id", "")) for g in groups]
+        return batch
 
 
 def _show_ids(ids: list[str], n: int = 8) -> str:
@@ -1027,10 +1034,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _to_device(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _sampler_data_args(node: dict[str, Any], dataset: Any) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from densetune.config import instantiate
+from densetune.data.batch import Batch, PairBatch
 
-Batch = dict[str, Any]
 Autocast = Callable[[], contextlib.AbstractContextManager]
 
 
@@ -77,15 +77,15 @@ class EmbeddingStep:
 
     @staticmethod
     def count(batch: Batch) -> tuple[int, int]:
-        samples = int(batch["q_input_ids"].shape[0])
-        return samples, int(batch["q_attention_mask"].sum()) + int(batch["d_attention_mask"].sum())
+        samples = int(batch.q_input_ids.shape[0])  # type: ignore[union-attr]
+        return samples, int(batch.q_attention_mask.sum()) + int(batch.d_attention_mask.sum())  # type: ignore[union-attr]
 
     @staticmethod
     def probe(model: nn.Module, tokenizer: Any) -> torch.Tensor:
         device = next(model.parameters()).device
         enc = tokenizer(["probe"], return_tensors="pt")
-        batch = {f"{side}_{k}": v.to(device) for side in ("q", "d") for k, v in enc.items()}
-        q, p = model(batch)
+        batch = Batch.from_mapping({f"{side}_{k}": v for side in ("q", "d") for k, v in enc.items()})
+        q, p = model(batch.to(device))
         return q.float().sum() + p.float().sum()
 
     def card(self, cfg: Any) -> dict[str, Any]:
@@ -121,7 +121,7 @@ class RerankerStep:
         self.autocast = autocast
         self.dev_temperature = float(getattr(loss_fn, "temperature", 1.0))
 
-    def backward(self, model: nn.Module, batch: Batch, scale: float) -> torch.Tensor:
+    def backward(self, model: nn.Module, batch: PairBatch, scale: float) -> torch.Tensor:
         from densetune.losses import loss_step
 
         with self.autocast():
@@ -129,7 +129,7 @@ class RerankerStep:
         (loss * scale).backward()
         return loss.detach()
 
-    def group_scores(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+    def group_scores(self, model: nn.Module, batch: PairBatch) -> torch.Tensor:
         from densetune.losses import rows_per_query
 
         with self.autocast():
@@ -137,17 +137,17 @@ class RerankerStep:
         return scores.float().view(-1, rows_per_query(batch))
 
     @staticmethod
-    def count(batch: Batch) -> tuple[int, int]:
+    def count(batch: PairBatch) -> tuple[int, int]:
         from densetune.losses import rows_per_query
 
-        rows = int(batch["input_ids"].shape[0])
-        return rows // rows_per_query(batch), int(batch["attention_mask"].sum())
+        rows = int(batch.input_ids.shape[0])
+        return rows // rows_per_query(batch), int(batch.attention_mask.sum())
 
     @staticmethod
     def probe(model: nn.Module, tokenizer: Any) -> torch.Tensor:
         device = next(model.parameters()).device
-        batch = {k: v.to(device) for k, v in model.tokenize_pairs(["probe"], ["probe"]).items()}
-        return model(batch).float().sum()
+        batch = PairBatch.from_mapping(model.tokenize_pairs(["probe"], ["probe"]))
+        return model(batch.to(device)).float().sum()
 
     def card(self, cfg: Any) -> dict[str, Any]:
         return {"reranker": self.loss_fn.get_config_dict()}

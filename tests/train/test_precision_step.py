@@ -20,7 +20,7 @@ def _one_step(tiny_bert, tmp_path, precision: str) -> tuple[torch.Tensor, set[to
     seen: set[torch.dtype] = set()
     linears = [m for m in recipe.raw_model.modules() if isinstance(m, torch.nn.Linear)]
     hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype)) for m in linears]
-    batch, _query_ids = next(iter(recipe.loader))  # the loader also hands the batch's query ids
+    batch = next(iter(recipe.loader))  # a typed Batch; its query ids ride along in batch.query_ids
     loss = recipe.step.backward(recipe.model, batch, scale=1.0)
     for hook in hooks:
         hook.remove()

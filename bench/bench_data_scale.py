@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -117,9 +118,17 @@ def generate_corpus_id(root: Path, n_passages: int, n_examples: int, n_neg: int,
         f.write("\n]}\n")
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's ended children (the cache build's worker processes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child(step: str, data: Path, cache: Path) -> dict:
-    """One step in this process; its measurements as a dict."""
+    """One step in this process; its measurements as a dict (CPU: this process and its workers)."""
     peak = PeakAnon(every=0.2)
+    build: dict = {}
+    workers_before = children_cpu()
     with Clock() as clock:
         if step == "validate":
             from densetune.validate import validate_paths
@@ -133,7 +142,9 @@ def child(step: str, data: Path, cache: Path) -> dict:
             from densetune.data.samplers import RandomBatchSampler
             from densetune.data.store import load_examples
 
-            store = load_examples([data], cache_dir=cache)
+            with Clock() as load:
+                store = load_examples([data], cache_dir=cache)
+            build = {"load_wall": load.wall, "load_cpu": load.cpu + children_cpu() - workers_before}
             dataset = RetrievalTrainDataset(
                 store, GroupSelector(4, positive="first", negative="random", seed=42)
             )
@@ -141,12 +152,15 @@ def child(step: str, data: Path, cache: Path) -> dict:
             groups = dataset.__getitems__(next(iter(sampler)))
             assert len(groups) == 16 and all(len(g.docs) == 4 and g.docs[0].text for g in groups)
             n = len(dataset)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "n": n,
         "wall": clock.wall,
-        "cpu": clock.cpu,
+        "cpu": clock.cpu + children_cpu() - workers_before,
         "heap_mb": peak.stop(),
         "rss_mb": status_kb("VmHWM") / 1024,
+        "worker_rss_mb": workers.ru_maxrss / 1024,  # the largest worker's peak RSS (0: none ran)
+        **build,
     }
 
 
@@ -212,6 +226,17 @@ def report(results: list[dict]) -> None:
     for step in ("validate", "first start", "cached start"):
         row(f"{step}: wall s", [r[step]["wall"] for r in results], "{:,.1f}")
         row(f"{step}: CPU s", [r[step]["cpu"] for r in results], "{:,.1f}")
+        if step == "first start":
+            first = [r[step] for r in results]
+            row("  of which the cache build: wall s", [f["load_wall"] for f in first], "{:,.1f}")
+            row("  of which the cache build: CPU s", [f["load_cpu"] for f in first], "{:,.1f}")
+            row(
+                "  build rate: examples / min (wall)",
+                [60 * f["n"] / f["load_wall"] for f in first],
+                "{:,.0f}",
+            )
+            row("  build rate: examples / CPU-min", [60 * f["n"] / f["load_cpu"] for f in first], "{:,.0f}")
+            row("  largest worker's peak RSS (MB)", [f["worker_rss_mb"] for f in first], "{:,.0f}")
         row(f"{step}: peak heap (MB)", [r[step]["heap_mb"] for r in results], "{:,.0f}")
         row(f"{step}: peak RSS (MB)", [r[step]["rss_mb"] for r in results], "{:,.0f}")
 

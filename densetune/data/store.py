@@ -541,7 +541,7 @@ def _convert_block(
     path: Path, fmt: str, block: bytes, first_line: int, first_index: int, skip_invalid: bool
 ) -> _Converted:
     """A block of JSON lines (:func:`_jsonl_blocks`) read and converted: what a worker process does."""
-    with _gc_paused():
+    with gc_paused():
         notes: Counter = Counter()
         examples: list[Example] = []
         errors = []
@@ -558,9 +558,10 @@ def _convert_block(
 
 
 @contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector: a build frees what it makes by reference counting, and the
-    collector's passes over its many young objects cost a quarter of the build's time."""
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector during a pass over data (the cache build, ``validate``): the pass
+    frees what it makes by reference counting, and the collector's runs over its many young objects cost a
+    quarter of its CPU. Cycles made meanwhile (an exception's traceback) are collected once it resumes."""
     was = gc.isenabled()
     gc.disable()
     try:
@@ -619,7 +620,7 @@ def _read_converted(
     if fmt is None:
         for chunk in iter_chunks(path, split=split, skip_invalid=skip_invalid, stats=stats, cache_dir=root):
             corpora.update(chunk.corpora)
-            with _gc_paused():
+            with gc_paused():
                 conv = _convert(chunk.examples, chunk.rows)
             yield conv
         return
@@ -647,7 +648,7 @@ def _build_entry(
     started = time.perf_counter()
     try:
         for conv in _read_converted(path, split, skip_invalid, root, stats, corpora, workers):
-            with _gc_paused():
+            with gc_paused():
                 ex_table, doc_table = _place(conv, seen, inline.rows)
                 examples.write(ex_table)
                 inline.write(doc_table)

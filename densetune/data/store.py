@@ -523,6 +523,8 @@ def _jsonl_blocks(path: Path) -> Iterator[tuple[bytes, int, int]]:
     with open(path, "rb") as f:
         while True:
             data = f.read(_BLOCK_BYTES)
+            if data and hasattr(os, "posix_fadvise"):  # read once: its pages need not fill the page cache
+                os.posix_fadvise(f.fileno(), f.tell() - len(data), len(data), os.POSIX_FADV_DONTNEED)
             block = rest + data if rest else data
             cut = block.rfind(b"\n") + 1 if data else len(block)
             if data and not cut:  # one line longer than a block: read on

@@ -573,7 +573,7 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def build_workers(workers: int | None = None) -> int:
+def data_workers(workers: int | None = None) -> int:
     """How many processes convert a JSON-lines file: ``workers``, or the CPUs this process may use (up to 8)."""
     if workers is not None:
         return max(1, int(workers))
@@ -753,7 +753,7 @@ def load_examples(
         if opened is None:
             tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=root / "examples"))
             try:
-                _build_entry(path, split, skip_invalid, root, tmp, rel, build_workers(workers))
+                _build_entry(path, split, skip_invalid, root, tmp, rel, data_workers(workers))
                 publish_dir(tmp, entry)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -389,32 +389,67 @@ def _passage_digest(doc: Doc, extra: str) -> bytes:
 class _SeenPassages:
     """Recently stored inline passages, so a passage met again is stored once (a mined negative that recurs).
 
-    A direct-mapped table of ``_SLOTS`` entries: slot = bits of the passage's digest
-    (:func:`_passage_digest`), holding that digest and the row it was stored at; a new passage that lands on
-    a taken slot replaces it. Memory is fixed (~100 MB) whatever the input's size; a passage repeated across
-    the whole file is found again as long as no other passage took its slot in between, so popular passages
-    are stored about once and rare repeats may be stored again (never wrongly merged: digests are compared
-    in full).
+    A direct-mapped table of ``_SLOTS`` entries: slot = the low bits of the passage's digest
+    (:func:`_passage_digest`, its first 8 bytes read little-endian), holding that digest and the row it was
+    stored at; a new passage that lands on a taken slot replaces it. Memory is fixed (48 MB of numpy)
+    whatever the input's size; a passage repeated across the whole file is found again as long as no other
+    passage took its slot in between, so popular passages are stored about once and rare repeats may be
+    stored again (never wrongly merged: digests are compared in full).
     """
 
     _SLOTS = 1 << 21
 
     def __init__(self) -> None:
-        self._digests: list[bytes | None] = [None] * self._SLOTS
-        self._rows = [0] * self._SLOTS
+        self._digests = np.zeros((self._SLOTS, 2), dtype=np.uint64)
+        self._rows = np.full(self._SLOTS, -1, dtype=np.int64)  # -1: empty
         self.reused = 0
 
-    def row(self, digest: bytes, next_row: int) -> int:
-        """The row the passage of ``digest`` was stored at before, or ``next_row`` (remembered) when new."""
+    def place(self, digests: np.ndarray, next_row: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, new)`` for passages met in this order (``digests``: one uint64 pair each): the row each
+        was stored at before, or, for each new one, the next row from ``next_row`` (remembered).
+
+        The same as asking passage by passage, done in numpy: a passage whose slot no other one in the list
+        uses sees the table as it was; those sharing a slot (a repeat within the list, rarely two passages)
+        are asked one at a time, in order.
+        """
+        n = len(digests)
         # the digest's own bits: hash(bytes) is salted per process, which made which passages share a slot
         # (and so what the cache holds) differ from run to run
-        slot = int.from_bytes(digest[:8], "little") & (self._SLOTS - 1)
-        if self._digests[slot] == digest:
-            self.reused += 1
-            return self._rows[slot]
-        self._digests[slot] = digest
-        self._rows[slot] = next_row
-        return next_row
+        slots = (digests[:, 0] & np.uint64(self._SLOTS - 1)).astype(np.int64)
+        order = np.argsort(slots, kind="stable")
+        same = slots[order][1:] == slots[order][:-1]
+        shared = np.zeros(n, dtype=bool)
+        shared[order[1:][same]] = True
+        shared[order[:-1][same]] = True
+        alone = np.flatnonzero(~shared)
+        at = slots[alone]
+        hit = np.zeros(n, dtype=bool)
+        hit[alone] = (self._digests[at] == digests[alone]).all(axis=1) & (self._rows[at] >= 0)
+        rows = np.full(n, -1, dtype=np.int64)
+        rows[alone] = np.where(hit[alone], self._rows[at], -1)
+        earlier = np.full(n, -1, dtype=np.int64)  # a repeat within the list: the passage it repeats
+        state: dict[int, tuple[bytes, int, int]] = {}  # slot -> (digest, stored row or -1, list position)
+        for k in np.flatnonzero(shared).tolist():
+            slot, key = int(slots[k]), digests[k].tobytes()
+            held = state.get(slot)
+            if held is None:
+                held = (self._digests[slot].tobytes(), int(self._rows[slot]), -1)
+            if held[0] == key and (held[1] >= 0 or held[2] >= 0):
+                hit[k] = True
+                rows[k], earlier[k] = held[1], held[2]
+            else:
+                state[slot] = (key, -1, k)
+        new = ~hit
+        rows[new] = next_row + np.arange(int(new.sum()), dtype=np.int64)
+        repeats = earlier >= 0
+        rows[repeats] = rows[earlier[repeats]]
+        # the table after the list: every new passage takes its slot, the last one to land there wins
+        newest = np.flatnonzero(new)[::-1]
+        newest = newest[np.unique(slots[newest], return_index=True)[1]]
+        self._digests[slots[newest]] = digests[newest]
+        self._rows[slots[newest]] = rows[newest]
+        self.reused += int(hit.sum())
+        return rows, new
 
 
 @dataclasses.dataclass
@@ -429,7 +464,7 @@ class _Converted:
         inline: per example, whether its rows index ``docs`` (else rows of its corpus).
         docs: every inline example's passages (:data:`DOC_SCHEMA`), a passage listed twice in one example
             (a history row that is also a negative) once.
-        digests: :func:`_passage_digest` of each of ``docs``.
+        digests: :func:`_passage_digest` of each of ``docs``, as two little-endian uint64 (``(n, 2)``).
         read: records read (examples and skipped records).
         errors: ``(message, path, line, field)`` of each invalid record, in file order.
         notes: counts of what was read but not kept (see :class:`~densetune.data.formats.ReadStats`).
@@ -438,7 +473,7 @@ class _Converted:
     examples: pa.Table
     inline: np.ndarray
     docs: pa.Table
-    digests: list[bytes]
+    digests: np.ndarray
     read: int = 0
     errors: list[tuple[str, str | None, int | str | None, str | None]] = dataclasses.field(
         default_factory=list
@@ -483,22 +518,16 @@ def _convert(examples: list[Example], chunk_rows: list[Any]) -> _Converted:
     cols["neg_scores"] = [ex.neg_scores for ex in examples]
     cols["answers"] = [ex.answers for ex in examples]
     cols["extra"] = [extra_json(ex.extra) for ex in examples]
+    digest_pairs = np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64).reshape(-1, 2)
     return _Converted(
-        pa.table(cols, schema=EXAMPLE_SCHEMA), inline, pa.table(docs, schema=DOC_SCHEMA), digests
+        pa.table(cols, schema=EXAMPLE_SCHEMA), inline, pa.table(docs, schema=DOC_SCHEMA), digest_pairs
     )
 
 
 def _place(conv: _Converted, seen: _SeenPassages, inline_start: int) -> tuple[pa.Table, pa.Table]:
     """Arrow tables (examples, inline documents to append) for a converted chunk: each passage gets the row
     it was stored at before (``seen``) or the next new row, counted from ``inline_start``."""
-    rows = np.empty(len(conv.digests), dtype=np.int64)
-    new = np.zeros(len(conv.digests), dtype=bool)
-    next_row = inline_start
-    for k, digest in enumerate(conv.digests):
-        row = rows[k] = seen.row(digest, next_row)
-        if row == next_row:
-            new[k] = True
-            next_row += 1
+    rows, new = seen.place(conv.digests, inline_start)
     table = conv.examples
     if conv.inline.any():
         for name in _ROW_LISTS:

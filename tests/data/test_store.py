@@ -401,3 +401,34 @@ def test_count_text_lines_counts_what_text_lines_yields(lines, first_line):
     block = b"\n".join(lines) + (b"\n" if lines and first_line % 2 else b"")
     expected = sum(1 for _ in text_lines(block.split(b"\n"), "f", first_line))
     assert count_text_lines(block, "f", first_line) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 11), max_size=20), max_size=4))
+def test_seen_passages_place_equals_asking_one_passage_at_a_time(chunks):
+    # 12 distinct passages over 8 slots: repeats within and across lists, and slot collisions
+    def digest(p: int) -> tuple[int, int]:
+        return (p * 0x9E3779B97F4A7C15 % 2**64, p + 1)
+
+    class Table(store_mod._SeenPassages):
+        _SLOTS = 8
+
+    table, slots, next_row, reused = Table(), {}, 0, 0
+    for chunk in chunks:
+        expected_rows, expected_new = [], []
+        for p in chunk:  # the reference: one passage at a time
+            d = digest(p)
+            held = slots.get(d[0] % 8)
+            if held is not None and held[0] == d:
+                expected_rows.append(held[1])
+                expected_new.append(False)
+                reused += 1
+            else:
+                slots[d[0] % 8] = (d, next_row)
+                expected_rows.append(next_row)
+                expected_new.append(True)
+                next_row += 1
+        pairs = np.array([digest(p) for p in chunk], dtype=np.uint64).reshape(-1, 2)
+        rows, new = table.place(pairs, next_row - sum(expected_new))
+        assert rows.tolist() == expected_rows and new.tolist() == expected_new
+    assert table.reused == reused

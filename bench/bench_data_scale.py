@@ -3,13 +3,14 @@
 Generates NeMo inline JSONL (one record a line, 1 positive + 3 negatives, ~1.9 KB a line; positives unique,
 negatives drawn from a pool of 1M passages, as mined negatives recur) or, with ``--format corpus-id``, a
 corpus of ``--passages`` passages and examples by id (1 positive + 20 negatives). For each size, each step runs
-in a fresh process (its memory is its own) and reports wall and CPU seconds, peak heap (RssAnon, sampled) and
-peak RSS (VmHWM, which also counts the file pages it mapped):
+in a fresh process (its memory is its own) and reports wall and CPU seconds (its own and its worker processes'),
+peak heap (RssAnon, sampled) and peak RSS (VmHWM, which also counts the file pages it mapped):
 
 - ``validate``: ``densetune validate FILE``'s pass (validate_paths);
 - ``first start``: ``load_examples`` (builds the Arrow cache) + ``RetrievalTrainDataset`` with the shipped
   inline recipe's selector (n_passages 4, negative random: it can drop, so the prefilter runs) + the batch
-  sampler + the first batch of 16 groups with texts, i.e. the data path of ``densetune train``'s start;
+  sampler + the first batch of 16 groups with texts, i.e. the data path of ``densetune train``'s start; the
+  cache build inside it (``load_examples``) is also timed alone, with its rate in examples a minute;
 - ``cached start``: the same in a new process, the cache present.
 
 Generated files go under ``--root`` and are deleted after each size (``--keep`` keeps them). Then the 10M / 1M

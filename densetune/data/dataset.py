@@ -12,7 +12,8 @@ So the dataset finds them once, at construction, and leaves them out of its inde
 the counts are logged and kept in :attr:`RetrievalTrainDataset.report` (per task in
 :attr:`RetrievalTrainDataset.task_report`). The scan runs only when the selector's settings can drop anything,
 and only once per input and drop settings: its result (one byte per example) is kept in the input's store
-entry, so a start from a built cache decodes no example (10M examples: a 10 MB read, not a full pass).
+entry, so a start from a built cache decodes no example (10M examples: a 10 MB read, not a full pass). The
+scan itself runs in ranges of 65,536 examples by one worker process per CPU, with a progress bar.
 
 Capped tasks: a task whose groups exceed the selector's ``max_samples`` for it (LLM-Embedder caps lrlm at
 10000) keeps its *last* ``max_samples`` groups, in file order, as the seed does; the rest are left out with a

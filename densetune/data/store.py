@@ -603,7 +603,11 @@ def gc_paused() -> Iterator[None]:
 
 
 def data_workers(workers: int | None = None) -> int:
-    """How many processes convert a JSON-lines file: ``workers``, or the CPUs this process may use (up to 8)."""
+    """How many processes a pass over data uses (the cache build, the prefilter scan): ``workers``, or the
+    CPUs this process may use (up to 8); 1 in a daemonic process (a DataLoader or Pool worker may not start
+    processes of its own)."""
+    if multiprocessing.current_process().daemon:
+        return 1
     if workers is not None:
         return max(1, int(workers))
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -432,3 +432,11 @@ def test_seen_passages_place_equals_asking_one_passage_at_a_time(chunks):
         rows, new = table.place(pairs, next_row - sum(expected_new))
         assert rows.tolist() == expected_rows and new.tolist() == expected_new
     assert table.reused == reused
+
+
+def test_a_daemonic_process_builds_alone(monkeypatch):
+    import multiprocessing
+
+    assert store_mod.data_workers(3) == 3
+    monkeypatch.setattr(multiprocessing.current_process(), "_config", {"daemon": True})
+    assert store_mod.data_workers(3) == store_mod.data_workers() == 1

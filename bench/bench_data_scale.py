@@ -3,13 +3,14 @@
 Generates NeMo inline JSONL (one record a line, 1 positive + 3 negatives, ~1.9 KB a line; positives unique,
 negatives drawn from a pool of 1M passages, as mined negatives recur) or, with ``--format corpus-id``, a
 corpus of ``--passages`` passages and examples by id (1 positive + 20 negatives). For each size, each step runs
-in a fresh process (its memory is its own) and reports wall and CPU seconds, peak heap (RssAnon, sampled) and
-peak RSS (VmHWM, which also counts the file pages it mapped):
+in a fresh process (its memory is its own) and reports wall and CPU seconds (its own and its worker processes'),
+peak heap (RssAnon, sampled) and peak RSS (VmHWM, which also counts the file pages it mapped):
 
 - ``validate``: ``densetune validate FILE``'s pass (validate_paths);
 - ``first start``: ``load_examples`` (builds the Arrow cache) + ``RetrievalTrainDataset`` with the shipped
   inline recipe's selector (n_passages 4, negative random: it can drop, so the prefilter runs) + the batch
-  sampler + the first batch of 16 groups with texts, i.e. the data path of ``densetune train``'s start;
+  sampler + the first batch of 16 groups with texts, i.e. the data path of ``densetune train``'s start; the
+  cache build inside it (``load_examples``) is also timed alone, with its rate in examples a minute;
 - ``cached start``: the same in a new process, the cache present.
 
 Generated files go under ``--root`` and are deleted after each size (``--keep`` keeps them). Then the 10M / 1M
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -117,9 +119,17 @@ def generate_corpus_id(root: Path, n_passages: int, n_examples: int, n_neg: int,
         f.write("\n]}\n")
 
 
+def children_cpu() -> float:
+    """CPU seconds of this process's ended children (the cache build's worker processes)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child(step: str, data: Path, cache: Path) -> dict:
-    """One step in this process; its measurements as a dict."""
+    """One step in this process; its measurements as a dict (CPU: this process and its workers)."""
     peak = PeakAnon(every=0.2)
+    build: dict = {}
+    workers_before = children_cpu()
     with Clock() as clock:
         if step == "validate":
             from densetune.validate import validate_paths
@@ -133,7 +143,9 @@ def child(step: str, data: Path, cache: Path) -> dict:
             from densetune.data.samplers import RandomBatchSampler
             from densetune.data.store import load_examples
 
-            store = load_examples([data], cache_dir=cache)
+            with Clock() as load:
+                store = load_examples([data], cache_dir=cache)
+            build = {"load_wall": load.wall, "load_cpu": load.cpu + children_cpu() - workers_before}
             dataset = RetrievalTrainDataset(
                 store, GroupSelector(4, positive="first", negative="random", seed=42)
             )
@@ -141,12 +153,15 @@ def child(step: str, data: Path, cache: Path) -> dict:
             groups = dataset.__getitems__(next(iter(sampler)))
             assert len(groups) == 16 and all(len(g.docs) == 4 and g.docs[0].text for g in groups)
             n = len(dataset)
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "n": n,
         "wall": clock.wall,
-        "cpu": clock.cpu,
+        "cpu": clock.cpu + children_cpu() - workers_before,
         "heap_mb": peak.stop(),
         "rss_mb": status_kb("VmHWM") / 1024,
+        "worker_rss_mb": workers.ru_maxrss / 1024,  # the largest worker's peak RSS (0: none ran)
+        **build,
     }
 
 
@@ -212,6 +227,17 @@ def report(results: list[dict]) -> None:
     for step in ("validate", "first start", "cached start"):
         row(f"{step}: wall s", [r[step]["wall"] for r in results], "{:,.1f}")
         row(f"{step}: CPU s", [r[step]["cpu"] for r in results], "{:,.1f}")
+        if step == "first start":
+            first = [r[step] for r in results]
+            row("  of which the cache build: wall s", [f["load_wall"] for f in first], "{:,.1f}")
+            row("  of which the cache build: CPU s", [f["load_cpu"] for f in first], "{:,.1f}")
+            row(
+                "  build rate: examples / min (wall)",
+                [60 * f["n"] / f["load_wall"] for f in first],
+                "{:,.0f}",
+            )
+            row("  build rate: examples / CPU-min", [60 * f["n"] / f["load_cpu"] for f in first], "{:,.0f}")
+            row("  largest worker's peak RSS (MB)", [f["worker_rss_mb"] for f in first], "{:,.0f}")
         row(f"{step}: peak heap (MB)", [r[step]["heap_mb"] for r in results], "{:,.0f}")
         row(f"{step}: peak RSS (MB)", [r[step]["rss_mb"] for r in results], "{:,.0f}")
 

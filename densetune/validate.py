@@ -38,6 +38,7 @@ from densetune.data.corpus import MERLIN_METADATA, CorpusError, load_corpus
 from densetune.data.formats import ReadStats, expand_paths, iter_chunks
 from densetune.data.progress import data_bar
 from densetune.data.qrels import count_document_file, evaluation_file_kind, read_query_file_qrels
+from densetune.data.store import gc_paused
 from densetune.errors import DataError
 from densetune.paths import path_problem
 
@@ -234,8 +235,14 @@ class _HashSet:
             self._compact()
 
     def _compact(self) -> None:
+        """Fold the buffer in: sort only the new hashes, then merge (linear: a stable sort of two sorted runs
+        is one merge), so each compaction costs the new hashes' sort plus a pass, not a sort of everything."""
         if self._buffer:
-            self._sorted = np.unique(np.concatenate([self._sorted, *self._buffer]))
+            merged = np.concatenate([self._sorted, np.unique(np.concatenate(self._buffer))])
+            merged.sort(kind="stable")
+            keep = np.ones(len(merged), dtype=bool)
+            np.not_equal(merged[1:], merged[:-1], out=keep[1:])
+            self._sorted = merged[keep]
             self._buffer, self._buffered = [], 0
 
     def distinct(self) -> int:
@@ -252,9 +259,10 @@ def _summarise_examples(
     counter = _Counter(summary)
     bar = data_bar("validate", path if path.is_file() else None)
     try:
-        for chunk in iter_chunks(path, split=split, skip_invalid=True, stats=stats, cache_dir=cache_dir):
-            counter.add(chunk)
-            bar.update(len(chunk.examples))
+        with gc_paused():
+            for chunk in iter_chunks(path, split=split, skip_invalid=True, stats=stats, cache_dir=cache_dir):
+                counter.add(chunk)
+                bar.update(len(chunk.examples))
     except KeyboardInterrupt:  # Ctrl-C: report the counts so far (main exits non-zero)
         summary.interrupted = True
     except DataError as err:

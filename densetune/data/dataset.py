@@ -12,7 +12,8 @@ So the dataset finds them once, at construction, and leaves them out of its inde
 the counts are logged and kept in :attr:`RetrievalTrainDataset.report` (per task in
 :attr:`RetrievalTrainDataset.task_report`). The scan runs only when the selector's settings can drop anything,
 and only once per input and drop settings: its result (one byte per example) is kept in the input's store
-entry, so a start from a built cache decodes no example (10M examples: a 10 MB read, not a full pass).
+entry, so a start from a built cache decodes no example (10M examples: a 10 MB read, not a full pass). The
+scan itself runs in ranges of 65,536 examples by one worker process per CPU, with a progress bar.
 
 Capped tasks: a task whose groups exceed the selector's ``max_samples`` for it (LLM-Embedder caps lrlm at
 10000) keeps its *last* ``max_samples`` groups, in file order, as the seed does; the rest are left out with a
@@ -31,10 +32,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import multiprocessing
 import os
+import sys
 import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +46,9 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from densetune.data.groups import GroupSelector
+from densetune.data.progress import data_bar
 from densetune.data.records import INLINE_CORPUS_ID, Example, Group, doc_id_to_int64
+from densetune.data.store import data_workers, gc_paused
 
 logger = logging.getLogger("densetune.data")
 
@@ -53,10 +59,24 @@ TASK_REPORT_KEYS = ("examples", "kept", *DROP_REASONS, "capped")
 _SCAN_BATCH = 2048
 # Examples read between two store.release_pages() calls: bounds the cache pages a pass keeps mapped. Each
 # random document read maps up to 64 KB around it (the kernel's fault-around, clean page-cache pages), so
-# the bound is min(cache size, ~16K examples x their documents x 64 KB); a re-map costs about a millisecond.
-_RELEASE_EVERY = 1 << 14
+# the bound is min(cache size, ~2K examples x their documents x 64 KB); a re-map costs about a millisecond.
+# (16K let a scan worker over a 1M-example cache with recurring negatives hold ~950 MB of it, measured.)
+_RELEASE_EVERY = 1 << 11
 # Part of the prefilter cache key: bump it when what select() drops for the same settings changes.
 _PREFILTER_VERSION = 1
+
+
+# Examples one prefilter scan task decodes (a worker process's share at a time).
+_SCAN_RANGE = 1 << 16
+# What forked scan workers read (inherited at fork, never pickled): (dataset, excluded rows).
+_scanning: tuple[RetrievalTrainDataset, np.ndarray] | None = None
+
+
+def _scan_range(first: int, stop: int) -> np.ndarray:
+    """A scan worker's task: the drop codes of examples ``first:stop`` (see ``_scan_in_parallel``)."""
+    assert _scanning is not None, "a scan task runs in a worker forked by _scan_in_parallel"
+    dataset, excluded = _scanning
+    return dataset._scan(first, stop, excluded)
 
 
 def _save_quietly(path: Path, codes: np.ndarray) -> None:
@@ -238,29 +258,57 @@ class RetrievalTrainDataset(Dataset):
                 if codes is not None and codes.shape != (stop - start,):
                     codes = None
             if codes is None:
-                codes = self._scan(start, stop, excluded)
+                codes = self._scan_in_parallel(start, stop, excluded)
                 if not excluded[start:stop].any():
                     _save_quietly(cached, codes)
             out[start:stop] = codes
         return out
 
-    def _scan(self, start: int, stop: int, excluded: np.ndarray) -> np.ndarray:
+    def _scan_in_parallel(self, start: int, stop: int, excluded: np.ndarray) -> np.ndarray:
+        """:meth:`_scan` of ``start:stop`` in ranges of :data:`_SCAN_RANGE` examples, by one forked process
+        per CPU (:func:`~densetune.data.store.data_workers`) when there are several ranges, with a progress
+        bar. Each example's code depends on it alone (and its index), so the result is the one-process one."""
+        global _scanning
+        workers = data_workers()
+        firsts = list(range(start, stop, _SCAN_RANGE))
+        bar = data_bar("prefilter", total=stop - start)
+        try:
+            if workers <= 1 or len(firsts) < 2 or sys.platform != "linux":
+                return self._scan(start, stop, excluded, bar)
+            # Forked workers inherit the dataset and `excluded` (nothing pickled); a worker's selector is a
+            # copy, so a warning it gives once may come once per worker.
+            _scanning = (self, excluded)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                stops = [min(first + _SCAN_RANGE, stop) for first in firsts]
+                parts = []
+                for part in pool.map(_scan_range, firsts, stops):
+                    parts.append(part)
+                    bar.update(len(part))
+            return np.concatenate(parts)
+        finally:
+            _scanning = None
+            bar.close()
+
+    def _scan(self, start: int, stop: int, excluded: np.ndarray, bar: Any = None) -> np.ndarray:
         """Decode examples ``start:stop`` and run the selector on each: their drop reason codes."""
         stats = self.selector.stats
         saved = dict(stats)
         codes = np.zeros(stop - start, dtype=np.int8)
         try:
-            for first in range(start, stop, _SCAN_BATCH):
-                self._count_read(min(_SCAN_BATCH, stop - first))
-                for offset, example in enumerate(self.store.batch(first, min(first + _SCAN_BATCH, stop))):
-                    if excluded[first + offset]:  # left out by the caller: the selector may not take it
-                        continue
-                    before = [stats.get(r, 0) for r in DROP_REASONS]
-                    if self.selector.select(example, 0, first + offset) is None:
-                        # The one reason whose count the selector just raised.
-                        after = [stats.get(r, 0) for r in DROP_REASONS]
-                        hit = next((k for k, (b, a) in enumerate(zip(before, after)) if a > b), 0)
-                        codes[first + offset - start] = hit + 1
+            with gc_paused():  # decoding makes many objects, freed by reference counting
+                for first in range(start, stop, _SCAN_BATCH):
+                    self._count_read(min(_SCAN_BATCH, stop - first))
+                    for offset, example in enumerate(self.store.batch(first, min(first + _SCAN_BATCH, stop))):
+                        if excluded[first + offset]:  # left out by the caller: the selector may not take it
+                            continue
+                        before = [stats.get(r, 0) for r in DROP_REASONS]
+                        if self.selector.select(example, 0, first + offset) is None:
+                            # The one reason whose count the selector just raised.
+                            after = [stats.get(r, 0) for r in DROP_REASONS]
+                            hit = next((k for k, (b, a) in enumerate(zip(before, after)) if a > b), 0)
+                            codes[first + offset - start] = hit + 1
+                    if bar is not None:
+                        bar.update(min(_SCAN_BATCH, stop - first))
         finally:
             stats.clear()
             stats.update(saved)

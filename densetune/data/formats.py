@@ -31,10 +31,13 @@ from densetune.data.corpus import MERLIN_METADATA, Corpus, doc_text
 from densetune.data.corpus_id import CHUNK, Rows, corpus_id_items, open_corpus_id
 from densetune.data.jsonrecords import (
     JsonStream,
+    RawRecord,
     Record,
     iter_raw_records,
+    jsonl_records,
     jtype,
     sniff_layout,
+    text_lines,
     unread_fields,
 )
 from densetune.data.records import EXAMPLE_TYPES, Doc, Example
@@ -353,11 +356,13 @@ _CONVERTERS = {
 }
 
 
-def _inline_items(path: Path, fmt: str, layout: str, notes: Counter) -> Iterator[Example | DataError]:
+def _inline_items(
+    path: Path, fmt: str, layout: str, notes: Counter, raws: Iterable[RawRecord] | None = None
+) -> Iterator[Example | DataError]:
     task = path.parent.name if fmt == "llm-embedder" else path.stem
     convert = _CONVERTERS[fmt]
     family = _FORMAT_FAMILY[fmt]
-    for raw in iter_raw_records(path, layout):
+    for raw in iter_raw_records(path, layout) if raws is None else raws:
         if isinstance(raw.obj, DataError):
             yield raw.obj
             continue
@@ -380,6 +385,26 @@ def _inline_items(path: Path, fmt: str, layout: str, notes: Counter) -> Iterator
             continue
         example.extra = unread_fields(raw.obj, fmt, notes)
         yield example
+
+
+def jsonl_format(path: str | Path) -> str | None:
+    """The format of ``path`` when it is JSON lines of inline records (readable in blocks with
+    :func:`block_items`, each on its own), else None (a directory, a JSON document, corpus-id JSON)."""
+    path = Path(path)
+    if path.is_dir():
+        return None
+    fmt, layout = _detect(path)
+    return fmt if layout == "jsonl" and fmt in _CONVERTERS else None
+
+
+def block_items(
+    path: Path, fmt: str, block: bytes, first_line: int, first_index: int, notes: Counter
+) -> Iterator[Example | DataError]:
+    """What :func:`iter_chunks` reads from whole lines ``block`` of the JSON-lines file ``path`` (format
+    ``fmt``, see :func:`jsonl_format`), the block starting at line ``first_line`` and record ``first_index``
+    (its count of non-blank lines before: :func:`~densetune.data.jsonrecords.count_text_lines`)."""
+    lines = text_lines(block.split(b"\n"), path, first_line)
+    return _inline_items(path, fmt, "jsonl", notes, jsonl_records(lines, path, first_index))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -33,15 +33,18 @@ __all__ = [
     "Record",
     "carries_value",
     "check_text_head",
+    "count_text_lines",
     "find_lone_surrogate",
     "iter_raw_records",
     "iter_text_lines",
+    "jsonl_records",
     "jtype",
     "may_hold_surrogate",
     "unread_fields",
     "other_fields",
     "parse_json_line",
     "sniff_layout",
+    "text_lines",
 ]
 
 _EMPTY_DOC = "empty document (no text, title or image); expected the passage's text"
@@ -139,25 +142,51 @@ def iter_text_lines(path: str | Path) -> Iterator[tuple[int, str | DataError]]:
     reader can report it and go on. A UTF-8 byte-order mark on line 1 is dropped.
     """
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                col = len(raw[: err.start].decode("utf-8", errors="replace")) + 1
-                yield (
+        yield from text_lines(f, path)
+
+
+def text_lines(
+    raws: Iterable[bytes], path: str | Path, first_line: int = 1
+) -> Iterator[tuple[int, str | DataError]]:
+    """:func:`iter_text_lines` of raw lines (``bytes``, numbered from ``first_line``): a block of a file."""
+    for lineno, raw in enumerate(raws, first_line):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            col = len(raw[: err.start].decode("utf-8", errors="replace")) + 1
+            yield (
+                lineno,
+                DataError(
+                    f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {col}); expected UTF-8 text "
+                    "(re-save the file as UTF-8)",
+                    path,
                     lineno,
-                    DataError(
-                        f"not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {col}); expected UTF-8 text "
-                        "(re-save the file as UTF-8)",
-                        path,
-                        lineno,
-                    ),
-                )
-                continue
-            if lineno == 1 and line.startswith("\ufeff"):
-                line = line[1:]
-            if line.strip():
-                yield lineno, line
+                ),
+            )
+            continue
+        if lineno == 1 and line.startswith("\ufeff"):
+            line = line[1:]
+        if line.strip():
+            yield lineno, line
+
+
+# A line that starts with a printable ASCII character is a record line whatever follows (str.strip() keeps it).
+_MAYBE_BLANK = re.compile(rb"\n(?![\x21-\x7e])")
+
+
+def count_text_lines(block: bytes, path: str | Path, first_line: int = 1) -> int:
+    """How many lines :func:`text_lines` yields for ``block`` (whole lines of a file from ``first_line``).
+
+    Without decoding when every line starts with a printable ASCII character (JSON lines do); otherwise as
+    :func:`text_lines` decides, line by line.
+    """
+    if not block:
+        return 0
+    end = len(block) - 1 if block.endswith(b"\n") else len(block)
+    # (line 1 may start with a byte-order mark)
+    if first_line > 1 and 0x21 <= block[0] <= 0x7E and not _MAYBE_BLANK.search(block, 0, end):
+        return block.count(b"\n", 0, end) + 1
+    return sum(1 for _ in text_lines(block.split(b"\n"), path, first_line))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -389,15 +418,7 @@ class RawRecord:
 def iter_raw_records(path: Path, layout: str) -> Iterator[RawRecord]:
     """Raw records of a non-corpus-id file: JSON lines, elements of a JSON list, or one JSON object."""
     if layout == "jsonl":
-        for index, (lineno, text) in enumerate(iter_text_lines(path)):
-            if isinstance(text, DataError):
-                yield RawRecord(text, lineno, index)
-                continue
-            try:
-                obj = parse_json_line(text, path, lineno, "one JSON object per line")
-            except DataError as err:
-                obj = err
-            yield RawRecord(obj, lineno, index)
+        yield from jsonl_records(iter_text_lines(path), path)
         return
     with open(path, "rb") as f:
         stream = JsonStream(f, path)
@@ -409,6 +430,21 @@ def iter_raw_records(path: Path, layout: str) -> Iterator[RawRecord]:
             obj, line = stream.value()
             yield RawRecord(obj, line, 0)
         stream.end()
+
+
+def jsonl_records(
+    lines: Iterable[tuple[int, str | DataError]], path: Path, first_index: int = 0
+) -> Iterator[RawRecord]:
+    """Raw records of JSON lines (from :func:`text_lines`), numbered from ``first_index``."""
+    for index, (lineno, text) in enumerate(lines, first_index):
+        if isinstance(text, DataError):
+            yield RawRecord(text, lineno, index)
+            continue
+        try:
+            obj = parse_json_line(text, path, lineno, "one JSON object per line")
+        except DataError as err:
+            obj = err
+        yield RawRecord(obj, lineno, index)
 
 
 # ---------------------------------------------------------------------------------------------------------

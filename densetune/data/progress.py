@@ -33,13 +33,14 @@ def estimate_records(path: Path) -> int | None:
     return lines if len(head) == size else int(size * lines / len(head))
 
 
-def data_bar(desc: str, path: Path | None = None, *, delay: float = 2.0) -> Any:
-    """A tqdm bar over examples for a pass over ``path`` (``bar.update(n)`` per chunk, ``bar.close()``)."""
+def data_bar(desc: str, path: Path | None = None, *, total: int | None = None, delay: float = 2.0) -> Any:
+    """A tqdm bar over examples for a pass over ``path`` (``bar.update(n)`` per chunk, ``bar.close()``), or
+    over ``total`` examples."""
     from tqdm.auto import tqdm
 
     tty = sys.stderr.isatty()
     return tqdm(
-        total=estimate_records(path) if path is not None else None,
+        total=estimate_records(path) if path is not None else total,
         desc=desc,
         unit="ex",
         unit_scale=True,

@@ -18,15 +18,22 @@ fills them, ``store.get(i, resolve=True)`` and ``store.iter(resolve=True)`` do i
 from __future__ import annotations
 
 import bisect
+import collections
+import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
+import multiprocessing
+import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +55,8 @@ from densetune.data.corpus import (
     open_table,
     publish_dir,
 )
-from densetune.data.formats import ReadStats, expand_paths, iter_chunks
+from densetune.data.formats import ReadStats, block_items, expand_paths, iter_chunks, jsonl_format
+from densetune.data.jsonrecords import count_text_lines
 from densetune.data.progress import data_bar
 from densetune.data.records import INLINE_CORPUS_ID, Doc, Example
 from densetune.errors import DataError
@@ -79,6 +87,8 @@ EXAMPLE_SCHEMA = pa.schema(
     ]
 )
 _MAX_STORED_ERRORS = 1000
+# Bytes of JSON lines converted as one piece (a worker process's task): ~4,000 inline examples.
+_BLOCK_BYTES = 8 << 20
 COLUMNS = (*_STRING_COLUMNS, "line", "source", "n_pos", "n_neg", "n_history", "pos_ids", "neg_ids")
 
 
@@ -363,88 +373,307 @@ def _source_rel(path: Path, split: str) -> tuple[str, list[Path]]:
     return "", [path]
 
 
-def _list_array(arrays: list[np.ndarray]) -> pa.ListArray:
-    """A list<int64> Arrow array from one numpy array per row, without Python lists."""
-    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int32, count=len(arrays))
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.concatenate(arrays).astype(np.int64) if arrays else np.zeros(0, np.int64)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+def _list_array(lengths: list[int], values: list[int]) -> pa.ListArray:
+    """A list<int64> Arrow array from each row's length and all rows' values, flat."""
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(np.asarray(lengths, dtype=np.int32), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(values, dtype=np.int64)))
+
+
+def _passage_digest(doc: Doc, extra: str) -> bytes:
+    """128-bit BLAKE2b of an inline passage's id, text, title, image and extra: what "the same passage" is."""
+    key = "\x00".join((doc.id, doc.text, doc.title, doc.image or "", extra))
+    return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class _SeenPassages:
     """Recently stored inline passages, so a passage met again is stored once (a mined negative that recurs).
 
-    A direct-mapped table of ``_SLOTS`` entries: slot = bits of the passage's 128-bit BLAKE2b digest (over
-    id, text, title, image and extra), holding that digest and the row it was stored at; a new passage that
-    lands on a taken slot replaces it. Memory is fixed (~100 MB) whatever the input's size; a passage
-    repeated across the whole file is found again as long as no other passage took its slot in between,
-    so popular passages are stored about once and rare repeats may be stored again (never wrongly merged:
-    digests are compared in full).
+    A direct-mapped table of ``_SLOTS`` entries: slot = the low bits of the passage's digest
+    (:func:`_passage_digest`, its first 8 bytes read little-endian), holding that digest and the row it was
+    stored at; a new passage that lands on a taken slot replaces it. Memory is fixed (48 MB of numpy)
+    whatever the input's size; a passage repeated across the whole file is found again as long as no other
+    passage took its slot in between, so popular passages are stored about once and rare repeats may be
+    stored again (never wrongly merged: digests are compared in full).
     """
 
     _SLOTS = 1 << 21
 
     def __init__(self) -> None:
-        self._digests: list[bytes | None] = [None] * self._SLOTS
-        self._rows = [0] * self._SLOTS
+        self._digests = np.zeros((self._SLOTS, 2), dtype=np.uint64)
+        self._rows = np.full(self._SLOTS, -1, dtype=np.int64)  # -1: empty
         self.reused = 0
 
-    def row(self, doc: Doc, extra: str, next_row: int) -> int:
-        """The row ``doc`` was stored at before, or ``next_row`` (remembered) when it is new."""
-        key = "\x00".join((doc.id, doc.text, doc.title, doc.image or "", extra))
-        digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    def place(self, digests: np.ndarray, next_row: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, new)`` for passages met in this order (``digests``: one uint64 pair each): the row each
+        was stored at before, or, for each new one, the next row from ``next_row`` (remembered).
+
+        The same as asking passage by passage, done in numpy: a passage whose slot no other one in the list
+        uses sees the table as it was; those sharing a slot (a repeat within the list, rarely two passages)
+        are asked one at a time, in order.
+        """
+        n = len(digests)
         # the digest's own bits: hash(bytes) is salted per process, which made which passages share a slot
         # (and so what the cache holds) differ from run to run
-        slot = int.from_bytes(digest[:8], "little") & (self._SLOTS - 1)
-        if self._digests[slot] == digest:
-            self.reused += 1
-            return self._rows[slot]
-        self._digests[slot] = digest
-        self._rows[slot] = next_row
-        return next_row
+        slots = (digests[:, 0] & np.uint64(self._SLOTS - 1)).astype(np.int64)
+        order = np.argsort(slots, kind="stable")
+        same = slots[order][1:] == slots[order][:-1]
+        shared = np.zeros(n, dtype=bool)
+        shared[order[1:][same]] = True
+        shared[order[:-1][same]] = True
+        alone = np.flatnonzero(~shared)
+        at = slots[alone]
+        hit = np.zeros(n, dtype=bool)
+        hit[alone] = (self._digests[at] == digests[alone]).all(axis=1) & (self._rows[at] >= 0)
+        rows = np.full(n, -1, dtype=np.int64)
+        rows[alone] = np.where(hit[alone], self._rows[at], -1)
+        earlier = np.full(n, -1, dtype=np.int64)  # a repeat within the list: the passage it repeats
+        state: dict[int, tuple[bytes, int, int]] = {}  # slot -> (digest, stored row or -1, list position)
+        for k in np.flatnonzero(shared).tolist():
+            slot, key = int(slots[k]), digests[k].tobytes()
+            held = state.get(slot)
+            if held is None:
+                held = (self._digests[slot].tobytes(), int(self._rows[slot]), -1)
+            if held[0] == key and (held[1] >= 0 or held[2] >= 0):
+                hit[k] = True
+                rows[k], earlier[k] = held[1], held[2]
+            else:
+                state[slot] = (key, -1, k)
+        new = ~hit
+        rows[new] = next_row + np.arange(int(new.sum()), dtype=np.int64)
+        repeats = earlier >= 0
+        rows[repeats] = rows[earlier[repeats]]
+        # the table after the list: every new passage takes its slot, the last one to land there wins
+        newest = np.flatnonzero(new)[::-1]
+        newest = newest[np.unique(slots[newest], return_index=True)[1]]
+        self._digests[slots[newest]] = digests[newest]
+        self._rows[slots[newest]] = rows[newest]
+        self.reused += int(hit.sum())
+        return rows, new
 
 
-def _chunk_tables(chunk: Any, inline_start: int, seen: _SeenPassages) -> tuple[pa.Table, pa.Table]:
-    """Arrow tables (examples, inline documents) for one chunk; inline rows are numbered from ``inline_start``."""
-    examples = chunk.examples
+@dataclasses.dataclass
+class _Converted:
+    """A chunk of examples as Arrow, its inline passages not yet placed (:func:`_place`).
+
+    Made where the records are parsed (a worker process for a block of JSON lines), so that only the
+    placing, which depends on every passage stored before, runs in order in the building process.
+
+    Attributes:
+        examples: the examples (:data:`EXAMPLE_SCHEMA`); an inline example's row lists index ``docs``.
+        inline: per example, whether its rows index ``docs`` (else rows of its corpus).
+        docs: every inline example's passages (:data:`DOC_SCHEMA`), a passage listed twice in one example
+            (a history row that is also a negative) once.
+        digests: :func:`_passage_digest` of each of ``docs``, as two little-endian uint64 (``(n, 2)``).
+        read: records read (examples and skipped records).
+        errors: ``(message, path, line, field)`` of each invalid record, in file order.
+        notes: counts of what was read but not kept (see :class:`~densetune.data.formats.ReadStats`).
+    """
+
+    examples: pa.Table
+    inline: np.ndarray
+    docs: pa.Table
+    digests: np.ndarray
+    read: int = 0
+    errors: list[tuple[str, str | None, int | str | None, str | None]] = dataclasses.field(
+        default_factory=list
+    )
+    notes: Counter = dataclasses.field(default_factory=Counter)
+
+
+def _convert(examples: list[Example], chunk_rows: list[Any]) -> _Converted:
+    """Examples (with their corpus rows, None for inline examples: see ``iter_chunks``) as a :class:`_Converted`."""
     docs: dict[str, list[str]] = {name: [] for name in DOC_SCHEMA.names}
-    rows_by_list: list[list[np.ndarray]] = [[], [], []]
-    next_row = inline_start
-    for ex, rows in zip(examples, chunk.rows):
-        if rows is None:
-            assigned: dict[int, int] = {}
-            rows = []
-            for group in (ex.positives, ex.negatives, ex.history):
-                r = []
-                for d in group:
-                    if id(d) not in assigned:  # a history row that is also a negative is stored once
-                        extra = extra_json(d.extra)
-                        row = seen.row(d, extra, next_row)
-                        assigned[id(d)] = row
-                        if row == next_row:
-                            next_row += 1
-                            docs["id"].append(d.id)
-                            docs["text"].append(d.text)
-                            docs["title"].append(d.title)
-                            docs["image"].append(d.image)
-                            docs["extra"].append(extra)
-                    r.append(assigned[id(d)])
-                rows.append(np.array(r, dtype=np.int64))
-        for k in range(3):
-            rows_by_list[k].append(rows[k])
+    digests: list[bytes] = []
+    lengths: list[list[int]] = [[], [], []]
+    values: list[list[int]] = [[], [], []]
+    inline = np.zeros(len(examples), dtype=bool)
+    for e, (ex, rows) in enumerate(zip(examples, chunk_rows)):
+        if rows is not None:
+            for k in range(3):
+                lengths[k].append(len(rows[k]))
+                values[k].extend(rows[k].tolist())
+            continue
+        inline[e] = True
+        listed: dict[int, int] = {}  # a history row that is also a negative is listed once
+        for k, group in enumerate((ex.positives, ex.negatives, ex.history)):
+            lengths[k].append(len(group))
+            for d in group:
+                at = listed.get(id(d))
+                if at is None:
+                    at = listed[id(d)] = len(digests)
+                    extra = extra_json(d.extra)
+                    digests.append(_passage_digest(d, extra))
+                    docs["id"].append(d.id)
+                    docs["text"].append(d.text)
+                    docs["title"].append(d.title)
+                    docs["image"].append(d.image)
+                    docs["extra"].append(extra)
+                values[k].append(at)
     cols: dict[str, Any] = {name: [getattr(ex, name) for ex in examples] for name in _STRING_COLUMNS}
     cols["line"] = [int(ex.source.rsplit(":", 1)[1]) for ex in examples]
-    for name, arrays in zip(_ROW_LISTS, rows_by_list):
-        cols[name] = _list_array(arrays)
+    for name, n, v in zip(_ROW_LISTS, lengths, values):
+        cols[name] = _list_array(n, v)
     cols["pos_scores"] = [ex.pos_scores for ex in examples]
     cols["neg_scores"] = [ex.neg_scores for ex in examples]
     cols["answers"] = [ex.answers for ex in examples]
     cols["extra"] = [extra_json(ex.extra) for ex in examples]
-    return pa.table(cols, schema=EXAMPLE_SCHEMA), pa.table(docs, schema=DOC_SCHEMA)
+    digest_pairs = np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64).reshape(-1, 2)
+    return _Converted(
+        pa.table(cols, schema=EXAMPLE_SCHEMA), inline, pa.table(docs, schema=DOC_SCHEMA), digest_pairs
+    )
 
 
-def _build_entry(path: Path, split: str, skip_invalid: bool, root: Path, out: Path, rel: str) -> None:
+def _place(conv: _Converted, seen: _SeenPassages, inline_start: int) -> tuple[pa.Table, pa.Table]:
+    """Arrow tables (examples, inline documents to append) for a converted chunk: each passage gets the row
+    it was stored at before (``seen``) or the next new row, counted from ``inline_start``."""
+    rows, new = seen.place(conv.digests, inline_start)
+    table = conv.examples
+    if conv.inline.any():
+        for name in _ROW_LISTS:
+            column = table.column(name).combine_chunks()
+            local = column.values.to_numpy()
+            offsets = column.offsets.to_numpy()
+            placed = (
+                rows[local]
+                if conv.inline.all()
+                else np.where(
+                    np.repeat(conv.inline, np.diff(offsets)), rows[local] if len(rows) else local, local
+                )
+            )
+            array = pa.ListArray.from_arrays(pa.array(offsets), pa.array(placed, type=pa.int64()))
+            table = table.set_column(table.schema.get_field_index(name), name, array)
+    return table, conv.docs.filter(pa.array(new))
+
+
+def _jsonl_blocks(path: Path) -> Iterator[tuple[bytes, int, int]]:
+    """``(block, first line, first record index)``: the file in whole lines, about :data:`_BLOCK_BYTES` each."""
+    line, index, rest = 1, 0, b""
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(_BLOCK_BYTES)
+            if data and hasattr(os, "posix_fadvise"):  # read once: its pages need not fill the page cache
+                os.posix_fadvise(f.fileno(), f.tell() - len(data), len(data), os.POSIX_FADV_DONTNEED)
+            block = rest + data if rest else data
+            cut = block.rfind(b"\n") + 1 if data else len(block)
+            if data and not cut:  # one line longer than a block: read on
+                rest = block
+                continue
+            block, rest = block[:cut], block[cut:]
+            if block:
+                yield block, line, index
+                index += count_text_lines(block, path, line)
+                line += block.count(b"\n")
+            if not data:
+                return
+
+
+def _convert_block(
+    path: Path, fmt: str, block: bytes, first_line: int, first_index: int, skip_invalid: bool
+) -> _Converted:
+    """A block of JSON lines (:func:`_jsonl_blocks`) read and converted: what a worker process does."""
+    with gc_paused():
+        notes: Counter = Counter()
+        examples: list[Example] = []
+        errors = []
+        for item in block_items(path, fmt, block, first_line, first_index, notes):
+            if isinstance(item, DataError):
+                errors.append((item.message, item.path, item.line, item.field))
+                if not skip_invalid:
+                    break
+                continue
+            examples.append(item)
+        conv = _convert(examples, [None] * len(examples))
+        conv.read, conv.errors, conv.notes = len(examples) + len(errors), errors, notes
+        return conv
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector during a pass over data (the cache build, ``validate``): the pass
+    frees what it makes by reference counting, and the collector's runs over its many young objects cost a
+    quarter of its CPU. Cycles made meanwhile (an exception's traceback) are collected once it resumes."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def data_workers(workers: int | None = None) -> int:
+    """How many processes a pass over data uses (the cache build, the prefilter scan): ``workers``, or the
+    CPUs this process may use (up to 8); 1 in a daemonic process (a DataLoader or Pool worker may not start
+    processes of its own)."""
+    if multiprocessing.current_process().daemon:
+        return 1
+    if workers is not None:
+        return max(1, int(workers))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, 8))
+
+
+def _converted_blocks(path: Path, fmt: str, skip_invalid: bool, workers: int) -> Iterator[_Converted]:
+    """Every block of a JSON-lines file converted, in file order; by ``workers`` processes when the file
+    spans several blocks. The blocks and what comes of them are the same whatever ``workers`` is, and so is
+    the cache."""
+    blocks = _jsonl_blocks(path)
+    if workers <= 1 or path.stat().st_size <= 2 * _BLOCK_BYTES or sys.platform != "linux":
+        for block in blocks:
+            yield _convert_block(path, fmt, *block, skip_invalid)
+        return
+    # fork (Linux's default, as torch's DataLoader workers): spawn would run the caller's script again in
+    # each worker, which breaks any script that calls load_examples outside `if __name__ == "__main__"`.
+    # A worker only parses, converts and hashes, so the threads of the parent it does not inherit (torch's)
+    # are never missed.
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    try:
+        pending: collections.deque = collections.deque()
+        for block in blocks:
+            pending.append(pool.submit(_convert_block, path, fmt, *block, skip_invalid))
+            if len(pending) > 2 * workers:  # bounded look-ahead: memory is a few blocks per worker
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_converted(
+    path: Path,
+    split: str,
+    skip_invalid: bool,
+    root: Path,
+    stats: ReadStats,
+    corpora: dict[str, Corpus],
+    workers: int,
+) -> Iterator[_Converted]:
+    """The input's examples converted, chunk by chunk in file order; ``stats`` and ``corpora`` filled as
+    :func:`~densetune.data.formats.iter_chunks` fills them."""
+    fmt = jsonl_format(path)
+    if fmt is None:
+        for chunk in iter_chunks(path, split=split, skip_invalid=skip_invalid, stats=stats, cache_dir=root):
+            corpora.update(chunk.corpora)
+            with gc_paused():
+                conv = _convert(chunk.examples, chunk.rows)
+            yield conv
+        return
+    stats.formats[str(path)] = fmt
+    for conv in _converted_blocks(path, fmt, skip_invalid, workers):
+        errors = [DataError(*e) for e in conv.errors]
+        if errors and not skip_invalid:
+            raise errors[0]
+        stats.skipped += len(errors)
+        stats.errors.extend(errors)
+        stats.notes.update(conv.notes)
+        stats.read += conv.examples.num_rows
+        yield conv
+
+
+def _build_entry(
+    path: Path, split: str, skip_invalid: bool, root: Path, out: Path, rel: str, workers: int
+) -> None:
     stats = ReadStats()
     examples = ArrowWriter(out / "examples.arrow", EXAMPLE_SCHEMA)
     inline = ArrowWriter(out / "docs.arrow", DOC_SCHEMA)
@@ -453,12 +682,12 @@ def _build_entry(path: Path, split: str, skip_invalid: bool, root: Path, out: Pa
     bar = data_bar("cache", path if path.is_file() else None)
     started = time.perf_counter()
     try:
-        for chunk in iter_chunks(path, split=split, skip_invalid=skip_invalid, stats=stats, cache_dir=root):
-            corpora.update(chunk.corpora)
-            ex_table, doc_table = _chunk_tables(chunk, inline.rows, seen)
-            examples.write(ex_table)
-            inline.write(doc_table)
-            bar.update(len(chunk.examples))
+        for conv in _read_converted(path, split, skip_invalid, root, stats, corpora, workers):
+            with gc_paused():
+                ex_table, doc_table = _place(conv, seen, inline.rows)
+                examples.write(ex_table)
+                inline.write(doc_table)
+            bar.update(ex_table.num_rows)
     finally:
         bar.close()
         n = examples.close()
@@ -466,12 +695,14 @@ def _build_entry(path: Path, split: str, skip_invalid: bool, root: Path, out: Pa
     seconds = time.perf_counter() - started
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     logger.info(
-        "cached %s: %d examples in %.1f s (%.0f examples/s), %d inline passages stored (%d repeats stored "
-        "once), %.0f MB in %s",
+        "cached %s: %d examples in %.1f s (%.0f examples/s, %d process%s), %d inline passages stored (%d "
+        "repeats stored once), %.0f MB in %s",
         path,
         n,
         seconds,
         n / max(seconds, 1e-9),
+        workers,
+        "" if workers == 1 else "es",
         inline.rows,
         seen.reused,
         size / 2**20,
@@ -514,6 +745,7 @@ def load_examples(
     skip_invalid: bool = False,
     cache_dir: str | Path | None = None,
     split: str = "train",
+    workers: int | None = None,
 ) -> ExampleStore:
     """Load training data into a memory-mapped :class:`ExampleStore`, converting (and caching) on first use.
 
@@ -523,6 +755,8 @@ def load_examples(
         skip_invalid: skip invalid records and count them (a warning logs the totals) instead of raising.
         cache_dir: cache root (default ``$DENSETUNE_CACHE`` or ``~/.cache/densetune``).
         split: qrels split for BEIR directories.
+        workers: processes converting a JSON-lines file larger than a few blocks, on Linux (default: the
+            CPUs this process may use, up to 8); the cache is the same whatever their number.
 
     Raises:
         DataError: the first invalid record, naming file, line and field (unless ``skip_invalid``), or a
@@ -552,7 +786,7 @@ def load_examples(
         if opened is None:
             tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=root / "examples"))
             try:
-                _build_entry(path, split, skip_invalid, root, tmp, rel)
+                _build_entry(path, split, skip_invalid, root, tmp, rel, data_workers(workers))
                 publish_dir(tmp, entry)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

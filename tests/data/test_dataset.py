@@ -248,3 +248,26 @@ def test_dataloader_with_collator_end_to_end(tmp_path, minilm_tokenizer):
     ids = minilm_tokenizer("T0 text of w0")["input_ids"]
     assert first["d_input_ids"][0][: len(ids)].tolist() == ids
     assert first["passage_doc_ids"][0].item() == doc_id_to_int64("w0")
+
+
+def test_the_prefilter_scan_in_worker_processes_equals_one_process(tmp_path, monkeypatch):
+    import densetune.data.dataset as dataset_mod
+
+    records = [
+        {
+            "query": f"q{i}",
+            "pos_doc": f"p{i}",
+            "neg_doc": [] if i % 7 == 3 else [f"n{i}", f"p{i}"][: 1 + i % 2],
+        }
+        for i in range(300)
+    ]
+    path = write_jsonl(tmp_path / "train.jsonl", records)
+    monkeypatch.setattr(dataset_mod, "_SCAN_RANGE", 32)  # ten ranges
+    results = {}
+    for workers in (1, 2):
+        monkeypatch.setattr(dataset_mod, "data_workers", lambda workers=workers: workers)
+        store = load_examples([path], cache_dir=tmp_path / f"cache{workers}")
+        dataset = RetrievalTrainDataset(store, GroupSelector(3, negative="random", seed=1), exclude=[5])
+        results[workers] = (dataset.indices.tolist(), dataset.report, dataset.task_report)
+    assert results[2] == results[1]
+    assert results[1][1]["no_negatives"] == len([i for i in range(300) if i % 7 == 3]) + 1  # + excluded row 5

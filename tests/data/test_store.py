@@ -330,3 +330,113 @@ def test_store_and_corpus_pickle_by_reference(cache):
     assert list(again.iter(resolve=True)) == list(store.iter(resolve=True))
     corpus = store.corpora["wiki"]
     assert pickle.loads(pickle.dumps(corpus)).get("wiki-1") == corpus.get("wiki-1")
+
+
+def awkward_jsonl(path: Path) -> Path:
+    """JSON lines with what reading block by block must get right: a byte-order mark, blank and
+    whitespace-only lines (Unicode whitespace too), a line that is not UTF-8, invalid records, records
+    without ids (their ids count records), history rows that are also negatives, repeated passages."""
+    lines = ["\ufeff" + json.dumps({"query": "first", "pos": ["p0"], "neg": ["shared"]})]
+    for i in range(60):
+        record: dict = {"query": f"q{i}", "pos": [f"p{i}"], "neg": ["shared", f"n{i % 7}"]}
+        if i % 11 == 3:
+            record = {"query": f"h{i}", "history": ["shared", f"n{i % 5}"], "teacher_scores": [0.2, 0.7]}
+        if i % 13 == 5:
+            record = {"query": f"bad{i}", "pos": []}  # invalid
+        if i % 17 == 2:
+            record["query_id"] = f"id-{i}"
+        lines.append(json.dumps(record))
+        lines.append(["", "   ", "\u00a0\u2003", "\x1c", "\t\r"][i % 5] if i % 3 == 0 else None)
+    text = "\n".join(line for line in lines if line is not None).encode("utf-8")
+    text = text.replace(b'"q30"', b'"q\xff30"')  # not UTF-8: a record that is an error
+    path.write_bytes(text + b"\n\n")
+    return path
+
+
+def test_parallel_build_equals_one_process_and_streaming_read(tmp_path, monkeypatch):
+    path = awkward_jsonl(tmp_path / "train.jsonl")
+    monkeypatch.setattr(store_mod, "_BLOCK_BYTES", 200)  # dozens of blocks, some cut mid-record-group
+    stores = {
+        w: load_examples(path, cache_dir=tmp_path / f"c{w}", skip_invalid=True, workers=w) for w in (1, 3)
+    }
+    expected_errors: list = []
+    from densetune.data.formats import ReadStats
+
+    stats = ReadStats()
+    expected = list(iter_examples(path, skip_invalid=True, stats=stats, resolve=False))
+    expected_errors = [str(e) for e in stats.errors]
+    assert len(expected) > 40 and len(expected_errors) >= 5
+    entries = {w: next((tmp_path / f"c{w}" / "examples").iterdir()) for w in stores}
+    for name in ("examples.arrow", "docs.arrow", "meta.json"):  # the same cache, byte for byte
+        assert (entries[1] / name).read_bytes() == (entries[3] / name).read_bytes()
+    for store in stores.values():
+        assert list(store) == expected
+        assert [str(e) for e in store.errors] == expected_errors
+    assert stores[3].errors[0].line == int(expected_errors[0].split(":")[1])  # errors keep their fields
+
+
+def test_parallel_build_fails_fast_on_the_first_invalid_record(tmp_path, monkeypatch):
+    path = awkward_jsonl(tmp_path / "train.jsonl")
+    monkeypatch.setattr(store_mod, "_BLOCK_BYTES", 200)
+    with pytest.raises(DataError) as info:
+        load_examples(path, cache_dir=tmp_path / "c", workers=2)
+    with pytest.raises(DataError) as streaming:
+        list(iter_examples(path))
+    assert str(info.value) == str(streaming.value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [b"{}", b"", b" ", b"\t\r", b"\xc2\xa0", b"\x1c", b"x\xff", b"\xff", b"\xef\xbb\xbf", b" {"]
+        ),
+        max_size=12,
+    ),
+    st.integers(1, 3),
+)
+def test_count_text_lines_counts_what_text_lines_yields(lines, first_line):
+    from densetune.data.jsonrecords import count_text_lines, text_lines
+
+    block = b"\n".join(lines) + (b"\n" if lines and first_line % 2 else b"")
+    expected = sum(1 for _ in text_lines(block.split(b"\n"), "f", first_line))
+    assert count_text_lines(block, "f", first_line) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 11), max_size=20), max_size=4))
+def test_seen_passages_place_equals_asking_one_passage_at_a_time(chunks):
+    # 12 distinct passages over 8 slots: repeats within and across lists, and slot collisions
+    def digest(p: int) -> tuple[int, int]:
+        return (p * 0x9E3779B97F4A7C15 % 2**64, p + 1)
+
+    class Table(store_mod._SeenPassages):
+        _SLOTS = 8
+
+    table, slots, next_row, reused = Table(), {}, 0, 0
+    for chunk in chunks:
+        expected_rows, expected_new = [], []
+        for p in chunk:  # the reference: one passage at a time
+            d = digest(p)
+            held = slots.get(d[0] % 8)
+            if held is not None and held[0] == d:
+                expected_rows.append(held[1])
+                expected_new.append(False)
+                reused += 1
+            else:
+                slots[d[0] % 8] = (d, next_row)
+                expected_rows.append(next_row)
+                expected_new.append(True)
+                next_row += 1
+        pairs = np.array([digest(p) for p in chunk], dtype=np.uint64).reshape(-1, 2)
+        rows, new = table.place(pairs, next_row - sum(expected_new))
+        assert rows.tolist() == expected_rows and new.tolist() == expected_new
+    assert table.reused == reused
+
+
+def test_a_daemonic_process_builds_alone(monkeypatch):
+    import multiprocessing
+
+    assert store_mod.data_workers(3) == 3
+    monkeypatch.setattr(multiprocessing.current_process(), "_config", {"daemon": True})
+    assert store_mod.data_workers(3) == store_mod.data_workers() == 1

@@ -321,7 +321,8 @@ def test_mine_reuses_a_float16_encode_with_other_shards(beir_dir, stub_encoder, 
     """The chain docs/scaling.md shows: `encode --dtype float16 --shard-size ...` first, then `mine
     --corpus-embeddings` on the same directory reuses it instead of refusing its layout."""
     from densetune.data.corpus import load_corpus
-    from densetune.retrieval.encode import DocSource, encode_corpus, encoder_meta
+    from densetune.data.inputs import DocSource
+    from densetune.retrieval.encode import encode_corpus, encoder_meta
 
     emb = tmp_path / "emb"
     meta = encoder_meta(stub_encoder, "", None)

@@ -231,7 +231,7 @@ class _LostFields(logging.Filter):
 
 
 def main(args: argparse.Namespace) -> int:
-    from densetune.data.corpus import fingerprint
+    from densetune.data.arrowcache import fingerprint
     from densetune.data.formats import detect_format, expand_paths, iter_examples
 
     out = Path(args.out)

@@ -125,15 +125,10 @@ def generated_part(args, directory: Path) -> list[dict]:
 
 def scifact_embeddings(args, directory: Path):
     """SciFact test queries and corpus embedded once with the model (cached in ``directory/scifact``)."""
-    from densetune.retrieval.encode import (
-        encode_corpus,
-        encode_queries,
-        encoder_meta,
-        load_embeddings,
-        load_encoder,
-        open_corpus,
-        read_queries,
-    )
+    from densetune.data.inputs import open_corpus, read_queries
+    from densetune.models.loaders import load_encoder
+    from densetune.retrieval.embeddings import load_embeddings
+    from densetune.retrieval.encode import encode_corpus, encode_queries, encoder_meta
 
     out = directory / "scifact"
     model = args.model or default_model()

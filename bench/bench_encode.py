@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from densetune.retrieval.encode import load_encoder
+    from densetune.models.loaders import load_encoder
 
     print_machine()
     texts = read_passages(Path(args.data), args.passages)

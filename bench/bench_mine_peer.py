@@ -161,7 +161,7 @@ def fill_peer_cache(directory: Path, model: str) -> None:
 
     from densetune.data.beir import load_beir
     from densetune.data.formats import iter_examples
-    from densetune.retrieval.encode import load_embeddings
+    from densetune.retrieval.embeddings import load_embeddings
 
     data = load_beir(directory / "beir", "train")
     corpus, pairs = peer_inputs(data)

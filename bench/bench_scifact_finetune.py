@@ -110,7 +110,7 @@ def densetune_mine(args: argparse.Namespace, out: Path) -> tuple[Path, dict]:
 
 
 def densetune_config(args: argparse.Namespace, mined: Path, out: Path) -> dict[str, Any]:
-    """The recipe as a raw config dict (every key documented in densetune/train/config.py)."""
+    """The recipe as a raw config dict (every key documented in densetune/train/schema.py)."""
     return {
         "seed": args.seed,
         "model": {"path": args.model},

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from densetune.retrieval.encode import load_embeddings
+from densetune.retrieval.embeddings import load_embeddings
 
 
 def main(argv: list[str] | None = None) -> int:

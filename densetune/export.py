@@ -62,23 +62,20 @@ def _onnxruntime():
 
 
 def model_kind(path: str | Path) -> str:
-    """``bi-encoder`` or ``cross-encoder`` (a sequence-classification head); decoder rerankers are refused."""
-    from densetune.models.crossencoder import CONFIG_NAME, _detect_kind
+    """``bi-encoder`` or ``cross-encoder`` (:func:`densetune.models.loaders.model_kind`); what one ONNX graph
+    cannot hold (separate query and passage towers, decoder LLM rerankers) is refused."""
+    from densetune.models.loaders import CROSS_ENCODER
+    from densetune.models.loaders import model_kind as folder_kind
+    from densetune.models.loading import reranker_backbone
 
     path = Path(path)
     if (path / "query_encoder").is_dir():
         # one ONNX graph is one transformer: what sentence-transformers' backend="onnx" loads
         raise DensetuneError(f"{path}: models with separate query and passage towers are not exported yet")
-    if not (path / "config.json").is_file():
-        raise DataError("not a model folder; expected config.json", path)
-    from transformers import AutoConfig
-
-    architectures = list(getattr(AutoConfig.from_pretrained(path), "architectures", None) or [])
-    if any(a.endswith("ForSequenceClassification") for a in architectures) or (path / CONFIG_NAME).is_file():
-        if _detect_kind(str(path)) == "decoder":
-            raise DensetuneError(f"{path}: decoder (LLM) rerankers cannot be exported to ONNX yet")
-        return "cross-encoder"
-    return "bi-encoder"
+    kind = folder_kind(path)
+    if kind == CROSS_ENCODER and reranker_backbone(str(path)) == "decoder":
+        raise DensetuneError(f"{path}: decoder (LLM) rerankers cannot be exported to ONNX yet")
+    return kind
 
 
 class _Graph(nn.Module):

@@ -36,8 +36,9 @@ import pyarrow.compute as pc
 from densetune.data import beir
 from densetune.data.corpus import MERLIN_METADATA, CorpusError, load_corpus
 from densetune.data.formats import ReadStats, expand_paths, iter_chunks
+from densetune.data.inputs import read_document_file
 from densetune.data.progress import data_bar
-from densetune.data.qrels import count_document_file, evaluation_file_kind, read_query_file_qrels
+from densetune.data.qrels import evaluation_file_kind, read_query_file_qrels
 from densetune.data.store import gc_paused
 from densetune.errors import DataError
 from densetune.paths import path_problem
@@ -536,7 +537,7 @@ def _summarise_evaluation_file(path: Path, kind: str, report: ValidationReport) 
             qrels = read_query_file_qrels(path)
             summary.unique_queries = len(qrels)
         else:
-            summary.corpora = {path.stem: count_document_file(path)}
+            summary.corpora = {path.stem: len(read_document_file(path)[0])}
     except DataError as err:
         report.errors.append(err)
         summary.problems = 1

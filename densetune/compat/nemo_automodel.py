@@ -158,7 +158,7 @@ def _raw_rows(store: Any, paths: list[str], cache_dir: str | Path | None) -> Any
     import datasets
     import pyarrow as pa
 
-    from densetune.data.corpus import cache_key, default_cache_dir, fingerprint
+    from densetune.data.arrowcache import cache_key, default_cache_dir, fingerprint
     from densetune.data.formats import expand_paths
 
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -4,8 +4,9 @@ A corpus (a NeMo corpus directory with ``merlin_metadata.json``, a BEIR ``corpus
 ``.jsonl`` / ``.parquet`` file of ``id, text[, title]`` rows) is converted once into an Arrow IPC file plus
 an open-addressing hash index over the ids (two ``.npy`` files, :mod:`densetune.data.idindex`), all
 memory-mapped. A corpus of tens of millions of passages then costs disk, not RAM: ``get(id)`` touches a few
-pages, and nothing is loaded up front. The conversion is cached under ``cache_dir/corpora/<key>``, keyed by the source files' paths, sizes
-and modification times, so a second load takes milliseconds.
+pages, and nothing is loaded up front. The source's rows are read and checked by :mod:`densetune.data.docrows`;
+the conversion is cached under ``cache_dir/corpora/<key>`` (:mod:`densetune.data.arrowcache`), keyed by the
+source files' paths, sizes and modification times, so a second load takes milliseconds.
 
 Text rendering: :func:`doc_text` is the one place that turns a :class:`Doc` into the string a model sees:
 ``title + " " + text`` when the title is non-empty, else ``text`` (the BEIR convention).
@@ -13,13 +14,10 @@ Text rendering: :func:`doc_text` is the one place that turns a :class:`Doc` into
 
 from __future__ import annotations
 
-import codecs
-import hashlib
 import json
-import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,41 +25,26 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from densetune.caps import MAX_CORPUS, data_caps, env_cap, notice
+from densetune.caps import MAX_CORPUS, env_cap, notice
+from densetune.data.arrowcache import (
+    cache_key,
+    default_cache_dir,
+    fingerprint,
+    open_table,
+    publish_dir,
+    write_table,
+)
+from densetune.data.docrows import DOC_SCHEMA, jsonl_batches, parquet_batches
 from densetune.data.idindex import Column, IdIndex
-from densetune.data.jsonrecords import carries_value, iter_text_lines, jtype, parse_json_line
+from densetune.data.jsonrecords import jtype
 from densetune.data.records import INLINE_CORPUS_ID, Doc
 from densetune.data.trec import read_qrels
 from densetune.errors import DataError
 from densetune.paths import path_problem, walk_once
 
-# 2: examples carry `category`; 3: corpus rows keep their other fields in `extra`; 4: examples too
-CACHE_VERSION = 4
 MERLIN_METADATA = "merlin_metadata.json"
 CORPUS_SUFFIXES = (".parquet", ".jsonl", ".json")
-# Arrow record batches are written up to this many bytes, so a column is a handful of chunks and a
-# take() over it is a few vectorised calls (pyarrow's own ChunkedArray.take is slow with many chunks).
-_BATCH_BYTES = 64 << 20
-_READ_ROWS = 65536  # rows per batch read from a corpus source
-# Every document table (corpora and the documents of inline training data): ``extra`` holds the source
-# row's other fields as a JSON object ("" when it has none), so nothing a corpus row carries is lost.
-DOC_SCHEMA = pa.schema([(name, pa.string()) for name in ("id", "text", "title", "image", "extra")])
-_ID_KEYS = ("_id", "id", "docid", "doc_id")
-_TEXT_KEYS = ("text", "contents")
-
-
-def extra_json(fields: dict[str, Any]) -> str:
-    """A row's other fields as the ``extra`` column's JSON text; "" when none carries a value.
-
-    Fields that are null or an empty object / list / string (BEIR's ``"metadata": {}``) carry nothing and
-    are not kept; values JSON cannot hold (dates, bytes from Parquet) are kept as their string form.
-    """
-    if not fields:  # the common case: nothing to keep
-        return ""
-    kept = {k: v for k, v in fields.items() if carries_value(v)}
-    return json.dumps(kept, ensure_ascii=False, default=str) if kept else ""
 
 
 def doc_text(doc: Doc) -> str:
@@ -71,39 +54,6 @@ def doc_text(doc: Doc) -> str:
     carry a title separately (FlagEmbedding, LLM-Embedder, SBERT) are written with this rendering.
     """
     return f"{doc.title} {doc.text}" if doc.title else doc.text
-
-
-def default_cache_dir() -> Path:
-    """``$DENSETUNE_CACHE`` if set, else ``~/.cache/densetune``."""
-    env = os.environ.get("DENSETUNE_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "densetune"
-
-
-def fingerprint(paths: Iterable[Path]) -> list[list[Any]]:
-    """``[absolute path, size, mtime_ns]`` of each file: what a cached conversion is keyed by."""
-    out = []
-    for p in paths:
-        st = Path(p).stat()
-        out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def cache_key(*parts: Any) -> str:
-    """A short stable hex key for JSON-serialisable ``parts`` and the data caps in force (:mod:`densetune.caps`:
-    a capped read is never served to a full one, nor the reverse)."""
-    caps = data_caps()
-    blob = json.dumps(
-        [CACHE_VERSION, *parts, *([caps] if caps else [])], sort_keys=True, default=str
-    ).encode()
-    return hashlib.sha1(blob).hexdigest()[:20]
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Move a finished cache directory into place; if another process got there first, keep theirs."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,7 +90,7 @@ class Corpus:
         metadata: the corpus' ``merlin_metadata.json`` (``class``, ``corpus_id``, and optionally
             ``query_instruction``, ``passage_instruction``, ``task_type``); ``{}`` for other sources.
         path: the directory or file it was read from.
-        table: the Arrow table (``id``, ``text``, ``title``, ``image``, ``extra``: :data:`DOC_SCHEMA`).
+        table: the Arrow table (``id``, ``text``, ``title``, ``image``, ``extra``: :data:`~densetune.data.docrows.DOC_SCHEMA`).
 
     Example:
         >>> corpus = load_corpus("examples/corpus_id/wiki")
@@ -335,201 +285,6 @@ def _corpus_files(path: Path, corpus_id: str | None) -> _CorpusFiles:
     return _CorpusFiles(path, corpus_id or path.name, {}, [beir], [beir])
 
 
-def _normalise_batch(
-    batch: pa.RecordBatch | pa.Table, path: Path, first_row: int
-) -> tuple[pa.Table, list[DataError]]:
-    """Rename/cast a parquet batch to (id, text, title, image) strings; report nulls and wrong types."""
-    names = batch.schema.names
-    errors: list[DataError] = []
-    id_name = next((n for n in ("id", "_id", "docid", "doc_id") if n in names), None)
-    text_name = next((n for n in _TEXT_KEYS if n in names), None)
-    if id_name is None or text_name is None:
-        missing = "id" if id_name is None else "text"
-        raise DataError(
-            f"no {missing!r} column (columns: {', '.join(names)}); expected id and text columns",
-            path,
-            field=missing,
-        )
-    table = pa.table(batch) if isinstance(batch, pa.RecordBatch) else batch
-    cols = {}
-    for out, name, required in (
-        ("id", id_name, True),
-        ("text", text_name, True),
-        ("title", "title", False),
-        ("image", "image", False),
-    ):
-        if name not in names:
-            cols[out] = pa.array([""] * table.num_rows, type=pa.string())
-            continue
-        col = table.column(name)
-        if out != "id" and not (
-            pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or pa.types.is_null(col.type)
-        ):
-            raise DataError(f"column has type {col.type}; expected strings", path, field=name)
-        if out == "id" and not (
-            pa.types.is_string(col.type)
-            or pa.types.is_large_string(col.type)
-            or pa.types.is_integer(col.type)
-        ):
-            raise DataError(f"column has type {col.type}; expected string or integer ids", path, field=name)
-        col = col.cast(pa.string())
-        if col.null_count:
-            nulls = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
-            if required:
-                for k in nulls[:20]:
-                    errors.append(
-                        DataError(f"null {out}; expected a string", path, f"row {first_row + int(k)}", name)
-                    )
-            col = col.fill_null("")
-        cols[out] = col
-    others = [n for n in names if n not in (id_name, text_name, "title", "image")]
-    if others:
-        cols["extra"] = pa.array([extra_json(row) for row in table.select(others).to_pylist()], pa.string())
-    else:
-        cols["extra"] = pa.array([""] * table.num_rows, type=pa.string())
-    return pa.table(cols, schema=DOC_SCHEMA), errors
-
-
-def _parquet_batches(path: Path, errors: list[DataError]) -> Iterator[pa.Table]:
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise DataError(f"cannot read Parquet file: {err}", path) from None
-    row = 0
-    for batch in pf.iter_batches(batch_size=_READ_ROWS):
-        table, errs = _normalise_batch(batch, path, row)
-        errors.extend(errs)
-        row += batch.num_rows
-        yield table
-
-
-def _jsonl_batches(path: Path, errors: list[DataError]) -> Iterator[pa.Table]:
-    """Corpus rows from JSON lines, one error per bad line (also reads a .json holding one JSON list)."""
-    with open(path, "rb") as f:
-        head = f.read(4096).lstrip(codecs.BOM_UTF8).lstrip()
-    if head.startswith(b"["):
-        try:
-            rows = parse_json_line(path.read_bytes().decode("utf-8"), path, None, "a JSON list of documents")
-        except UnicodeDecodeError:
-            raise DataError("not valid UTF-8; expected UTF-8 JSON", path) from None
-        records: Iterable[tuple[int | str, Any]] = ((f"record {i}", r) for i, r in enumerate(rows))
-    else:
-        records = ((n, x) for n, x in iter_text_lines(path))
-    buf: dict[str, list[str]] = {name: [] for name in DOC_SCHEMA.names}
-    for where, item in records:
-        if isinstance(item, DataError):
-            errors.append(item)
-            continue
-        if isinstance(item, str):
-            try:
-                item = parse_json_line(item, path, where, "one document object per line")
-            except DataError as err:
-                errors.append(err)
-                continue
-        row = _check_doc_row(item, path, where, errors)
-        if row is None:
-            continue
-        for k, v in zip(DOC_SCHEMA.names, row):
-            buf[k].append(v)
-        if len(buf["id"]) >= _READ_ROWS:
-            yield pa.table(buf, schema=DOC_SCHEMA)
-            buf = {k: [] for k in buf}
-    if buf["id"]:
-        yield pa.table(buf, schema=DOC_SCHEMA)
-
-
-def _check_doc_row(
-    item: Any, path: Path, where: int | str, errors: list[DataError]
-) -> tuple[str, str, str, str, str] | None:
-    """``(id, text, title, image, extra JSON)`` of one JSON corpus row, or None after recording its error."""
-    if not isinstance(item, dict):
-        errors.append(
-            DataError(f"got {jtype(item)}; expected a document object with id and text", path, where)
-        )
-        return None
-    id_key = next((k for k in _ID_KEYS if k in item), None)
-    doc_id = item[id_key] if id_key is not None else None
-    if doc_id is None or isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)) or doc_id == "":
-        what = "missing" if doc_id is None else f"got {jtype(doc_id)}"
-        errors.append(
-            DataError(
-                f"{what}; expected the document id as a non-empty string",
-                path,
-                where,
-                "_id" if "_id" in item else "id",
-            )
-        )
-        return None
-    text_key = next((k for k in _TEXT_KEYS if k in item), "text")
-    text = item.get(text_key)
-    if not isinstance(text, str):
-        what = "missing" if text is None and "text" not in item else f"got {jtype(text)}"
-        errors.append(DataError(f"{what}; expected the document text as a string", path, where, "text"))
-        return None
-    title = item.get("title") or ""
-    image = item.get("image") or ""
-    for name, value in (("title", title), ("image", image)):
-        if not isinstance(value, str):
-            errors.append(DataError(f"got {jtype(value)}; expected a string", path, where, name))
-            return None
-    extra = extra_json({k: v for k, v in item.items() if k not in (id_key, text_key, "title", "image")})
-    return str(doc_id), text, title, image, extra
-
-
-class ArrowWriter:
-    """Append tables to an Arrow IPC file, written as record batches of about 64 MB.
-
-    Few large batches keep a memory-mapped column to a handful of chunks, so positional takes stay cheap;
-    memory is bounded by the batch size, not the file size.
-    """
-
-    def __init__(self, path: Path, schema: pa.Schema):
-        self.schema = schema
-        self.rows = 0
-        self._sink = pa.OSFile(str(path), "wb")
-        self._writer = pa.ipc.new_file(self._sink, schema)
-        self._pending: list[pa.Table] = []
-        self._size = 0
-
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows == 0:
-            return
-        self._pending.append(table.cast(self.schema))
-        self._size += table.nbytes
-        self.rows += table.num_rows
-        if self._size >= _BATCH_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            merged = pa.concat_tables(self._pending).combine_chunks()
-            for batch in merged.to_batches(max_chunksize=merged.num_rows):
-                self._writer.write_batch(batch)
-        self._pending, self._size = [], 0
-
-    def close(self) -> int:
-        self._flush()
-        self._writer.close()
-        self._sink.close()
-        return self.rows
-
-
-def write_table(path: Path, batches: Iterable[pa.Table], schema: pa.Schema) -> int:
-    """Write tables to an Arrow IPC file (see :class:`ArrowWriter`); returns the number of rows."""
-    writer = ArrowWriter(path, schema)
-    try:
-        for table in batches:
-            writer.write(table)
-    finally:
-        rows = writer.close()
-    return rows
-
-
-def open_table(path: Path) -> pa.Table:
-    """Memory-map an Arrow IPC file written by :func:`write_table` (zero-copy)."""
-    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
-
-
 def load_corpus(
     path: str | Path, *, cache_dir: str | Path | None = None, corpus_id: str | None = None
 ) -> Corpus:
@@ -544,7 +299,7 @@ def load_corpus(
 
     Returns:
         The :class:`Corpus`. A row's fields other than id, text, title and image (BEIR ``metadata``,
-        extra Parquet columns) are kept in each :class:`Doc`'s ``extra`` (see :func:`extra_json`).
+        extra Parquet columns) are kept in each :class:`Doc`'s ``extra`` (see :func:`densetune.data.docrows.extra_json`).
 
     Raises:
         DataError: missing/bad ``merlin_metadata.json``, missing columns, bad rows (every bad row is listed
@@ -613,7 +368,7 @@ def _convert_corpus(files: _CorpusFiles, out: Path, cut: _Cut | None = None) -> 
     def batches() -> Iterator[pa.Table]:
         nonlocal read
         for f in files.data_files:
-            for table in _parquet_batches(f, errors) if f.suffix == ".parquet" else _jsonl_batches(f, errors):
+            for table in parquet_batches(f, errors) if f.suffix == ".parquet" else jsonl_batches(f, errors):
                 start, read = read, read + table.num_rows
                 yield table if cut is None else cut.rows(table, start)
 

@@ -165,25 +165,3 @@ def evaluation_file_kind(path: str | Path) -> str | None:
             return "nemo-queries"
         return None
     return None
-
-
-def count_document_file(path: str | Path) -> int:
-    """Rows of a NeMo document file, each checked for a ``doc_id`` and a ``pos_doc`` string, ids unique."""
-    path = Path(path)
-    seen: set[str] = set()
-    for lineno, text in iter_text_lines(path):
-        if isinstance(text, DataError):
-            raise text
-        obj = parse_json_line(text, path, lineno, "one document object per line")
-        if not isinstance(obj, dict):
-            raise DataError(f"got {jtype(obj)}; expected {{doc_id, pos_doc}}", path, lineno)
-        if not _is_id(obj.get("doc_id")):
-            raise DataError("missing; expected the document id as a string", path, lineno, "doc_id")
-        if not isinstance(obj.get("pos_doc"), str) or not obj["pos_doc"].strip():
-            raise DataError("expected the document text as a non-empty string", path, lineno, "pos_doc")
-        if str(obj["doc_id"]) in seen:
-            raise DataError(f"duplicate document id {obj['doc_id']!r}", path, lineno, "doc_id")
-        seen.add(str(obj["doc_id"]))
-    if not seen:
-        raise DataError("no documents found", path)
-    return len(seen)

@@ -42,19 +42,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from densetune.data import beir
-from densetune.data.corpus import (
-    DOC_SCHEMA,
+from densetune.data.arrowcache import (
     ArrowWriter,
-    Corpus,
     cache_key,
     default_cache_dir,
-    extra_json,
     fingerprint,
-    inline_corpus,
-    load_corpus,
     open_table,
     publish_dir,
 )
+from densetune.data.corpus import Corpus, inline_corpus, load_corpus
+from densetune.data.docrows import DOC_SCHEMA, extra_json
 from densetune.data.formats import ReadStats, block_items, expand_paths, iter_chunks, jsonl_format
 from densetune.data.jsonrecords import count_text_lines
 from densetune.data.progress import data_bar

@@ -424,7 +424,7 @@ class CrossEncoder(nn.Module):
             loading.refuse_incomplete_folder(path)  # before anything reads its config
         saved = _read_saved_config(path)
         if kind == "auto":
-            kind = saved.get("kind") or ("decoder" if gguf_file else _detect_kind(path))
+            kind = saved.get("kind") or ("decoder" if gguf_file else loading.reranker_backbone(path))
         tokenizer = loading.load_tokenizer(path, gguf_file)
         backbone = _load_backbone(
             path, kind=kind, gguf_file=gguf_file, dtype=dtype, attn_implementation=attn_implementation
@@ -545,20 +545,6 @@ class CrossEncoder(nn.Module):
 def _read_saved_config(path: str) -> dict[str, Any]:
     file = os.path.join(path, CONFIG_NAME)
     return dict(loading.read_json(file)) if os.path.isfile(file) else {}
-
-
-def _detect_kind(path: str) -> str:
-    """``decoder`` for causal-LM checkpoints (architecture ``*ForCausalLM``, or a causal model type without
-    a masked-LM head); ``encoder`` otherwise (sequence-classification rerankers of any backbone included)."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(path)
-    architectures = list(getattr(config, "architectures", None) or [])
-    if any(a.endswith("ForSequenceClassification") for a in architectures):
-        return "encoder"
-    if any(a.endswith("ForCausalLM") for a in architectures):
-        return "decoder"
-    return "decoder" if loading.is_decoder_only(config) else "encoder"
 
 
 def _load_backbone(

@@ -124,6 +124,24 @@ def is_decoder_only(config) -> bool:
     )
 
 
+def is_sequence_classifier(config) -> bool:
+    """Whether a transformers config names a sequence-classification head (a cross-encoder)."""
+    return any(a.endswith("ForSequenceClassification") for a in getattr(config, "architectures", None) or [])
+
+
+def reranker_backbone(path: str) -> str:
+    """``decoder`` for causal-LM checkpoints (architecture ``*ForCausalLM``, or a causal model type without
+    a masked-LM head); ``encoder`` otherwise (sequence-classification rerankers of any backbone included)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    if is_sequence_classifier(config):
+        return "encoder"
+    if any(a.endswith("ForCausalLM") for a in getattr(config, "architectures", None) or []):
+        return "decoder"
+    return "decoder" if is_decoder_only(config) else "encoder"
+
+
 def default_max_length(tokenizer, config, cap: int = 512) -> int:
     """min(cap, the tokenizer's ``model_max_length``, the position embeddings); an unset limit is ignored."""
     limits = [cap]

@@ -171,8 +171,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def search_main(args: argparse.Namespace) -> int:
     """``densetune search --bm25``: texts in, TREC run out."""
+    from densetune.data.inputs import open_corpus, read_queries
     from densetune.data.trec import write_run
-    from densetune.retrieval.encode import open_corpus, read_queries
 
     config = BM25Config(k1=args.k1, b=args.b)
     query_ids, queries = read_queries(args.queries, args.split)

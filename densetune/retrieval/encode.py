@@ -1,39 +1,20 @@
-"""Embed queries or a corpus into plain files, NeMo's layout, and the ``densetune encode`` command.
+"""Embed queries or a corpus into the files of :mod:`densetune.retrieval.embeddings`, and the ``densetune encode`` command.
 
-Layout of an output directory (rows of each ``.npy`` aligned with the lines of its ``.ids``):
+Queries are embedded at once into ``query.npy`` + ``query.ids`` + ``query.meta.json``. A corpus is embedded
+in shards of ``shard_size`` documents into ``doc.npy`` + ``doc.ids`` + ``doc.meta.json``: an interrupted
+encode re-run with the same settings continues after the last complete shard, and a finished one does
+nothing (:mod:`densetune.retrieval.shards`). With ``--dtype int8|binary`` the shards stay float32 and the
+merge writes compact codes (:mod:`densetune.retrieval.quantize`), so resumption and the equality of one and
+many processes are the float encode's. Under torchrun every rank encodes its share of the shards.
 
-- ``query.npy`` [Q, H] + ``query.ids`` (one query id per line) + ``query.meta.json``
-- ``doc.npy`` [N, H] + ``doc.ids`` + ``doc.meta.json``
-
-``*.meta.json`` records what produced the embeddings (model, max length, dtype, whether the model
-normalises, rows, dim) so a later stage can check that queries and documents match.
-
-Corpora are encoded in shards of ``shard_size`` documents, each written atomically (temporary file, then
-rename) as ``doc.shard-00000.npy`` + ``.ids``. An interrupted encode re-run with the same settings continues
-after the last complete shard; at the end the shards are merged (streamed, bounded memory) into
-``doc.npy``/``doc.ids`` and removed. Re-running a finished encode with the same settings does nothing.
-With ``--dtype int8|binary`` the shards stay float32 and the merge writes compact codes
-(:mod:`densetune.retrieval.quantize`: ``doc.npy`` as int8 or packed bits, ``doc.int8-ranges.npy``,
-optionally ``doc.rescore.npy``), so resumption and the equality of one and many processes are the float
-encode's.
-
-Inputs:
-
-- queries: a BEIR ``queries.jsonl`` (``_id``, ``text``), a NeMo query file (``query_id``, ``query``), or a BEIR
-  directory with ``--split`` (only the queries of that split's qrels, in ``queries.jsonl`` order).
-- corpus: a NeMo document file (``doc_id``, ``pos_doc`` per line), or anything
-  :func:`densetune.data.corpus.load_corpus` reads (BEIR directory, NeMo corpus directory, ``.jsonl`` /
-  ``.parquet`` of ``id, text[, title]``). A document's text is ``title + " " + text`` when it has a title
-  (:func:`densetune.data.corpus.doc_text`, the BEIR and sentence-transformers convention).
+Inputs are read by :mod:`densetune.data.inputs` (queries: BEIR ``queries.jsonl``, NeMo query file, or a BEIR
+directory with ``--split``; corpus: NeMo document file or anything ``load_corpus`` reads); the model is
+loaded by :func:`densetune.models.loaders.load_encoder`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,20 +25,15 @@ import numpy as np
 import torch
 
 from densetune import distributed
+from densetune.data.inputs import DocSource, open_corpus, read_queries
 from densetune.errors import DataError, DensetuneError
+from densetune.models.loaders import load_encoder
 from densetune.models.matryoshka import add_dim_argument, single_dim
-from densetune.paths import (
-    add_overwrite_argument,
-    atomic_path,
-    check_input_file,
-    check_output,
-    write_text_atomic,
-)
-from densetune.precision import INFERENCE_ATTR, add_precision_argument, set_inference_precision
-from densetune.retrieval import quantize
+from densetune.paths import add_overwrite_argument, check_output
+from densetune.precision import INFERENCE_ATTR, add_precision_argument
+from densetune.retrieval import quantize, shards
+from densetune.retrieval.embeddings import DTYPES, QUERY, lines_digest, read_meta, write_embeddings
 
-QUERY, DOC = "query", "doc"
-DTYPES = quantize.FLOAT_DTYPES  # float storage; --dtype int8 | binary: compact corpus codes (quantize.py)
 DEFAULT_SHARD_SIZE = 100_000
 
 
@@ -72,295 +48,6 @@ class Encoder(Protocol):
     def encode_texts(
         self, texts: Sequence[str], *, is_query: bool, batch_size: int = 64, **kwargs: Any
     ) -> Any: ...
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Plain-file IO
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, array)
-
-
-def _write_ids(path: Path, ids: Sequence[str]) -> None:
-    for i in ids:
-        if "\n" in i or "\r" in i:
-            raise DataError(f"id {i!r} contains a line break; ids are written one per line", path)
-    write_text_atomic(path, "".join(f"{i}\n" for i in ids))
-
-
-def read_ids(path: str | Path) -> list[str]:
-    """Ids one per line (trailing ``\\r`` tolerated)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("ids file not found", path)
-    with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\r\n") for line in f]
-
-
-def write_embeddings(
-    out_dir: str | Path,
-    kind: str,
-    ids: Sequence[str],
-    embeddings: np.ndarray,
-    *,
-    dtype: str = "float32",
-    meta: dict[str, Any] | None = None,
-) -> Path:
-    """Write ``{kind}.npy`` + ``{kind}.ids`` (+ ``{kind}.meta.json``) atomically; ``kind`` is query or doc."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if len(ids) != embeddings.shape[0]:
-        raise DensetuneError(f"{len(ids)} ids for {embeddings.shape[0]} embedding rows")
-    _write_ids(out / f"{kind}.ids", ids)
-    _atomic_save_npy(out / f"{kind}.npy", np.ascontiguousarray(embeddings, dtype=DTYPES[dtype]))
-    info = dict(meta or {})
-    info.update(
-        rows=len(ids), dim=int(embeddings.shape[1]) if embeddings.ndim == 2 else 0, dtype=dtype, complete=True
-    )
-    write_text_atomic(out / f"{kind}.meta.json", json.dumps(info, indent=2, sort_keys=True))
-    return out
-
-
-def load_embeddings(
-    directory: str | Path, kind: str, *, mmap: bool = True, compact: bool = False
-) -> tuple[list[str], Any]:
-    """Read ``{kind}.ids`` and ``{kind}.npy`` from an encode output directory.
-
-    Args:
-        directory: the directory (a path to the ``.npy`` itself is accepted too).
-        kind: ``query`` or ``doc``.
-        mmap: memory-map the array (``np.load(mmap_mode="r")``) instead of reading it.
-        compact: accept int8 / binary codes (``encode --dtype int8|binary``), returned as a
-            :class:`densetune.retrieval.quantize.CompactCorpus`; False: only float embeddings.
-
-    Raises:
-        DataError: missing files, rows and ids that differ in number, or compact codes where float
-            embeddings are expected (or whose ``.meta.json`` names another dtype).
-    """
-    directory = Path(directory)
-    if directory.suffix == ".npy":
-        npy, ids_path = directory, directory.with_suffix(".ids")
-    else:
-        npy, ids_path = directory / f"{kind}.npy", directory / f"{kind}.ids"
-    if not npy.is_file():
-        shards = sorted(npy.parent.glob(f"{kind}.shard-*.npy"))
-        hint = (
-            "; it holds shards of an unfinished encode: re-run densetune encode to finish" if shards else ""
-        )
-        raise DataError(f"no {npy.name}{hint}; expected the output of densetune encode", npy.parent)
-    ids = read_ids(ids_path)
-    try:
-        emb = np.load(npy, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except ValueError as err:
-        raise DataError(f"not a readable .npy array: {err}", npy) from None
-    if emb.ndim != 2 or emb.shape[0] != len(ids):
-        raise DataError(
-            f"{len(ids)} ids in {ids_path.name} but array shape {emb.shape}; expected one row per id", npy
-        )
-    _check_finite(emb, npy, ids)
-    return ids, _compact_or_float(npy, emb, compact)
-
-
-def _compact_or_float(npy: Path, emb: np.ndarray, compact: bool) -> Any:
-    """Float embeddings as they are; compact codes as a CompactCorpus, when the caller reads them and the
-    ``.meta.json`` beside them agrees."""
-    stem = npy.name.split(".")[0]
-    meta = read_meta(npy.parent, stem)
-    named = meta.get("dtype")
-    held = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "binary"}.get(emb.dtype, str(emb.dtype))
-    if held not in quantize.COMPACT and named not in quantize.COMPACT:
-        return emb
-    meta_name = f"{stem}.meta.json"
-    if held != named:
-        raise DataError(f"holds {held} rows but {meta_name} names dtype {named!r}; re-encode it", npy)
-    if not compact:
-        raise DataError(
-            f"holds {held} codes (densetune encode --dtype {held}); only densetune search --corpus reads "
-            "them: expected float32 or float16 embeddings here",
-            npy,
-        )
-    return quantize.CompactCorpus.open(npy, emb, held, int(meta.get("dim", 0)))
-
-
-def _check_finite(emb: np.ndarray, npy: Path, ids: Sequence[str], rows: int = 65536) -> None:
-    """A NaN or infinite embedding would give NaN scores silently: refuse it, naming the row and its id.
-    Read in blocks of ``rows`` so a memory-mapped array larger than RAM is checked in bounded memory."""
-    if emb.dtype.kind != "f":
-        return  # integers cannot be NaN
-    for start in range(0, emb.shape[0], rows):
-        bad = ~np.isfinite(np.asarray(emb[start : start + rows])).all(axis=1)
-        if bad.any():
-            row = start + int(np.argmax(bad))
-            more = int(bad.sum()) - 1
-            raise DataError(
-                f"embedding of id {ids[row]!r} holds NaN or inf"
-                + (f" ({more} more such rows after it in this block)" if more else "")
-                + "; expected finite embeddings (re-encode with a model that gives finite outputs)",
-                npy,
-                f"row {row}",
-            )
-
-
-def read_meta(directory: str | Path, kind: str) -> dict[str, Any]:
-    """``{kind}.meta.json`` of an encode output, or {} when absent."""
-    path = Path(directory) / f"{kind}.meta.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"invalid JSON: {err.msg}", path, err.lineno) from None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Inputs
-
-
-def _iter_json_lines(path: Path):
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"invalid JSON: {err.msg} (column {err.colno})", path, lineno) from None
-            if not isinstance(obj, dict):
-                raise DataError("expected a JSON object per line", path, lineno)
-            yield lineno, obj
-
-
-def _pick(obj: dict, keys: tuple[str, ...], path: Path, lineno: int, what: str) -> str:
-    for key in keys:
-        value = obj.get(key)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, (str, int)):
-                raise DataError(f"expected {what} as a string, got {type(value).__name__}", path, lineno, key)
-            return str(value)
-    raise DataError(f"missing {what}; expected one of the fields {', '.join(keys)}", path, lineno)
-
-
-def read_queries(path: str | Path, split: str = "test") -> tuple[list[str], list[str]]:
-    """Query ids and texts from a query file or a BEIR directory.
-
-    Args:
-        path: BEIR ``queries.jsonl`` (``_id``, ``text``), NeMo query file (``query_id``, ``query``; also
-            ``question``), or a BEIR directory.
-        split: for a BEIR directory: keep only the queries in ``qrels/{split}.tsv``.
-
-    Raises:
-        DataError: missing file, bad line, missing field, duplicate id, or a qrels query with no text.
-    """
-    path = Path(path)
-    if path.is_dir():
-        from densetune.data.beir import is_beir_dir, qrels_path
-        from densetune.data.trec import read_qrels
-
-        if not is_beir_dir(path):
-            raise DataError("not a BEIR directory; expected corpus.jsonl, queries.jsonl and qrels/", path)
-        qrels = read_qrels(qrels_path(path, split))
-        ids, texts = read_queries(path / "queries.jsonl")
-        known = set(ids)
-        missing = [q for q in qrels if q not in known]
-        if missing:
-            raise DataError(
-                f"{len(missing)} qrels queries have no text in queries.jsonl (first: {missing[0]!r})",
-                path / "qrels" / f"{split}.tsv",
-            )
-        keep = [(i, t) for i, t in zip(ids, texts) if i in qrels]
-        return [i for i, _ in keep], [t for _, t in keep]
-    check_input_file(path, "query file")
-    ids: list[str] = []
-    texts: list[str] = []
-    seen: set[str] = set()
-    for lineno, obj in _iter_json_lines(path):
-        qid = _pick(obj, ("_id", "query_id", "id", "question_id"), path, lineno, "the query id")
-        text = _pick(obj, ("text", "query", "question"), path, lineno, "the query text")
-        if qid in seen:
-            raise DataError(f"duplicate query id {qid!r}", path, lineno)
-        seen.add(qid)
-        ids.append(qid)
-        texts.append(text)
-    if not ids:
-        raise DataError("no queries found", path)
-    return ids, texts
-
-
-class DocSource:
-    """Documents to encode, by position: ``ids`` in corpus order and ``texts(start, stop)``."""
-
-    def __init__(self, ids: Sequence[str], texts_fn, path: Path | str = ""):
-        self.ids = list(ids)
-        self._texts_fn = texts_fn
-        self.path = str(path)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def texts(self, start: int, stop: int) -> list[str]:
-        """Model input texts of documents ``start..stop-1``."""
-        return self._texts_fn(start, stop)
-
-    @classmethod
-    def from_lists(cls, ids: Sequence[str], texts: Sequence[str], path: Path | str = "") -> DocSource:
-        if len(ids) != len(texts):
-            raise DensetuneError(f"{len(ids)} document ids for {len(texts)} texts")
-        texts = list(texts)
-        return cls(ids, lambda a, b: texts[a:b], path)
-
-    @classmethod
-    def from_corpus(cls, corpus) -> DocSource:
-        """Wrap a :class:`densetune.data.corpus.Corpus` (memory-mapped; texts rendered with doc_text)."""
-        from densetune.data.corpus import doc_text
-
-        def texts(a: int, b: int) -> list[str]:
-            return [doc_text(d) for d in corpus.docs(np.arange(a, b))]
-
-        return cls(corpus.ids, texts, corpus.path or "")
-
-
-def _is_nemo_doc_file(path: Path) -> bool:
-    if not (path.is_file() and path.suffix == ".jsonl"):
-        return False
-    with open(path, encoding="utf-8") as f:
-        for raw in f:
-            if raw.strip():
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError:
-                    return False
-                return isinstance(obj, dict) and "pos_doc" in obj and "doc_id" in obj
-    return False
-
-
-def open_corpus(path: str | Path, *, cache_dir: str | Path | None = None) -> DocSource:
-    """The documents of a NeMo document file (``doc_id``, ``pos_doc``) or of any corpus load_corpus reads.
-
-    Raises:
-        DataError: missing path, bad rows, duplicate ids.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        check_input_file(path, "corpus")  # a FIFO or a device is named, never opened
-    if _is_nemo_doc_file(path):
-        ids: list[str] = []
-        texts: list[str] = []
-        seen: set[str] = set()
-        for lineno, obj in _iter_json_lines(path):
-            did = _pick(obj, ("doc_id", "id", "_id"), path, lineno, "the document id")
-            text = _pick(obj, ("pos_doc", "text"), path, lineno, "the document text")
-            if did in seen:
-                raise DataError(f"duplicate document id {did!r}", path, lineno)
-            seen.add(did)
-            ids.append(did)
-            texts.append(text)
-        return DocSource.from_lists(ids, texts, path)
-    from densetune.data.corpus import load_corpus
-
-    return DocSource.from_corpus(load_corpus(path, cache_dir=cache_dir))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -473,26 +160,6 @@ def _check_dtype(dtype: str, rescore_dtype: str | None = None) -> None:
         )
 
 
-def lines_digest(ids: Sequence[str]) -> str:
-    """SHA-1 of strings as lines: identifies a list of ids or texts in a ``.meta.json``."""
-    h = hashlib.sha1()
-    for i in ids:
-        h.update(i.encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def _shard_paths(out: Path, k: int) -> tuple[Path, Path]:
-    return out / f"{DOC}.shard-{k:05d}.npy", out / f"{DOC}.shard-{k:05d}.ids"
-
-
-def _clear_doc_outputs(out: Path) -> None:
-    npy = out / f"{DOC}.npy"
-    compact = [quantize.rescore_path(npy), quantize.ranges_path(npy)]
-    for p in [*out.glob(f"{DOC}.shard-*"), npy, out / f"{DOC}.ids", out / f"{DOC}.meta.json", *compact]:
-        p.unlink(missing_ok=True)
-
-
 def encode_corpus(
     encoder: Encoder,
     source: DocSource,
@@ -553,48 +220,22 @@ def encode_corpus(
     }
     if rescore_dtype is not None:
         settings["rescore_dtype"] = rescore_dtype
-    meta_path = out / f"{DOC}.meta.json"
     n_shards = (n + shard_size - 1) // shard_size
     # Every rank reads the state and checks it (so a refusal ends every rank alike); rank 0 alone writes.
-    previous = {} if overwrite else read_meta(out, DOC)
-    if previous.get("rescore_dtype") and rescore_dtype is None:
-        settings["rescore_dtype"] = None  # a store asked for before and not now is another encode
-    if previous:
-        old = {k: previous.get(k) for k in settings}
-        if old != settings:
-            diff = ", ".join(
-                f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in settings.items() if previous.get(k) != v
-            )
-            raise DataError(
-                f"holds the embeddings of a different encode ({diff}); use another --out or --overwrite", out
-            )
-    elif not overwrite and ((out / f"{DOC}.npy").exists() or any(out.glob(f"{DOC}.shard-*"))):
-        raise DataError(
-            f"holds {DOC} embeddings of unknown origin (no {meta_path.name}); use --overwrite", out
-        )
-    finished = previous.get("complete") and (out / f"{DOC}.npy").is_file() and (out / f"{DOC}.ids").is_file()
+    finished = shards.check_state(out, settings, overwrite)
     distributed.barrier()  # every rank has read the state before rank 0 changes it
     if finished:
         if rank == 0:
-            for p in out.glob(f"{DOC}.shard-*"):  # left over if the last run stopped right after merging
-                p.unlink()
+            shards.remove_shards(out)
         distributed.barrier()
         return CorpusEncodeResult(True, n_shards, n_shards, 0, n)
     if rank == 0:
-        if overwrite:
-            _clear_doc_outputs(out)
-        write_text_atomic(meta_path, json.dumps({**settings, "complete": False}, indent=2, sort_keys=True))
+        shards.start(out, settings, overwrite)
     distributed.barrier()
 
-    # Shard k belongs to rank k % world; a shard already on disk (from any earlier run, with any number of
-    # processes) is checked and kept.
+    # Shard k belongs to rank k % world.
     mine = [k for k in range(rank, n_shards, world)]
-    todo = []
-    for k in mine:
-        if _shard_paths(out, k)[0].is_file():
-            _check_shard(out, k, source.ids[k * shard_size : (k + 1) * shard_size])
-        else:
-            todo.append(k)
+    todo = shards.pending(out, mine, source.ids, shard_size)
     if max_shards is not None:
         todo = todo[:max_shards]
     bar = None
@@ -617,10 +258,7 @@ def encode_corpus(
                 max_length=max_length,
                 show_progress=show_progress and n_shards == 1,
             )
-            npy, ids_path = _shard_paths(out, k)
-            # ids first, array last: an existing shard .npy means its .ids is complete
-            _write_ids(ids_path, source.ids[start:stop])
-            _atomic_save_npy(npy, emb.astype(DTYPES.get(dtype, np.float32)))
+            shards.write_shard(out, k, source.ids[start:stop], emb.astype(DTYPES.get(dtype, np.float32)))
             encoded += 1
             if bar is not None:
                 bar.update(stop - start)
@@ -629,101 +267,13 @@ def encode_corpus(
             bar.close()
     encoded = sum(distributed.gather_objects(encoded, world))
     distributed.barrier()  # every rank's shards are on disk
-    done = sum(_shard_paths(out, k)[0].is_file() for k in range(n_shards))
+    done = shards.count_done(out, n_shards)
     if done < n_shards:
         return CorpusEncodeResult(False, n_shards, done, encoded, n)
     if rank == 0:
-        dim = int(np.load(_shard_paths(out, 0)[0], mmap_mode="r").shape[1])
-        _merge_shards(out, n_shards, n, dim, dtype, rescore_dtype)
-        write_text_atomic(
-            meta_path, json.dumps({**settings, "complete": True, "dim": dim}, indent=2, sort_keys=True)
-        )
-        for k in range(n_shards):
-            for p in _shard_paths(out, k):
-                p.unlink(missing_ok=True)
+        shards.finish(out, n_shards, n, dtype, rescore_dtype, settings)
     distributed.barrier()
     return CorpusEncodeResult(True, n_shards, n_shards, encoded, n)
-
-
-def _check_shard(out: Path, k: int, expected_ids: Sequence[str]) -> None:
-    npy, ids_path = _shard_paths(out, k)
-    ids = read_ids(ids_path)
-    if ids != list(expected_ids):
-        raise DataError(
-            "shard does not match the corpus (its ids differ); the corpus changed since it was written: "
-            "use --overwrite",
-            ids_path,
-        )
-    rows = np.load(npy, mmap_mode="r").shape[0]
-    if rows != len(ids):
-        raise DataError(f"shard has {rows} rows for {len(ids)} ids; delete it to re-encode it", npy)
-
-
-def _merge_shards(out: Path, n_shards: int, n: int, dim: int, dtype: str, rescore_dtype: str | None) -> None:
-    """Concatenate shards into doc.npy / doc.ids, streaming (one shard in memory at a time); compact codes
-    (and their int8 ranges, rescoring store) are quantized from the float shards here, doc.npy last."""
-    tmp_ids = out / f"{DOC}.ids.tmp"
-    with open(tmp_ids, "w", encoding="utf-8") as f_ids:
-        for k in range(n_shards):
-            with open(_shard_paths(out, k)[1], encoding="utf-8") as f:
-                shutil.copyfileobj(f, f_ids)
-
-    def blocks():
-        return (np.load(_shard_paths(out, k)[0], mmap_mode="r") for k in range(n_shards))
-
-    npy = out / f"{DOC}.npy"
-    for target, kind in ((quantize.rescore_path(npy), rescore_dtype), (npy, dtype)):
-        ranges = quantize.write_rows(target, blocks, n, dim, kind) if kind else None
-        if ranges is not None:  # int8: calibrated on the whole corpus, kept for the queries and later corpora
-            quantize.save_ranges(npy, ranges)
-    os.replace(tmp_ids, out / f"{DOC}.ids")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Model loading (shared with evaluate and mine)
-
-
-def load_encoder(
-    model: str | Path | Encoder,
-    *,
-    device: str | None = None,
-    precision: str | None = None,
-    dim: int | None = None,
-) -> Encoder:
-    """A model folder/name -> :class:`densetune.models.biencoder.BiEncoder` on ``device`` (default: cuda if
-    available); an object with ``encode_texts`` is returned as it is. ``precision`` (``auto`` | ``bf16`` |
-    ``fp32``): what its forwards run in (:func:`densetune.precision.set_inference_precision`; a model loaded
-    here gets bf16 weights under bf16, an object passed in runs under autocast); None: as it is. ``dim``:
-    embeddings cut to their first ``dim`` dimensions (a :class:`~densetune.models.matryoshka.TruncatedEncoder`,
-    renormalised when the model normalises)."""
-    encoder = _load_encoder(model, device=device, precision=precision)
-    if dim is None:
-        return encoder
-    from densetune.models.matryoshka import TruncatedEncoder
-
-    return TruncatedEncoder(encoder, dim)
-
-
-def _load_encoder(model: str | Path | Encoder, *, device: str | None, precision: str | None) -> Encoder:
-    if not isinstance(model, (str, Path)):
-        if not hasattr(model, "encode_texts"):
-            raise DensetuneError(
-                f"{type(model).__name__} has no encode_texts(); expected a model path or a BiEncoder"
-            )
-        set_inference_precision(model, precision)
-        return model
-    from densetune.models.biencoder import BiEncoder
-    from densetune.retrieval.score import check_model_path
-
-    path = check_model_path(str(model))  # a folder, or a hub id (from the local cache when offline)
-    try:
-        encoder = BiEncoder.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise DensetuneError(f"{path}: could not load the model: {err}") from None
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = encoder.to(dev)
-    set_inference_precision(encoder, precision, owned=True)
-    return encoder
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -108,19 +108,12 @@ def retrieve_beir_dims(
     :func:`densetune.models.matryoshka.truncate`); None searches them whole. With ``save_dir`` the whole
     embeddings are written, and the run of each dim as ``run.trec`` (dim None) or ``run.dim{K}.trec``.
     """
+    from densetune.data.inputs import open_corpus, read_queries
     from densetune.data.trec import read_qrels, write_run
+    from densetune.models.loaders import load_encoder
     from densetune.models.matryoshka import check_width, truncate
-    from densetune.retrieval.encode import (
-        QUERY,
-        embed_texts,
-        encode_corpus,
-        encoder_meta,
-        load_embeddings,
-        load_encoder,
-        open_corpus,
-        read_queries,
-        write_embeddings,
-    )
+    from densetune.retrieval.embeddings import QUERY, load_embeddings, write_embeddings
+    from densetune.retrieval.encode import embed_texts, encode_corpus, encoder_meta
     from densetune.retrieval.search import search_run
 
     beir_dir = Path(beir_dir)

@@ -286,13 +286,9 @@ def _mine_dense(
 
     Returns ``(corpus_rows, meta, mined)``: rows of the corpus table in embedding order, the encoder's
     metadata, and the :class:`MinedNegatives` (rows index the embeddings)."""
-    from densetune.retrieval.encode import (
-        DEFAULT_SHARD_SIZE,
-        DocSource,
-        encode_corpus,
-        load_embeddings,
-        read_meta,
-    )
+    from densetune.data.inputs import DocSource
+    from densetune.retrieval.embeddings import load_embeddings, read_meta
+    from densetune.retrieval.encode import DEFAULT_SHARD_SIZE, encode_corpus
 
     search_config = search_config or SearchConfig()
     encoder, meta = _encoder_and_meta(model, device, precision, max_length, dim)
@@ -393,8 +389,9 @@ def _encoder_and_meta(model, device, precision, max_length, dim=None):
     import torch
 
     from densetune.models.biencoder import folder_normalizes
+    from densetune.models.loaders import load_encoder
     from densetune.precision import resolve_precision
-    from densetune.retrieval.encode import encoder_meta, load_encoder
+    from densetune.retrieval.encode import encoder_meta
 
     def load():
         return load_encoder(model, device=device, precision=precision, dim=dim)
@@ -436,13 +433,8 @@ def _query_embeddings(
     The corpus-embeddings directory holds them, so a second mine over the same data (other selection rules)
     encodes nothing; the file name keeps them apart from ``densetune encode --queries`` output.
     """
-    from densetune.retrieval.encode import (
-        embed_texts,
-        lines_digest,
-        load_embeddings,
-        read_meta,
-        write_embeddings,
-    )
+    from densetune.retrieval.embeddings import lines_digest, load_embeddings, read_meta, write_embeddings
+    from densetune.retrieval.encode import embed_texts
 
     wanted = {**meta, "texts_sha1": lines_digest(texts)}
     if directory is not None:

@@ -224,7 +224,7 @@ def _load_dataset(directory: str, split: str):
 
 
 def main(args: argparse.Namespace) -> int:
-    from densetune.retrieval.score import check_model_path, load_reranker
+    from densetune.models.loaders import check_model_path, load_reranker
 
     if args.top_k < 1:
         raise DensetuneError(f"--top-k must be >= 1, got {args.top_k}")

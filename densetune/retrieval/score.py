@@ -40,8 +40,9 @@ from typing import Any
 from densetune import distributed
 from densetune.data.records import Example
 from densetune.errors import DensetuneError
+from densetune.models.loaders import check_model_path, load_reranker
 from densetune.paths import add_overwrite_argument, atomic_path, check_output
-from densetune.precision import add_precision_argument, set_inference_precision
+from densetune.precision import add_precision_argument
 
 OUTPUT_FORMATS = ("flag", "llm-embedder")
 PROGRESS_FILE = "progress.json"
@@ -230,7 +231,7 @@ class _LostFields(logging.Filter):
 
 
 def main(args: argparse.Namespace) -> int:
-    from densetune.data.corpus import fingerprint
+    from densetune.data.arrowcache import fingerprint
     from densetune.data.formats import detect_format, expand_paths, iter_examples
 
     out = Path(args.out)
@@ -324,46 +325,6 @@ def main(args: argparse.Namespace) -> int:
         _print_summary(progress, out, fmt, elapsed, pairs_now, resumed_from, lost, stats, world)
     distributed.barrier()
     return 0
-
-
-def check_model_path(model: str, option: str = "--model") -> str:
-    """An existing model folder (absolute), or a hub id ``org/name`` left to the local cache; else a
-    one-line error."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if path.exists():
-        raise DensetuneError(f"{option} {model}: expected a model folder, got a file")
-    if re.fullmatch(r"[A-Za-z0-9_][\w.-]*/[\w.-]+", model):
-        return model
-    raise DensetuneError(f"{option} {model}: model not found; expected a model folder or a hub id (org/name)")
-
-
-def load_reranker(
-    model: str,
-    *,
-    max_length: int | None = None,
-    dtype: str | None = None,
-    device: str | None = None,
-    precision: str | None = None,
-):
-    """A :class:`~densetune.models.crossencoder.CrossEncoder` in eval mode on ``device`` (default: cuda when
-    available), for the score and rerank commands; a load failure becomes one line. ``precision``: what its
-    forwards run in (:func:`densetune.precision.set_inference_precision`)."""
-    import torch
-
-    from densetune.models.crossencoder import CrossEncoder
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        reranker = CrossEncoder.from_pretrained(model, max_length=max_length, dtype=dtype)
-    except (OSError, ValueError) as err:
-        text = str(err).strip()
-        first = text.splitlines()[0] if text else type(err).__name__
-        raise DensetuneError(f"--model {model}: cannot load a reranker: {first}") from None
-    reranker = reranker.to(device).eval()
-    set_inference_precision(reranker, precision, owned=dtype is None)  # an explicit --dtype stays
-    return reranker
 
 
 def _resume_or_start(partial: Path, wanted: ScoreProgress, *, restart: bool) -> ScoreProgress:

@@ -358,7 +358,7 @@ def _normalized(path: str, kind: str) -> bool:
     """Whether ``densetune encode`` recorded normalised embeddings in ``path`` (a directory or its .npy)."""
     from pathlib import Path
 
-    from densetune.retrieval.encode import read_meta
+    from densetune.retrieval.embeddings import read_meta
 
     folder = Path(path).parent if str(path).endswith(".npy") else Path(path)
     return bool(read_meta(folder, kind).get("normalized"))
@@ -370,7 +370,7 @@ def main(args: argparse.Namespace) -> int:
     if args.bm25:
         return bm25.search_main(args)
     from densetune.data.trec import write_run
-    from densetune.retrieval.encode import load_embeddings
+    from densetune.retrieval.embeddings import load_embeddings
 
     config = SearchConfig(
         index=args.index,

@@ -32,12 +32,14 @@ from densetune.distributed import gather_objects, init_distributed
 from densetune.errors import ConfigError, DensetuneError
 from densetune.precision import resolve_precision
 from densetune.train import checkpoint as ckpt
-from densetune.train.config import RecipeConfig, diff_configs, model_loader_kwargs, save_config
+from densetune.train.checks import model_loader_kwargs
+from densetune.train.config import diff_configs, save_config
 from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_curves
 from densetune.train.memory import GIB, check_memory, device_memory, estimate_memory
 from densetune.train.optim import build_optimizer, build_scheduler, lr_factor, warmup_steps
 from densetune.train.preflight import preflight
 from densetune.train.rundir import OutputDir, new_run_id
+from densetune.train.schema import RecipeConfig
 from densetune.train.sharding import (
     apply_fsdp,
     load_model_state,
@@ -53,7 +55,7 @@ class TrainRecipe:
     holds what differs between the two.
 
     Args:
-        cfg: a validated :class:`~densetune.train.config.RecipeConfig`.
+        cfg: a validated :class:`~densetune.train.schema.RecipeConfig`.
 
     Example:
         >>> recipe = TrainRecipe(load_config("configs/minilm_scifact.yaml", ["train.max_steps=20"]))

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from densetune.train.config import OptimConfig
+from densetune.train.schema import OptimConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

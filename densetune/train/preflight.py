@@ -16,7 +16,7 @@ import numpy as np
 
 from densetune.config import instantiate
 from densetune.errors import DataError
-from densetune.train.config import RecipeConfig
+from densetune.train.schema import RecipeConfig
 
 # Negative modes that stop on a row without negatives (the others leave such a row out and count it).
 _STOPPING_MODES = ("cycle", "pool")

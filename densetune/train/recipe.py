@@ -12,7 +12,8 @@ import argparse
 import yaml
 
 from densetune.errors import ConfigError
-from densetune.train.config import check_components, load_config
+from densetune.train.checks import check_components
+from densetune.train.config import load_config
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from densetune.data import corpus as corpus_mod
-from densetune.data import idindex
+from densetune.data import arrowcache, docrows, idindex
 from densetune.data import store as store_mod
 from densetune.data.beir import load_beir
 from densetune.data.corpus import Corpus, doc_text, load_corpus
@@ -265,8 +264,8 @@ def test_corpus_rows_keep_their_other_fields(tmp_path, cache):
 
 
 def test_corpus_large_lookup_and_many_chunks(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(corpus_mod, "_BATCH_BYTES", 2000)  # many record batches: take() must group by chunk
-    monkeypatch.setattr(corpus_mod, "_READ_ROWS", 100)
+    monkeypatch.setattr(arrowcache, "_BATCH_BYTES", 2000)  # many record batches: take() must group by chunk
+    monkeypatch.setattr(docrows, "_READ_ROWS", 100)
     n = 5000
     write_jsonl(tmp_path / "big.jsonl", [{"id": f"d{i}", "text": f"text {i}"} for i in range(n)])
     corpus = load_corpus(tmp_path / "big.jsonl", cache_dir=cache)

@@ -182,8 +182,8 @@ def test_cli_fuse(tmp_path, capsys):
 def test_scifact_bm25_ndcg_is_in_the_beir_range(scifact_dir, tmp_path):
     """BEIR reports 0.665 nDCG@10 for Anserini BM25 on SciFact test; bm25s with the same settings lands
     near it (0.676 measured)."""
+    from densetune.data.inputs import open_corpus, read_queries
     from densetune.data.trec import read_qrels
-    from densetune.retrieval.encode import open_corpus, read_queries
     from densetune.retrieval.evaluate import evaluate_run
 
     qids, queries = read_queries(scifact_dir, "test")

@@ -8,16 +8,10 @@ import numpy as np
 import pytest
 
 from densetune.cli import main as cli
+from densetune.data.inputs import DocSource, open_corpus, read_queries
 from densetune.errors import DataError
-from densetune.retrieval.encode import (
-    DocSource,
-    encode_corpus,
-    encode_queries,
-    load_embeddings,
-    open_corpus,
-    read_meta,
-    read_queries,
-)
+from densetune.retrieval.embeddings import load_embeddings, read_meta
+from densetune.retrieval.encode import encode_corpus, encode_queries
 
 
 def _docs(n=10):

@@ -13,7 +13,7 @@ from processes import run_densetune
 from tiny_models import save_tiny_bert
 
 from densetune.retrieval import quantize
-from densetune.retrieval.encode import load_embeddings
+from densetune.retrieval.embeddings import load_embeddings
 
 pytestmark = pytest.mark.slow
 

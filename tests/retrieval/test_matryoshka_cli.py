@@ -10,7 +10,7 @@ import pytest
 from densetune.cli import main as cli
 from densetune.errors import DataError
 from densetune.models.matryoshka import TruncatedEncoder, truncate
-from densetune.retrieval.encode import load_embeddings, read_meta
+from densetune.retrieval.embeddings import load_embeddings, read_meta
 from densetune.retrieval.mine import MiningConfig, mine
 
 

@@ -321,7 +321,8 @@ def test_mine_reuses_a_float16_encode_with_other_shards(beir_dir, stub_encoder, 
     """The chain docs/scaling.md shows: `encode --dtype float16 --shard-size ...` first, then `mine
     --corpus-embeddings` on the same directory reuses it instead of refusing its layout."""
     from densetune.data.corpus import load_corpus
-    from densetune.retrieval.encode import DocSource, encode_corpus, encoder_meta
+    from densetune.data.inputs import DocSource
+    from densetune.retrieval.encode import encode_corpus, encoder_meta
 
     emb = tmp_path / "emb"
     meta = encoder_meta(stub_encoder, "", None)
@@ -469,7 +470,8 @@ def test_model_folder_metadata_without_loading_equals_the_loaded_models(
     loaded); it must be what the loaded model reports, or saved embeddings would be reused wrongly."""
     from tiny_models import save_tiny_bert
 
-    from densetune.retrieval.encode import encoder_meta, load_encoder
+    from densetune.models.loaders import load_encoder
+    from densetune.retrieval.encode import encoder_meta
     from densetune.retrieval.mine import _encoder_and_meta, _LazyEncoder
 
     folder = tmp_path_factory.mktemp("tiny")
@@ -486,7 +488,7 @@ def test_model_folder_metadata_without_loading_equals_the_loaded_models(
 def test_mining_from_saved_embeddings_does_not_load_the_model(minilm_path, tmp_path, monkeypatch, make_beir):
     from tiny_models import save_tiny_bert
 
-    from densetune.retrieval import encode
+    from densetune.models import loaders
 
     model = save_tiny_bert(tmp_path / "model", minilm_path)
     corpus = [(f"d{i}", "", f"passage {i} about topic {i % 5}") for i in range(40)]
@@ -501,6 +503,6 @@ def test_mining_from_saved_embeddings_does_not_load_the_model(minilm_path, tmp_p
     def refuse(*a, **k):
         raise AssertionError("the model was loaded although every embedding was saved")
 
-    monkeypatch.setattr(encode, "load_encoder", refuse)
+    monkeypatch.setattr(loaders, "load_encoder", refuse)
     assert cli([*args, "--out", str(tmp_path / "b.jsonl")]) == 0
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()

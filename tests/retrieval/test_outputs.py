@@ -10,7 +10,7 @@ import pytest
 
 from densetune.cli import main as cli
 from densetune.data.trec import write_run
-from densetune.retrieval.encode import write_embeddings
+from densetune.retrieval.embeddings import write_embeddings
 
 OLD = "old output\n"
 

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from densetune.cli import main as cli
+from densetune.data.inputs import DocSource
 from densetune.errors import DataError, DensetuneError
 from densetune.retrieval import quantize
-from densetune.retrieval.encode import DocSource, encode_corpus, encode_queries, load_embeddings, read_meta
+from densetune.retrieval.embeddings import load_embeddings, read_meta
+from densetune.retrieval.encode import encode_corpus, encode_queries
 from densetune.retrieval.search import SearchConfig, compact_search, exact_search
 
 

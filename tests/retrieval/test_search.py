@@ -9,7 +9,7 @@ import torch
 from densetune.cli import main as cli
 from densetune.data.trec import read_run
 from densetune.errors import DensetuneError
-from densetune.retrieval.encode import write_embeddings
+from densetune.retrieval.embeddings import write_embeddings
 from densetune.retrieval.search import (
     SearchConfig,
     brute_force_search,

@@ -16,7 +16,8 @@ import torch
 
 from densetune.data.prompts import LLM_SPECIAL_TOKENS
 from densetune.models.biencoder import BiEncoder
-from densetune.train.config import check_components, load_config
+from densetune.train.checks import check_components
+from densetune.train.config import load_config
 
 pytestmark = pytest.mark.slow
 

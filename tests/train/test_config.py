@@ -9,15 +9,10 @@ import torch
 from torch import nn
 
 from densetune.errors import ConfigError
-from densetune.train.config import (
-    DEFAULT_COLLATOR,
-    RecipeConfig,
-    check_components,
-    diff_configs,
-    load_config,
-    save_config,
-)
+from densetune.train.checks import check_components
+from densetune.train.config import diff_configs, load_config, save_config
 from densetune.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from densetune.train.schema import DEFAULT_COLLATOR, RecipeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (REPO / "configs").glob("*.yaml") if p.name != "nemo_dataloader.yaml")

@@ -13,7 +13,7 @@ from train_helpers import make_inline_data, tiny_recipe, write_yaml
 from densetune import cli
 from densetune.losses import MatryoshkaLoss
 from densetune.models.matryoshka import trained_dims
-from densetune.retrieval.encode import load_embeddings, read_meta
+from densetune.retrieval.embeddings import load_embeddings, read_meta
 from densetune.train.config import from_dict, merge_defaults
 from densetune.train.loop import TrainRecipe
 

@@ -52,7 +52,6 @@ __all__ = [
     "CrossEncoderCollator",
     "RetrievalBiencoderCollator",
     "feature_to_group",
-    "group_to_features",
 ]
 
 DEFAULT_RERANK_TEMPLATE = "question:{query} \n \n passage:{passage}"
@@ -63,35 +62,9 @@ DEFAULT_RERANK_TEMPLATE = "question:{query} \n \n passage:{passage}"
 # ---------------------------------------------------------------------------------------------------------
 
 
-def group_to_features(group: Group) -> dict[str, Any]:
-    """A :class:`Group` as the NeMo Automodel dataset item the seed collators read.
-
-    Returns:
-        ``{"question", "doc_text", "doc_image", "doc_id", "query_instruction", "passage_instruction",
-        "teacher_scores", "query_id", "task", "type", "prompt"}``; lists are aligned with ``group.docs``
-        (positive first); a document's text is ``"{title} {text}"`` when it has a title
-        (:func:`densetune.data.corpus.doc_text`, the BEIR convention); ``teacher_scores`` is ``group.scores``
-        (None without scores).
-    """
-    docs = group.docs
-    return {
-        "question": group.query,
-        "doc_text": [doc_text(d) for d in docs],
-        "doc_image": [d.image for d in docs],
-        "doc_id": [d.id for d in docs],
-        "query_instruction": group.query_instruction,
-        "passage_instruction": group.passage_instruction,
-        "teacher_scores": group.scores,
-        "query_id": group.query_id,
-        "task": group.task,
-        "type": group.type,
-        "prompt": group.prompt,
-        "category": group.category,
-    }
-
-
 def feature_to_group(feature: Group | Mapping[str, Any]) -> Group:
-    """The inverse of :func:`group_to_features`; also reads LLM-Embedder (``query``/``key``) dicts.
+    """A NeMo Automodel dataset item (``question`` / ``doc_text`` ...) as a :class:`Group`; also reads
+    LLM-Embedder (``query``/``key``) dicts.
 
     Accepted keys: ``question`` or ``query``; ``doc_text`` or ``key`` or ``docs`` (texts or :class:`Doc`);
     optional ``doc_id``, ``doc_image``, ``teacher_scores`` (or ``scores``), ``query_id``, ``task``, ``type``,

@@ -16,7 +16,6 @@ from densetune.data.collators import (
     _doc_id_str_to_int64,
     _unpack_doc_values,
     feature_to_group,
-    group_to_features,
 )
 from densetune.data.flag_collators import RetrievalDataCollator, SameEmbedCollator
 from densetune.data.records import Doc, Group
@@ -61,18 +60,19 @@ def test_unpack_doc_values_one_row_per_document():
     ]
 
 
-def test_group_titles_are_joined_into_the_text():
+def test_group_titles_are_joined_into_the_text(minilm_tokenizer):
     group = Group("q", "q1", [Doc("a", "is red", title="Mars"), Doc("b", "no title")])
-    assert group_to_features(group)["doc_text"] == ["Mars is red", "no title"]
+    batch = BiEncoderCollator(minilm_tokenizer).collate_groups([group])
+    first = batch.d_input_ids[0][batch.d_attention_mask[0].bool()].tolist()
+    assert first == minilm_tokenizer("Mars is red")["input_ids"]
 
 
-def test_group_and_feature_round_trip():
-    group = Group("q", "q1", [Doc("a", "pos", image="img.png"), Doc("b", "neg")], scores=[1.0, 0.0], task="t")
-    features = group_to_features(group)
-    assert features["doc_text"] == ["pos", "neg"] and features["doc_id"] == ["a", "b"]
-    assert features["doc_image"] == ["img.png", ""] and features["teacher_scores"] == [1.0, 0.0]
+def test_a_seed_item_reads_as_a_group():
+    features = {"question": "q", "doc_text": ["pos", "neg"], "doc_id": ["a", "b"], "doc_image": ["img.png", ""],
+                "teacher_scores": [1.0, 0.0], "task": "t"}  # fmt: skip
     back = feature_to_group(features)
-    assert [d.id for d in back.docs] == ["a", "b"] and back.scores == [1.0, 0.0] and back.task == "t"
+    assert [d.id for d in back.docs] == ["a", "b"] and [d.text for d in back.docs] == ["pos", "neg"]
+    assert back.docs[0].image == "img.png" and back.scores == [1.0, 0.0] and back.task == "t"
     llm = feature_to_group({"query": "q", "key": ["k1", "k2"], "task": "qa"})
     assert llm.query == "q" and [d.text for d in llm.docs] == ["k1", "k2"]
     with pytest.raises(ValueError, match="needs a query"):

@@ -26,8 +26,9 @@ from torch.utils.data import Dataset
 from densetune.data.corpus import doc_text
 from densetune.data.flag_collators import RetrievalDataCollator
 from densetune.data.groups import GroupSelector
-from densetune.data.prompts import TASK_CONFIG, apply_instruction, get_query_prompt
+from densetune.data.prompts import apply_instruction, get_query_prompt
 from densetune.data.records import Doc, Example, Group
+from densetune.data.tasks import TASK_CONFIG
 from densetune.errors import ConfigError, DataError
 
 logger = logging.getLogger("densetune.data")

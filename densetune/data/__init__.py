@@ -19,7 +19,7 @@ _EXPORTS = {
     "make_retrieval_dataset": "densetune.compat.nemo_automodel",
     "RetrievalDataset": "densetune.compat.llm_embedder",
     "SameDatasetTrainDataset": "densetune.compat.llm_embedder",
-    "TASK_CONFIG": "densetune.data.prompts",
+    "TASK_CONFIG": "densetune.data.tasks",
     "get_query_prompt": "densetune.data.prompts",
     "BiEncoderCollator": "densetune.data.collators",
     "RetrievalBiencoderCollator": "densetune.data.collators",
@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from densetune.data.collators import BiEncoderCollator, CrossEncoderCollator, RetrievalBiencoderCollator
     from densetune.data.dataset import RetrievalTrainDataset
     from densetune.data.flag_collators import RetrievalDataCollator, SameEmbedCollator
-    from densetune.data.prompts import TASK_CONFIG, get_query_prompt
+    from densetune.data.prompts import get_query_prompt
+    from densetune.data.tasks import TASK_CONFIG
 
 
 def __getattr__(name: str) -> Any:

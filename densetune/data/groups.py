@@ -90,8 +90,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from densetune.data.corpus import doc_text
-from densetune.data.prompts import TASK_CONFIG, apply_instruction, train_config_name
+from densetune.data.prompts import apply_instruction
 from densetune.data.records import Doc, Example, Group
+from densetune.data.tasks import TASK_CONFIG, train_config_name, training_table
 from densetune.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -156,17 +157,9 @@ def train_config_selection(config: str = "llm-embedder") -> dict[str, dict[str, 
         >>> train_config_selection()["chat"]["positive"]
         'teacher'
     """
-    table = TASK_CONFIG.get(config, {}).get("training")
-    if table is None:
-        with_training = [name for name, entry in TASK_CONFIG.items() if "training" in entry]
-        raise ConfigError(
-            "use_train_config",
-            f"TASK_CONFIG has no training settings for {config!r}; expected true or one of "
-            f"{', '.join(with_training)}",
-        )
     return {
         task: {_TRAIN_CONFIG_NAMES[k]: v for k, v in entry.items() if k in _TRAIN_CONFIG_NAMES}
-        for task, entry in table.items()
+        for task, entry in training_table(config).items()
     }
 
 

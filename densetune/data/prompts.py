@@ -5,8 +5,8 @@ budget is):
 
 - NeMo Automodel: static prefixes joined with a space (:func:`join_prefix`), or per-dataset instructions from
   corpus metadata (:class:`PromptFormatter`).
-- FlagEmbedding LLM-Embedder: task instructions prepended without a separator (:data:`TASK_CONFIG`,
-  :func:`apply_instruction`).
+- FlagEmbedding LLM-Embedder: task instructions prepended without a separator (:func:`apply_instruction`;
+  the instructions themselves are :data:`densetune.data.tasks.TASK_CONFIG`).
 - FlagEmbedding BGE-EN-ICL: ``<instruct>``/``<query>``/``<response>`` query prompts
   (:func:`get_query_prompt`), in-context examples under a token budget (:func:`build_icl_query`,
   :func:`sample_icl_examples`) and prompted passages for symmetric tasks (:func:`format_passage`).
@@ -25,10 +25,9 @@ and the query ending in ``\\nResponse:`` (without one).
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from densetune.errors import ConfigError
 
@@ -94,187 +93,11 @@ class PromptFormatter:
         return join_prefix(instruction if self.use_dataset_instruction else self.passage_prefix, text)
 
 
-# ---------------------------------------------------------------------------------------------------------
-# FlagEmbedding LLM-Embedder: task instructions and per-task training settings
-# ---------------------------------------------------------------------------------------------------------
-
-TASK_CONFIG: dict[str, dict[str, Any]] = {
-    "llm-embedder": {
-        # Prepended verbatim, trailing space included: instruction["query"] + query, instruction["key"] + key.
-        "instruction": {
-            "qa": {
-                "query": "Represent this query for retrieving relevant documents: ",
-                "key": "Represent this document for retrieval: ",
-            },
-            "convsearch": {
-                "query": "Encode this query and context for searching relevant passages: ",
-                "key": "Encode this passage for retrieval: ",
-            },
-            "chat": {
-                "query": "Embed this dialogue to find useful historical dialogues: ",
-                "key": "Embed this historical dialogue for retrieval: ",
-            },
-            "lrlm": {
-                "query": "Embed this text chunk for finding useful historical chunks: ",
-                "key": "Embed this historical text chunk for retrieval: ",
-            },
-            "icl": {
-                "query": "Convert this example into vector to look for useful examples: ",
-                "key": "Convert this example into vector for retrieval: ",
-            },
-            "tool": {
-                "query": "Transform this user request for fetching helpful tool descriptions: ",
-                "key": "Transform this tool description for retrieval: ",
-            },
-        },
-        # Used when prepare_train_dataset(use_train_config=True): select_positive / select_negative map to
-        # GroupSelector(positive=, negative=); the weights and temperature configure the losses.
-        "training": {
-            "qa": {
-                "select_positive": "first",
-                "select_negative": "random",
-                "max_sample_num": None,
-                "teacher_scores_margin": None,
-                "teacher_scores_min": None,
-                "contrastive_weight": 0,
-                "stable_distill": True,
-            },
-            "convsearch": {
-                "select_positive": "first",
-                "select_negative": "random",
-                "max_sample_num": None,
-                "teacher_scores_margin": None,
-                "teacher_scores_min": None,
-                "distill_weight": 0,
-                "stable_distill": False,
-            },
-            "chat": {
-                "select_positive": "teacher",
-                "select_negative": "random",
-                "max_sample_num": None,
-                "teacher_scores_margin": None,
-                "teacher_scores_min": None,
-                "distill_weight": 1.0,
-                "contrastive_weight": 0,
-                "teacher_temperature": 0.1,
-                "stable_distill": False,
-            },
-            "lrlm": {
-                "select_positive": "teacher",
-                "select_negative": "random",
-                "max_sample_num": 10000,
-                "teacher_scores_margin": 0.1,
-                "teacher_scores_min": None,
-                "distill_weight": 1.0,
-                "contrastive_weight": 0,
-                "teacher_temperature": 0.1,
-                "stable_distill": False,
-            },
-            "icl": {
-                "select_positive": "random",
-                "select_negative": "random",
-                "max_sample_num": None,
-                "teacher_scores_margin": None,
-                "teacher_scores_min": None,
-                "contrastive_weight": 0,
-                "stable_distill": True,
-            },
-            "tool": {
-                "select_positive": "first",
-                "select_negative": "random",
-                "max_sample_num": None,
-                "teacher_scores_margin": None,
-                "teacher_scores_min": None,
-                "distill_weight": 0,
-                "stable_distill": False,
-            },
-        },
-    },
-    # Baselines the LLM-Embedder code evaluates against; the same instruction for every task.
-    "bge": {
-        "instruction": defaultdict(
-            lambda: {"query": "Represent this sentence for searching relevant passages: ", "key": ""}
-        )
-    },
-    "e5": {"instruction": defaultdict(lambda: {"query": "query: ", "key": "passage: "})},
-    "instructor": {
-        "instruction": {
-            "qa": {
-                "query": "Represent the query for retrieving supporting documents: ",
-                "key": "Represent the document for retrieval: ",
-            },
-            "convsearch": {
-                "query": "Represent the query and context for retrieving supporting passages: ",
-                "key": "Represent the passage for retrieval: ",
-            },
-            "chat": {
-                "query": "Represent the dialogue for retrieving useful historical dialogues: ",
-                "key": "Represent the historical dialogue for retrieval: ",
-            },
-            "lrlm": {
-                "query": "Represent the text chunk for retrieving useful historical chunks: ",
-                "key": "Represent the historical text chunk for retrieval: ",
-            },
-            "icl": {
-                "query": "Represent the example for retrieving duplicate examples: ",
-                "key": "Represent the example for retrieval: ",
-            },
-            "tool": {
-                "query": "Represent the user request for retrieving duplicate examples: ",
-                "key": "Represent the tool description for retrieval: ",
-            },
-        },
-    },
-}
-"""FlagEmbedding LLM-Embedder's ``TASK_CONFIG``, same structure and values.
-
-``TASK_CONFIG["llm-embedder"]["instruction"][task]`` is ``{"query": ..., "key": ...}`` for the tasks
-qa, convsearch, chat, lrlm, icl, tool; ``TASK_CONFIG["llm-embedder"]["training"][task]`` holds that task's
-selection settings (``select_positive``, ``select_negative``, ``max_sample_num``, ``teacher_scores_margin``,
-``teacher_scores_min``, ``stable_distill``) and loss settings (``contrastive_weight``, ``distill_weight``,
-``teacher_temperature``) where the seed sets them. ``bge``, ``e5`` and ``instructor`` give the baselines'
-instructions (bge and e5 the same for any task).
-"""
-
-
-def train_config_name(value: bool | str | None) -> str | None:
-    """``use_train_config`` as a TASK_CONFIG name (True means ``"llm-embedder"``), or None when off.
-
-    Raises:
-        ConfigError: a value that is neither a bool nor a TASK_CONFIG name with a ``training`` section.
-    """
-    if value is False or value is None:
-        return None
-    name = "llm-embedder" if value is True else value
-    if not isinstance(name, str) or "training" not in TASK_CONFIG.get(name, {}):
-        names = [n for n, c in TASK_CONFIG.items() if "training" in c]
-        raise ConfigError(
-            "use_train_config",
-            f"expected true, false or a TASK_CONFIG name ({', '.join(names)}), got {value!r}",
-        )
-    return name
-
-
-def task_instruction(task: str, config: str = "llm-embedder") -> dict[str, str]:
-    """``TASK_CONFIG[config]["instruction"][task]``, with an error that lists the valid names.
-
-    Raises:
-        ConfigError: unknown ``config`` or ``task``.
-    """
-    if config not in TASK_CONFIG:
-        raise ConfigError("config", f"unknown instruction set {config!r}; valid: {', '.join(TASK_CONFIG)}")
-    instructions = TASK_CONFIG[config]["instruction"]
-    if not isinstance(instructions, defaultdict) and task not in instructions:
-        raise ConfigError(
-            "task", f"no {config} instruction for task {task!r}; valid: {', '.join(instructions)}"
-        )
-    return instructions[task]
-
-
 def apply_instruction(text: str, instruction: str | None) -> str:
     """LLM-Embedder joining: ``instruction + text`` (the instruction carries its own trailing space).
 
     Example:
+        >>> from densetune.data.tasks import TASK_CONFIG
         >>> apply_instruction("who wrote hamlet", TASK_CONFIG["llm-embedder"]["instruction"]["qa"]["query"])
         'Represent this query for retrieving relevant documents: who wrote hamlet'
     """

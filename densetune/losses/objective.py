@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from densetune.data.prompts import TASK_CONFIG, train_config_name
+from densetune.data.tasks import train_config_name, training_table
 from densetune.errors import ConfigError
 from densetune.losses.contrastive import ContrastiveLoss
 from densetune.losses.distill import DISTILL_KINDS, DistillationLoss
@@ -42,15 +42,8 @@ def train_config_loss(config: str = "llm-embedder") -> dict[str, dict[str, Any]]
         >>> train_config_loss()["chat"]
         {'contrastive_weight': 0, 'distill_weight': 1.0, 'teacher_temperature': 0.1, 'distill_kind': 'kl'}
     """
-    table = TASK_CONFIG.get(config, {}).get("training")
-    if table is None:
-        with_training = [name for name, entry in TASK_CONFIG.items() if "training" in entry]
-        raise ConfigError(
-            "use_train_config",
-            f"TASK_CONFIG has no training settings for {config!r}; expected true or one of {', '.join(with_training)}",
-        )
     out: dict[str, dict[str, Any]] = {}
-    for task, entry in table.items():
+    for task, entry in training_table(config).items():
         settings = {k: entry[k] for k in TASK_LOSS_KEYS if k in entry}
         settings["distill_kind"] = "stable_distill" if entry.get("stable_distill") else "kl"
         out[task] = settings

@@ -81,7 +81,7 @@ def check_values(cfg: RecipeConfig) -> None:
         cfg.loss.matryoshka_dims, cfg.loss.matryoshka_weights = check_dims(
             cfg.loss.matryoshka_dims, cfg.loss.matryoshka_weights
         )
-    from densetune.data.prompts import train_config_name
+    from densetune.data.tasks import train_config_name
 
     try:
         train_config_name(cfg.loss.use_train_config)

@@ -487,7 +487,7 @@ def test_task_settings_select_each_task_with_its_own_modes():
 
 def test_use_train_config_takes_task_config_and_explicit_settings_win():
     from densetune.data.groups import train_config_selection
-    from densetune.data.prompts import TASK_CONFIG
+    from densetune.data.tasks import TASK_CONFIG
 
     sel = GroupSelector(8, use_train_config=True, task_settings={"lrlm": {"max_samples": 50}})
     for task, entry in TASK_CONFIG["llm-embedder"]["training"].items():
@@ -546,7 +546,7 @@ def test_per_task_options_are_validated_naming_the_key(kwargs, key, words):
 
 
 def test_format_prepends_task_instructions_without_separator():
-    from densetune.data.prompts import TASK_CONFIG
+    from densetune.data.tasks import TASK_CONFIG
 
     sel = GroupSelector(3, negative="first", instruction="llm-embedder")
     ex = example(task="tool")
@@ -624,8 +624,8 @@ def test_dataset_caps_each_task_and_reports_per_task_counts(tmp_path, caplog):
 def test_dataset_applies_instructions_after_resolving_documents(tmp_path):
     """Corpus-id documents have no text until resolved: the instruction must come after, not before."""
     from densetune.data.dataset import RetrievalTrainDataset
-    from densetune.data.prompts import TASK_CONFIG
     from densetune.data.store import load_examples
+    from densetune.data.tasks import TASK_CONFIG
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     store = load_examples(os.path.join(repo, "examples", "corpus_id", "train.json"), cache_dir=tmp_path)

@@ -8,7 +8,6 @@ import pytest
 
 from densetune.data.prompts import (
     LLM_SPECIAL_TOKENS,
-    TASK_CONFIG,
     PromptFormatter,
     apply_instruction,
     build_icl_query,
@@ -17,9 +16,9 @@ from densetune.data.prompts import (
     get_query_prompt,
     join_prefix,
     sample_icl_examples,
-    task_instruction,
     truncate_text,
 )
+from densetune.data.tasks import TASK_CONFIG, task_instruction
 from densetune.errors import ConfigError
 
 PROMPT = "Given a question, retrieve passages that answer it"

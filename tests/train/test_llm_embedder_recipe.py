@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from densetune.data.prompts import TASK_CONFIG
+from densetune.data.tasks import TASK_CONFIG
 from densetune.losses import ContrastiveLoss, DistillationLoss, RetrievalObjective
 from densetune.models.biencoder import BiEncoder
 from densetune.train.config import load_config

@@ -320,7 +320,7 @@ def test_per_task_stable_distill_scores_against_the_whole_batch():
 
 
 def test_use_train_config_reads_task_config_and_task_weights_override_it():
-    from densetune.data.prompts import TASK_CONFIG
+    from densetune.data.tasks import TASK_CONFIG
     from densetune.losses import train_config_loss
 
     contrastive, distill = ContrastiveLoss(0.01), DistillationLoss("kl", 1.0, 0.01)

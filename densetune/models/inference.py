@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from densetune.hostmem import reuse_freed_memory
 from densetune.precision import INFERENCE_ATTR
 
 # batches tokenised ahead of the one on the GPU (a thread: Hugging Face tokenizers release the GIL)
@@ -53,7 +54,8 @@ def map_longest_first(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(batches), desc=desc, unit="batch")
-        with autocast:
+        # on a CPU the activations are host memory: reuse the last batch's pages (densetune/hostmem.py)
+        with autocast, reuse_freed_memory(not on_gpu):
             for index, inputs in _prepared(batches, prepare, ahead=PREFETCH if on_gpu else 0):
                 out[torch.tensor(index, dtype=torch.long)] = run(inputs).float().cpu()
                 if bar is not None:

@@ -30,6 +30,7 @@ from densetune.config import instantiate, locate
 from densetune.data.batch import Batch, PairBatch, typed_batch
 from densetune.distributed import gather_objects, init_distributed
 from densetune.errors import ConfigError, DensetuneError
+from densetune.hostmem import HEAP_PEAK_FACTOR, reuse_freed_memory
 from densetune.precision import resolve_precision
 from densetune.train import checkpoint as ckpt
 from densetune.train.checks import model_loader_kwargs
@@ -148,10 +149,18 @@ class TrainRecipe:
         """The whole recipe: set up, train, finish (returns the summary), and leave the process group."""
         try:
             self.setup()
-            self.train()
-            return self.finish()
+            with reuse_freed_memory(self._reuse_host_memory()):
+                self.train()
+                return self.finish()
         finally:
             self.cleanup()
+
+    def _reuse_host_memory(self) -> bool:
+        """On a CPU the activations are host memory: reuse the last step's pages (:mod:`densetune.hostmem`),
+        unless the larger resident peak that costs would not fit the memory the run may use."""
+        if self.device.type != "cpu":
+            return False
+        return self.device_memory is None or self.memory.total * HEAP_PEAK_FACTOR <= self.device_memory
 
     def _claim_output_dir(self) -> None:
         """Lock ``output.dir`` for this process (rank 0) and remove what interrupted saves left there.

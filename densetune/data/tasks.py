@@ -1,6 +1,7 @@
 """Tasks: FlagEmbedding's TASK_CONFIG (each instruction set's per-task instructions and, for LLM-Embedder,
 per-task training settings) and the one place it is looked up: :func:`train_config_name`
-(``use_train_config``), :func:`training_table` (a set's training settings), :func:`task_instruction`."""
+(``use_train_config``), :func:`training_table` (a set's training settings), :func:`train_config_selection`
+(its selection settings in GroupSelector's names), :func:`task_instruction`."""
 
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def train_config_name(value: bool | str | None) -> str | None:
 
 def training_table(config: str) -> dict[str, dict[str, Any]]:
     """``TASK_CONFIG[config]["training"]``: each task's training settings (selection and loss keys alike),
-    read by :func:`densetune.data.groups.train_config_selection` and :func:`densetune.losses.train_config_loss`.
+    read by :func:`train_config_selection` and :func:`densetune.losses.train_config_loss`.
 
     Raises:
         ConfigError: ``config`` is not a TASK_CONFIG entry with a ``training`` table.
@@ -182,6 +183,47 @@ def training_table(config: str) -> dict[str, dict[str, Any]]:
             f"{', '.join(with_training)}",
         )
     return table
+
+
+# What a GroupSelector ``task_settings`` entry may set, and the names the same settings have in
+# TASK_CONFIG[...]["training"] (the seed's prepare_train_dataset arguments). The table's loss keys belong to
+# densetune.losses.
+TASK_SETTING_KEYS = (
+    "positive",
+    "negative",
+    "teacher_scores_min",
+    "teacher_scores_margin",
+    "stable_distill",
+    "max_samples",
+)
+_TRAIN_CONFIG_NAMES = {
+    "select_positive": "positive",
+    "select_negative": "negative",
+    "teacher_scores_min": "teacher_scores_min",
+    "teacher_scores_margin": "teacher_scores_margin",
+    "stable_distill": "stable_distill",
+    "max_sample_num": "max_samples",
+}
+
+
+def train_config_selection(config: str = "llm-embedder") -> dict[str, dict[str, Any]]:
+    """The per-task selection settings of ``TASK_CONFIG[config]["training"]``, in GroupSelector's names.
+
+    ``select_positive`` -> ``positive``, ``select_negative`` -> ``negative``, ``max_sample_num`` ->
+    ``max_samples``; ``teacher_scores_min``, ``teacher_scores_margin`` and ``stable_distill`` keep their names.
+    The table's loss settings are read by :func:`densetune.losses.train_config_loss`.
+
+    Raises:
+        ConfigError: ``config`` is not a TASK_CONFIG entry with a ``training`` table.
+
+    Example:
+        >>> train_config_selection()["chat"]["positive"]
+        'teacher'
+    """
+    return {
+        task: {_TRAIN_CONFIG_NAMES[k]: v for k, v in entry.items() if k in _TRAIN_CONFIG_NAMES}
+        for task, entry in training_table(config).items()
+    }
 
 
 def task_instruction(task: str, config: str = "llm-embedder") -> dict[str, str]:

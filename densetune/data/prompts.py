@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from densetune.data.tasks import TASK_CONFIG
+from densetune.data.tasks import TASK_CONFIG, task_instruction
 from densetune.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -171,14 +170,10 @@ class Prompt:
     def _instructions_for(self, task: str) -> dict[str, str] | None:
         if self.instruction is None:
             return None
-        table = TASK_CONFIG[self.instruction]["instruction"]
-        if not isinstance(table, defaultdict) and task not in table:
-            raise ConfigError(
-                "instruction",
-                f"TASK_CONFIG[{self.instruction!r}] has no instruction for task {task!r} (known: "
-                f"{', '.join(table)}); the task is an LLM-Embedder file's parent directory or its 'task' field",
-            )
-        return table[task]
+        try:
+            return task_instruction(task, self.instruction)
+        except ConfigError as err:  # the setting to change is the prompt's instruction set
+            raise ConfigError("instruction", err.message) from None
 
     def instruct(self, group: Group) -> Group:
         """``group`` with its task's instructions prepended (``instruction``); the group itself without one.
@@ -210,7 +205,7 @@ def apply_instruction(text: str, instruction: str | None) -> str:
     """LLM-Embedder joining: ``instruction + text`` (the instruction carries its own trailing space).
 
     Example:
-        >>> from densetune.data.tasks import TASK_CONFIG
+        >>> from densetune.data.tasks import TASK_CONFIG, task_instruction
         >>> apply_instruction("who wrote hamlet", TASK_CONFIG["llm-embedder"]["instruction"]["qa"]["query"])
         'Represent this query for retrieving relevant documents: who wrote hamlet'
     """

@@ -227,7 +227,8 @@ def train_config_selection(config: str = "llm-embedder") -> dict[str, dict[str, 
 
 
 def task_instruction(task: str, config: str = "llm-embedder") -> dict[str, str]:
-    """``TASK_CONFIG[config]["instruction"][task]``, with an error that lists the valid names.
+    """``TASK_CONFIG[config]["instruction"][task]``, with an error that lists the valid names (the lookup of
+    :meth:`densetune.data.prompts.Prompt.instruct`).
 
     Raises:
         ConfigError: unknown ``config`` or ``task``.
@@ -237,6 +238,8 @@ def task_instruction(task: str, config: str = "llm-embedder") -> dict[str, str]:
     instructions = TASK_CONFIG[config]["instruction"]
     if not isinstance(instructions, defaultdict) and task not in instructions:
         raise ConfigError(
-            "task", f"no {config} instruction for task {task!r}; valid: {', '.join(instructions)}"
+            "task",
+            f"TASK_CONFIG[{config!r}] has no instruction for task {task!r}; valid: {', '.join(instructions)} "
+            "(the task is an LLM-Embedder file's parent directory or its 'task' field)",
         )
     return instructions[task]

@@ -302,7 +302,7 @@ def collator_prompt(node: dict[str, Any], prompt: Prompt) -> dict[str, Prompt]:
         raise ConfigError(
             "data.collator",
             f"{node[TARGET]} takes no prompt, so it would train without the model's prefixes {prefixes} "
-            "that encoding and the exported model apply; use densetune.data.collators.BiEncoderCollator or "
-            "a model without prefixes",
+            "that encoding and the exported model apply; use densetune.data.collators.BiEncoderCollator, or "
+            "clear the model's prefixes (model.kwargs: {query_prefix: '', passage_prefix: ''})",
         )
     return {}

@@ -88,7 +88,7 @@ from typing import Any
 from densetune.data.prompts import Prompt
 from densetune.data.records import Doc, Example, Group
 from densetune.data.seeds import derive_seed
-from densetune.data.tasks import TASK_SETTING_KEYS, train_config_name, train_config_selection
+from densetune.data.tasks import task_settings_table, train_config_name
 from densetune.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -126,10 +126,12 @@ class GroupSelector:
             replaces ``n_passages - 1``. Set it only on the selector used for evaluation.
         max_samples: keep at most this many groups of each task (the last ones, as LLM-Embedder's
             ``max_sample_num``); None keeps all. Applied and reported by the training dataset.
-        task_settings: per-task overrides, ``{task: {key: value}}`` with keys :data:`TASK_SETTING_KEYS`; a key
-            a task leaves out takes the selector's own argument.
+        task_settings: per-task overrides, ``{task: {key: value}}`` with keys
+            :data:`~densetune.data.tasks.TASK_SETTING_KEYS`; a key a task leaves out takes the selector's own
+            argument.
         use_train_config: ``True`` (= ``"llm-embedder"``) or a TASK_CONFIG name: take each task's settings
-            from ``TASK_CONFIG[name]["training"]`` (:func:`train_config_selection`), under ``task_settings``.
+            from ``TASK_CONFIG[name]["training"]`` (:func:`~densetune.data.tasks.train_config_selection`), under
+            ``task_settings``.
             A task with no entry in either is then an error rather than silently trained with the defaults.
         instruction: a TASK_CONFIG name (``"llm-embedder"``, ``"bge"``, ``"e5"``, ``"instructor"``) whose
             per-task query / key instructions the training prompt prepends (``Prompt(instruction=...)``, which
@@ -234,8 +236,8 @@ class GroupSelector:
         self._task_selectors: dict[str, GroupSelector] = {}
         self._task_max_samples: dict[str, int | None] = {}
         # The keys each task sets in task_settings: an error names task_settings or use_train_config by them.
-        self._explicit: dict[str, set[str]] = {}
-        for task, settings in self._task_table(task_settings).items():
+        table, self._explicit = task_settings_table(task_settings, self.use_train_config)
+        for task, settings in table.items():
             self._add_task(task, settings)
 
     @property
@@ -254,32 +256,6 @@ class GroupSelector:
             "stable_distill": self.stable_distill,
             "max_samples": self.max_samples,
         }
-
-    def _task_table(self, task_settings: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
-        """``{task: settings}``: TASK_CONFIG's (with ``use_train_config``) overlaid with ``task_settings``."""
-        table: dict[str, dict[str, Any]] = {}
-        if self.use_train_config is not None:
-            table = train_config_selection(self.use_train_config)
-        if task_settings is None:
-            return table
-        if not isinstance(task_settings, Mapping):
-            raise ConfigError(
-                "task_settings", f"expected a mapping {{task: {{setting: value}}}}, got {task_settings!r}"
-            )
-        for task, settings in task_settings.items():
-            key = f"task_settings.{task}"
-            if settings is None:
-                settings = {}
-            if not isinstance(settings, Mapping):
-                raise ConfigError(key, f"expected a mapping of settings (may be empty), got {settings!r}")
-            unknown = sorted(set(settings) - set(TASK_SETTING_KEYS))
-            if unknown:
-                raise ConfigError(
-                    key, f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(TASK_SETTING_KEYS)}"
-                )
-            table[str(task)] = {**table.get(str(task), {}), **settings}
-            self._explicit[str(task)] = set(settings)
-        return table
 
     def _add_task(self, task: str, settings: Mapping[str, Any]) -> None:
         merged = {**self._own_settings(), **settings}
@@ -314,7 +290,7 @@ class GroupSelector:
         return self
 
     def settings_for(self, task: str) -> dict[str, Any]:
-        """The selection settings ``task`` is trained with (:data:`TASK_SETTING_KEYS`).
+        """The selection settings ``task`` is trained with (:data:`~densetune.data.tasks.TASK_SETTING_KEYS`).
 
         Raises:
             ConfigError: with ``use_train_config``, a task that has no settings anywhere.

@@ -1,11 +1,13 @@
 """Tasks: FlagEmbedding's TASK_CONFIG (each instruction set's per-task instructions and, for LLM-Embedder,
 per-task training settings) and the one place it is looked up: :func:`train_config_name`
 (``use_train_config``), :func:`training_table` (a set's training settings), :func:`train_config_selection`
-(its selection settings in GroupSelector's names), :func:`task_instruction`."""
+(its selection settings in GroupSelector's names), :func:`task_settings_table` (a selector's per-task
+settings: those overlaid with ``task_settings``), :func:`task_instruction`."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from densetune.errors import ConfigError
@@ -224,6 +226,44 @@ def train_config_selection(config: str = "llm-embedder") -> dict[str, dict[str, 
         task: {_TRAIN_CONFIG_NAMES[k]: v for k, v in entry.items() if k in _TRAIN_CONFIG_NAMES}
         for task, entry in training_table(config).items()
     }
+
+
+def task_settings_table(
+    task_settings: Mapping[str, Mapping[str, Any] | None] | None, use_train_config: str | None
+) -> tuple[dict[str, dict[str, Any]], dict[str, set[str]]]:
+    """A GroupSelector's per-task settings: ``TASK_CONFIG[use_train_config]``'s (:func:`train_config_selection`)
+    overlaid, key by key, with ``task_settings``.
+
+    Returns:
+        ``({task: settings}, {task: the keys task_settings set explicitly})``; the second names the origin of
+        a bad value in errors (``task_settings`` or ``use_train_config``).
+
+    Raises:
+        ConfigError: ``task_settings`` not a mapping of mappings, or a key outside :data:`TASK_SETTING_KEYS`,
+            naming ``task_settings.TASK``.
+    """
+    table = train_config_selection(use_train_config) if use_train_config is not None else {}
+    explicit: dict[str, set[str]] = {}
+    if task_settings is None:
+        return table, explicit
+    if not isinstance(task_settings, Mapping):
+        raise ConfigError(
+            "task_settings", f"expected a mapping {{task: {{setting: value}}}}, got {task_settings!r}"
+        )
+    for task, settings in task_settings.items():
+        key = f"task_settings.{task}"
+        if settings is None:
+            settings = {}
+        if not isinstance(settings, Mapping):
+            raise ConfigError(key, f"expected a mapping of settings (may be empty), got {settings!r}")
+        unknown = sorted(set(settings) - set(TASK_SETTING_KEYS))
+        if unknown:
+            raise ConfigError(
+                key, f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(TASK_SETTING_KEYS)}"
+            )
+        table[str(task)] = {**table.get(str(task), {}), **settings}
+        explicit[str(task)] = set(settings)
+    return table, explicit
 
 
 def task_instruction(task: str, config: str = "llm-embedder") -> dict[str, str]:

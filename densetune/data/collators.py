@@ -39,9 +39,7 @@ from transformers import DataCollatorWithPadding
 
 from densetune.data.batch import Batch
 from densetune.data.corpus import doc_text
-from densetune.data.prompts import (
-    PromptFormatter,
-)
+from densetune.data.prompts import Prompt
 from densetune.data.records import Doc, Group, doc_id_to_int64
 
 if TYPE_CHECKING:
@@ -213,7 +211,9 @@ class BiEncoderCollator:
     Queries get ``query_prefix`` and documents ``passage_prefix``, joined with a space when non-empty
     (``"query:"`` + ``"what is bm25"`` -> ``"query: what is bm25"``). With ``use_dataset_instruction`` each
     item's ``query_instruction`` / ``passage_instruction`` (corpus metadata) is joined the same way when
-    non-empty and the static prefixes are ignored. Queries and documents are tokenised in one call each,
+    non-empty and the static prefixes are ignored. Those rules are a :class:`~densetune.data.prompts.Prompt`;
+    pass the model's (``prompt=model.prompt``, what ``densetune train`` does) and the collator formats texts
+    exactly as the model does at encoding and after export. Queries and documents are tokenised in one call each,
     truncated at ``q_max_len`` / ``p_max_len`` and padded to the longest in the batch (rounded up to
     ``pad_to_multiple_of``). ``token_type_ids`` are never returned (single-segment inputs: they would be all
     zeros, the models' default), as in the seed.
@@ -235,6 +235,10 @@ class BiEncoderCollator:
             ``False``/``"do_not_pad"`` (only when all lengths agree).
         pad_to_multiple_of: round the padded length up to a multiple of this (8 suits tensor cores).
         use_dataset_instruction: use the items' dataset instructions instead of the prefixes.
+        prompt: the :class:`~densetune.data.prompts.Prompt` to format texts with (densetune addition), e.g. the
+            model's ``model.prompt``; None builds one from the three arguments above. With a prompt, a
+            non-empty prefix or ``use_dataset_instruction`` that would format a text differently from it is
+            an error: one prompt for training and inference, never two that disagree.
         cache_tokens: token budget of each token cache (int32 ids, keyed by a 16-byte digest of the text:
             about 4 bytes a token plus 250 a text, some 85 MiB at the default 2**24 for 256-token passages);
             texts beyond it are tokenised every time. 0 disables the cache.
@@ -254,6 +258,8 @@ class BiEncoderCollator:
 
     Raises:
         ValueError: an empty batch, or items with different numbers of documents (naming the sizes).
+        ConfigError: ``prompt`` with a prefix or ``use_dataset_instruction`` that disagrees with it, naming
+            the argument.
 
     Example:
         >>> collate = BiEncoderCollator(tokenizer, q_max_len=64, p_max_len=256, query_prefix="query:",
@@ -275,6 +281,7 @@ class BiEncoderCollator:
         use_dataset_instruction: bool = False,
         *,
         cache_tokens: int = 1 << 24,
+        prompt: Prompt | None = None,
     ):
         for name, value in (("q_max_len", q_max_len), ("p_max_len", p_max_len)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -288,12 +295,19 @@ class BiEncoderCollator:
         self.tokenizer = tokenizer
         self.q_max_len = q_max_len
         self.p_max_len = p_max_len
-        self.query_prefix = query_prefix or ""
-        self.passage_prefix = passage_prefix or ""
+        own = Prompt(
+            query_prefix or "", passage_prefix or "", use_dataset_instruction=use_dataset_instruction
+        )
+        if prompt is None:
+            prompt = own
+        else:
+            prompt.check_agrees(own)
+        self.prompt = prompt
+        self.query_prefix = prompt.query_prefix
+        self.passage_prefix = prompt.passage_prefix
+        self.use_dataset_instruction = prompt.use_dataset_instruction
         self.padding = padding
         self.pad_to_multiple_of = pad_to_multiple_of
-        self.use_dataset_instruction = use_dataset_instruction
-        self.formatter = PromptFormatter(self.query_prefix, self.passage_prefix, use_dataset_instruction)
         if isinstance(cache_tokens, bool) or not isinstance(cache_tokens, int) or cache_tokens < 0:
             raise ValueError(f"cache_tokens must be an integer >= 0, got {cache_tokens!r}")
         self.cache_tokens = cache_tokens
@@ -308,9 +322,11 @@ class BiEncoderCollator:
         """The query strings [B], document strings [B*n] and n, as the model will see them (prefixes applied)."""
         groups = as_groups(batch)
         n = check_group_sizes([len(g.docs) for g in groups])
-        fmt = self.formatter
-        queries = [fmt.apply_query(g.query, g.query_instruction) for g in groups]
-        docs = [fmt.apply_passage(doc_text(d), g.passage_instruction) for g in groups for d in g.docs]
+        prompt = self.prompt
+        queries = [prompt.query(g.query, instruction=g.query_instruction) for g in groups]
+        docs = [
+            prompt.passage(doc_text(d), instruction=g.passage_instruction) for g in groups for d in g.docs
+        ]
         return queries, docs, n
 
     def __call__(self, batch: Sequence[Group | Mapping[str, Any]]) -> dict[str, Any]:

@@ -19,9 +19,10 @@ Capped tasks: a task whose groups exceed the selector's ``max_samples`` for it (
 10000) keeps its *last* ``max_samples`` groups, in file order, as the seed does; the rest are left out with a
 warning giving the counts, and counted as ``capped``.
 
-Instructions: after document texts are resolved, every group goes through :meth:`GroupSelector.format`
-(LLM-Embedder's per-task instructions when the selector has ``instruction``), so any collator sees the final
-texts.
+Instructions: after document texts are resolved, every group goes through the task layer of the training
+prompt (:meth:`densetune.data.prompts.Prompt.instruct`: LLM-Embedder's per-task instructions when the prompt
+has an ``instruction`` set), so any collator sees texts with their task instructions; the prompt's model
+layer (prefixes) is the collator's, from the same object.
 
 The per-item data the batch samplers need comes without decoding documents: :meth:`tasks`, :meth:`lengths`
 and :meth:`doc_keys`.
@@ -47,6 +48,7 @@ from torch.utils.data import Dataset
 
 from densetune.data.groups import GroupSelector
 from densetune.data.progress import data_bar
+from densetune.data.prompts import Prompt
 from densetune.data.records import INLINE_CORPUS_ID, Example, Group, doc_id_to_int64
 from densetune.data.store import data_workers, gc_paused
 
@@ -99,6 +101,8 @@ class RetrievalTrainDataset(Dataset):
         exclude: store indices to leave out, counted as ``no_negatives``: rows without negatives that
             ``data.skip_invalid=true`` skips where the selector would stop on them (the training pre-flight
             finds them).
+        prompt: the training :class:`~densetune.data.prompts.Prompt` whose task layer applies (the recipe
+            hands the one its collator uses); None: ``Prompt(instruction=selector.instruction)``.
 
     Attributes:
         epoch: the epoch groups are selected for (set with :meth:`set_epoch`; the loop calls it before each
@@ -111,8 +115,8 @@ class RetrievalTrainDataset(Dataset):
         indices: store index of each dataset item (an int64 array), or None when nothing was left out.
 
     Raises:
-        ConfigError: a task the selector has no settings or instruction for (see
-            :meth:`GroupSelector.check_tasks`).
+        ConfigError: a task the selector has no settings for, or the prompt no instruction for (see
+            :meth:`GroupSelector.check_tasks`, :meth:`Prompt.check_tasks`).
 
     Example:
         >>> store = load_examples("train.jsonl")
@@ -121,14 +125,23 @@ class RetrievalTrainDataset(Dataset):
         >>> group = dataset[0]          # Group(query, docs=[positive, 7 negatives], scores, ...)
     """
 
-    def __init__(self, store: Any, selector: GroupSelector, exclude: Sequence[int] | np.ndarray = ()):
+    def __init__(
+        self,
+        store: Any,
+        selector: GroupSelector,
+        exclude: Sequence[int] | np.ndarray = (),
+        *,
+        prompt: Prompt | None = None,
+    ):
         self.store = store
         self.selector = selector
+        self.prompt = prompt if prompt is not None else Prompt(instruction=selector.instruction)
         self.epoch = 0
         self._read = 0  # examples read since the store's pages were last released
         self.indices: np.ndarray | None = None
         codes, names = store.task_codes()
         selector.check_tasks(names)
+        self.prompt.check_tasks(names)
         # reasons[i]: 0 kept, k > 0 left out for DROP_REASONS[k - 1] (int8: 10M examples cost 10 MB)
         excluded = np.zeros(len(store), dtype=bool)
         excluded[np.asarray(exclude, dtype=np.int64)] = True
@@ -174,7 +187,7 @@ class RetrievalTrainDataset(Dataset):
                     "kept at construction; build a new RetrievalTrainDataset after changing the selector"
                 )
             chosen.append((group, example))
-        return [self.selector.format(group) for group in self._resolve(chosen)]
+        return [self.prompt.instruct(group) for group in self._resolve(chosen)]
 
     def _count_read(self, n: int) -> None:
         """Release the store's mapped pages every :data:`_RELEASE_EVERY` examples read (page cache bounded by

@@ -21,7 +21,6 @@ import torch
 from densetune.data.batch import Batch
 from densetune.data.collators import as_groups, check_group_sizes, passage_doc_ids, shared_task
 from densetune.data.corpus import doc_text
-from densetune.data.groups import derive_seed
 from densetune.data.prompts import (
     LLM_SPECIAL_TOKENS,
     build_icl_query,
@@ -29,6 +28,7 @@ from densetune.data.prompts import (
     sample_icl_examples,
 )
 from densetune.data.records import EXAMPLE_TYPES, Group
+from densetune.data.seeds import derive_seed
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase

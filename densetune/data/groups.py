@@ -71,28 +71,24 @@ max_samples}}``; ``use_train_config=True`` takes them from ``TASK_CONFIG["llm-em
 (explicit ``task_settings`` entries win, key by key). A key a task does not set falls back to the selector's
 own argument; ``n_passages`` and ``seed`` are shared. ``max_samples`` caps a task's groups; the cap is
 applied, and every capped group counted and logged, by :class:`~densetune.data.dataset.RetrievalTrainDataset`.
-``instruction="llm-embedder"`` prepends each task's instructions (``TASK_CONFIG[...]["instruction"][task]``,
-no separator) to the query and to every document, through :meth:`GroupSelector.format`, which the dataset
-calls once document texts are resolved.
+``instruction="llm-embedder"`` names the instruction set of the task layer of the training prompt: the
+selector only carries the name (a recipe's selector section names its tasks' instructions next to their
+settings); :class:`~densetune.data.prompts.Prompt` applies it, in the dataset once document texts are resolved.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import math
-import operator
 import random
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from densetune.data.corpus import doc_text
-from densetune.data.prompts import apply_instruction
+from densetune.data.prompts import Prompt
 from densetune.data.records import Doc, Example, Group
-from densetune.data.tasks import TASK_CONFIG, train_config_name, training_table
+from densetune.data.seeds import derive_seed
+from densetune.data.tasks import task_settings_table, train_config_name
 from densetune.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -103,25 +99,6 @@ NEGATIVE_MODES = ("cycle", "pool", "first", "random", "teacher+", "teacher-")
 # name NeMo's fields. The other modes follow LLM-Embedder, which drops such rows.
 _NEMO_NEGATIVE_MODES = ("cycle", "pool")
 
-# What a ``task_settings`` entry may set, and the names the same settings have in TASK_CONFIG[...]["training"]
-# (the seed's prepare_train_dataset arguments). The table's loss keys belong to densetune.losses.
-TASK_SETTING_KEYS = (
-    "positive",
-    "negative",
-    "teacher_scores_min",
-    "teacher_scores_margin",
-    "stable_distill",
-    "max_samples",
-)
-_TRAIN_CONFIG_NAMES = {
-    "select_positive": "positive",
-    "select_negative": "negative",
-    "teacher_scores_min": "teacher_scores_min",
-    "teacher_scores_margin": "teacher_scores_margin",
-    "stable_distill": "stable_distill",
-    "max_sample_num": "max_samples",
-}
-
 STAT_KEYS = (
     "selected",
     "filtered_min",
@@ -131,36 +108,6 @@ STAT_KEYS = (
     "no_scores",
     "positive_in_negatives",
 )
-
-
-def derive_seed(*parts: object) -> int:
-    """A 64-bit seed from the given values, the same in every process.
-
-    Python's ``hash()`` of a string changes per process (PYTHONHASHSEED), so it cannot seed selections that
-    must agree across workers, ranks and resumed runs; a cryptographic digest of the values can.
-    """
-    key = "\x1f".join(_canonical(part) for part in parts).encode("utf-8")
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-
-
-def train_config_selection(config: str = "llm-embedder") -> dict[str, dict[str, Any]]:
-    """The per-task selection settings of ``TASK_CONFIG[config]["training"]``, in GroupSelector's names.
-
-    ``select_positive`` -> ``positive``, ``select_negative`` -> ``negative``, ``max_sample_num`` ->
-    ``max_samples``; ``teacher_scores_min``, ``teacher_scores_margin`` and ``stable_distill`` keep their names.
-    The table's loss settings are read by :func:`densetune.losses.train_config_loss`.
-
-    Raises:
-        ConfigError: ``config`` is not a TASK_CONFIG entry with a ``training`` table.
-
-    Example:
-        >>> train_config_selection()["chat"]["positive"]
-        'teacher'
-    """
-    return {
-        task: {_TRAIN_CONFIG_NAMES[k]: v for k, v in entry.items() if k in _TRAIN_CONFIG_NAMES}
-        for task, entry in training_table(config).items()
-    }
 
 
 class GroupSelector:
@@ -179,13 +126,16 @@ class GroupSelector:
             replaces ``n_passages - 1``. Set it only on the selector used for evaluation.
         max_samples: keep at most this many groups of each task (the last ones, as LLM-Embedder's
             ``max_sample_num``); None keeps all. Applied and reported by the training dataset.
-        task_settings: per-task overrides, ``{task: {key: value}}`` with keys :data:`TASK_SETTING_KEYS`; a key
-            a task leaves out takes the selector's own argument.
+        task_settings: per-task overrides, ``{task: {key: value}}`` with keys
+            :data:`~densetune.data.tasks.TASK_SETTING_KEYS`; a key a task leaves out takes the selector's own
+            argument.
         use_train_config: ``True`` (= ``"llm-embedder"``) or a TASK_CONFIG name: take each task's settings
-            from ``TASK_CONFIG[name]["training"]`` (:func:`train_config_selection`), under ``task_settings``.
+            from ``TASK_CONFIG[name]["training"]`` (:func:`~densetune.data.tasks.train_config_selection`), under
+            ``task_settings``.
             A task with no entry in either is then an error rather than silently trained with the defaults.
-        instruction: a TASK_CONFIG name (``"llm-embedder"``, ``"bge"``, ``"e5"``, ``"instructor"``): prepend
-            its per-task query / key instructions in :meth:`format`; None adds none.
+        instruction: a TASK_CONFIG name (``"llm-embedder"``, ``"bge"``, ``"e5"``, ``"instructor"``) whose
+            per-task query / key instructions the training prompt prepends (``Prompt(instruction=...)``, which
+            the dataset builds from this by default); None adds none. Carried, not applied, here.
 
     Attributes:
         stats: counts per outcome, keys :data:`STAT_KEYS`: ``selected``, ``filtered_min``,
@@ -280,14 +230,14 @@ class GroupSelector:
             or teacher_scores_margin is not None
         )
         self.max_samples = max_samples
-        self.instruction = _instruction_set(instruction)
+        self.instruction = Prompt(instruction=instruction).instruction  # checked where it is applied
         self.use_train_config = train_config_name(use_train_config)
         # One plain selector per task with its own settings; they count into this selector's stats.
         self._task_selectors: dict[str, GroupSelector] = {}
         self._task_max_samples: dict[str, int | None] = {}
         # The keys each task sets in task_settings: an error names task_settings or use_train_config by them.
-        self._explicit: dict[str, set[str]] = {}
-        for task, settings in self._task_table(task_settings).items():
+        table, self._explicit = task_settings_table(task_settings, self.use_train_config)
+        for task, settings in table.items():
             self._add_task(task, settings)
 
     @property
@@ -295,7 +245,7 @@ class GroupSelector:
         """Documents per group: 1 + :attr:`num_negatives`."""
         return 1 + self.num_negatives
 
-    # -- per-task settings and instructions ---------------------------------------------------------
+    # -- per-task settings ------------------------------------------------------------------------
 
     def _own_settings(self) -> dict[str, Any]:
         return {
@@ -306,32 +256,6 @@ class GroupSelector:
             "stable_distill": self.stable_distill,
             "max_samples": self.max_samples,
         }
-
-    def _task_table(self, task_settings: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
-        """``{task: settings}``: TASK_CONFIG's (with ``use_train_config``) overlaid with ``task_settings``."""
-        table: dict[str, dict[str, Any]] = {}
-        if self.use_train_config is not None:
-            table = train_config_selection(self.use_train_config)
-        if task_settings is None:
-            return table
-        if not isinstance(task_settings, Mapping):
-            raise ConfigError(
-                "task_settings", f"expected a mapping {{task: {{setting: value}}}}, got {task_settings!r}"
-            )
-        for task, settings in task_settings.items():
-            key = f"task_settings.{task}"
-            if settings is None:
-                settings = {}
-            if not isinstance(settings, Mapping):
-                raise ConfigError(key, f"expected a mapping of settings (may be empty), got {settings!r}")
-            unknown = sorted(set(settings) - set(TASK_SETTING_KEYS))
-            if unknown:
-                raise ConfigError(
-                    key, f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(TASK_SETTING_KEYS)}"
-                )
-            table[str(task)] = {**table.get(str(task), {}), **settings}
-            self._explicit[str(task)] = set(settings)
-        return table
 
     def _add_task(self, task: str, settings: Mapping[str, Any]) -> None:
         merged = {**self._own_settings(), **settings}
@@ -366,7 +290,7 @@ class GroupSelector:
         return self
 
     def settings_for(self, task: str) -> dict[str, Any]:
-        """The selection settings ``task`` is trained with (:data:`TASK_SETTING_KEYS`).
+        """The selection settings ``task`` is trained with (:data:`~densetune.data.tasks.TASK_SETTING_KEYS`).
 
         Raises:
             ConfigError: with ``use_train_config``, a task that has no settings anywhere.
@@ -374,14 +298,13 @@ class GroupSelector:
         return self._selector_for(task)._own_settings()
 
     def check_tasks(self, tasks: Iterable[str]) -> None:
-        """Fail before training when a task has no settings (``use_train_config``) or no instruction.
+        """Fail before training when a task has no settings (``use_train_config``).
 
         Raises:
             ConfigError: naming the task, the known ones, and the fix.
         """
         for task in sorted(set(tasks)):
             self._selector_for(task)
-            self._instructions_for(task)
 
     @property
     def can_drop(self) -> bool:
@@ -413,37 +336,6 @@ class GroupSelector:
     def max_samples_for(self, task: str) -> int | None:
         """The most groups of ``task`` to keep (``max_samples`` of the task, else the selector's), or None."""
         return self._task_max_samples.get(task, self.max_samples)
-
-    def _instructions_for(self, task: str) -> dict[str, str] | None:
-        if self.instruction is None:
-            return None
-        table = TASK_CONFIG[self.instruction]["instruction"]
-        if not isinstance(table, defaultdict) and task not in table:
-            raise ConfigError(
-                "instruction",
-                f"TASK_CONFIG[{self.instruction!r}] has no instruction for task {task!r} (known: "
-                f"{', '.join(table)}); the task is an LLM-Embedder file's parent directory or its 'task' field",
-            )
-        return table[task]
-
-    def format(self, group: Group) -> Group:
-        """``group`` as the model sees it: the task's instructions prepended (with ``instruction``).
-
-        LLM-Embedder joining: ``instruction["query"] + query`` and ``instruction["key"] + document`` for every
-        document, no separator (each instruction carries its trailing space). A document is rendered with
-        :func:`~densetune.data.corpus.doc_text` first (title included). Call it once document texts are
-        resolved; without ``instruction`` the group is returned as is.
-        """
-        instructions = self._instructions_for(group.task)
-        if instructions is None:
-            return group
-        key = instructions["key"]
-        docs = [
-            dataclasses.replace(d, text=apply_instruction(doc_text(d), key), title="") for d in group.docs
-        ]
-        return dataclasses.replace(
-            group, query=apply_instruction(group.query, instructions["query"]), docs=docs
-        )
 
     def select(self, example: Example, epoch: int, index: int) -> Group | None:
         """The group of ``example`` (item ``index`` of its dataset) for ``epoch``, or None when filtered out.
@@ -682,33 +574,9 @@ def _drop_copies(
     return [negatives[i] for i in keep], kept_scores, True
 
 
-def _canonical(part: object) -> str:
-    # Integers of any type (numpy, torch, bool excluded) must give the same seed as the plain int: samplers
-    # hand out numpy indices, and repr(np.int64(3)) is not repr(3).
-    if isinstance(part, str):
-        return "s" + part
-    if not isinstance(part, bool):
-        try:
-            return "i" + str(operator.index(part))
-        except TypeError:
-            pass
-    return "r" + repr(part)
-
-
 def _doc_key(doc: Doc) -> tuple[str, str]:
     return ("id", doc.id) if doc.id else ("text", doc.text)
 
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _instruction_set(name: str | None) -> str | None:
-    if name is None:
-        return None
-    if not isinstance(name, str) or "instruction" not in TASK_CONFIG.get(name, {}):
-        raise ConfigError(
-            "instruction",
-            f"expected null or one of {', '.join(TASK_CONFIG)} (a TASK_CONFIG name), got {name!r}",
-        )
-    return name

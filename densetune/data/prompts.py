@@ -1,12 +1,16 @@
 """Templates: turn a Group's raw texts into the strings a model sees (prefixes, instructions, ICL prompts).
 
-Three families, one per seed system, all pure string functions (a tokenizer is needed only where a token
-budget is):
+:class:`Prompt` is the one template stage of a bi-encoder: training (dataset and collators), encoding, mining,
+scoring and the saved model's sentence-transformers prompts all go through one object of it. It holds the
+rules of two seed systems:
 
-- NeMo Automodel: static prefixes joined with a space (:func:`join_prefix`), or per-dataset instructions from
-  corpus metadata (:class:`PromptFormatter`).
+- NeMo Automodel: static prefixes joined with a space, or per-dataset instructions from corpus metadata.
 - FlagEmbedding LLM-Embedder: task instructions prepended without a separator (:func:`apply_instruction`;
   the instructions themselves are :data:`densetune.data.tasks.TASK_CONFIG`).
+
+The third family's functions are pure string functions too (a tokenizer is needed only where a token budget
+is):
+
 - FlagEmbedding BGE-EN-ICL: ``<instruct>``/``<query>``/``<response>`` query prompts
   (:func:`get_query_prompt`), in-context examples under a token budget (:func:`build_icl_query`,
   :func:`sample_icl_examples`) and prompted passages for symmetric tasks (:func:`format_passage`).
@@ -24,15 +28,19 @@ and the query ending in ``\\nResponse:`` (without one).
 
 from __future__ import annotations
 
+import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from densetune.data.tasks import TASK_CONFIG, task_instruction
 from densetune.errors import ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from densetune.data.records import Group
 
 
 # Added to the tokenizer (and the embedding matrix resized) when training BGE-EN-ICL style models.
@@ -46,58 +54,158 @@ _EXAMPLE_END = "\n\n"
 
 
 # ---------------------------------------------------------------------------------------------------------
-# NeMo Automodel: prefixes and dataset instructions
+# The template stage: prefixes (NeMo Automodel), dataset and task instructions (LLM-Embedder)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def join_prefix(prefix: str, text: str) -> str:
-    """``prefix + " " + text`` when ``prefix`` is non-empty, else ``text`` (NeMo Automodel's joining).
-
-    Example:
-        >>> join_prefix("query:", "what is bm25")
-        'query: what is bm25'
-    """
-    return f"{prefix} {text}" if prefix else text
-
-
 @dataclass(frozen=True)
-class PromptFormatter:
-    """Static prefixes or dataset instructions, as NeMo Automodel's ``BiEncoderCollator`` applies them.
+class Prompt:
+    """The one template stage: how a query or passage, and a training Group, become the text a model reads.
 
-    Without ``use_dataset_instruction`` every query gets ``query_prefix`` and every passage
-    ``passage_prefix`` (joined with a space, :func:`join_prefix`). With it, the Group's
-    ``query_instruction`` / ``passage_instruction`` (from corpus metadata) are joined the same way when
-    non-empty, texts stay raw when they are empty, and the static prefixes are ignored.
+    Training (the dataset and the collators), encoding, mining, scoring and the saved model all read one
+    object of this class, so the text a model is trained on and the text it is used with cannot differ.
+    Two layers, applied inner first:
+
+    - the task layer (``instruction``, training data only, since inference has no task): each task's
+      ``TASK_CONFIG[instruction]["instruction"][task]`` query / key instruction, prepended with no separator
+      (LLM-Embedder; each instruction carries its own trailing space). :meth:`instruct` applies it to a Group
+      once its document texts are resolved.
+    - the model layer: ``query_prefix`` / ``passage_prefix`` joined to the text with ``separator`` when
+      non-empty (NeMo Automodel's ``prefix + " " + text``; a prompt read from a sentence-transformers
+      folder is prepended as is, ``separator=""``). With ``use_dataset_instruction`` a Group's own
+      ``query_instruction`` / ``passage_instruction`` (corpus metadata) is joined the same way instead, texts
+      stay raw when it is empty, and the static prefixes are ignored. :meth:`query` / :meth:`passage` apply
+      it; :meth:`to_sentence_transformers` is what a saved model keeps of it.
 
     Args:
         query_prefix: e.g. ``"query:"``.
         passage_prefix: e.g. ``"passage:"``.
-        use_dataset_instruction: use the per-dataset instructions instead of the prefixes.
+        separator: what joins a non-empty prefix to the text.
+        use_dataset_instruction: the Groups' dataset instructions instead of the prefixes.
+        instruction: a TASK_CONFIG name (``"llm-embedder"``, ``"bge"``, ``"e5"``, ``"instructor"``) whose
+            per-task instructions :meth:`instruct` prepends; None adds none.
+
+    Raises:
+        ConfigError: ``instruction`` is not a TASK_CONFIG name.
 
     Example:
-        >>> fmt = PromptFormatter(query_prefix="query:", passage_prefix="passage:")
-        >>> fmt.apply_query("what is bm25")
+        >>> prompt = Prompt(query_prefix="query:", passage_prefix="passage:")
+        >>> prompt.query("what is bm25")
         'query: what is bm25'
+        >>> prompt.to_sentence_transformers()
+        {'query': 'query: ', 'document': 'passage: '}
     """
 
     query_prefix: str = ""
     passage_prefix: str = ""
+    separator: str = " "
     use_dataset_instruction: bool = False
+    instruction: str | None = None
 
-    def apply_query(self, text: str, instruction: str = "") -> str:
-        """One query text with its prefix or instruction (for NeMo-style dict batches)."""
-        return join_prefix(instruction if self.use_dataset_instruction else self.query_prefix, text)
+    def __post_init__(self) -> None:
+        name = self.instruction
+        if name is not None and (not isinstance(name, str) or "instruction" not in TASK_CONFIG.get(name, {})):
+            raise ConfigError(
+                "instruction",
+                f"expected null or one of {', '.join(TASK_CONFIG)} (a TASK_CONFIG name), got {name!r}",
+            )
 
-    def apply_passage(self, text: str, instruction: str = "") -> str:
-        """One passage text with its prefix or instruction (for NeMo-style dict batches)."""
-        return join_prefix(instruction if self.use_dataset_instruction else self.passage_prefix, text)
+    # -- the model layer -----------------------------------------------------------------------------------
+
+    def query(self, text: str, *, instruction: str = "") -> str:
+        """One query as the model reads it (``instruction``: its dataset instruction, when used)."""
+        if self.use_dataset_instruction:
+            return _join(instruction, " ", text)
+        return _join(self.query_prefix, self.separator, text)
+
+    def passage(self, text: str, *, instruction: str = "") -> str:
+        """One passage as the model reads it (``instruction``: its dataset instruction, when used)."""
+        if self.use_dataset_instruction:
+            return _join(instruction, " ", text)
+        return _join(self.passage_prefix, self.separator, text)
+
+    def to_sentence_transformers(self) -> dict[str, str]:
+        """The sentence-transformers prompts a saved model keeps (``query`` / ``document``), prepended
+        verbatim: each static prefix with its separator, so ``prompt + text`` is :meth:`query` /
+        :meth:`passage` of a text (dataset instructions belong to a corpus, not to the model)."""
+        return {
+            "query": _join(self.query_prefix, self.separator, ""),
+            "document": _join(self.passage_prefix, self.separator, ""),
+        }
+
+    def check_agrees(self, other: Prompt) -> None:
+        """Refuse ``other``'s settings where they would format a text differently from this prompt: a
+        non-empty prefix of ``other`` must render as this one's, and ``other`` may use dataset instructions
+        only if this one does (empty prefixes and False are "not set").
+
+        Raises:
+            ConfigError: naming the first setting that disagrees (``query_prefix``, ``passage_prefix`` or
+                ``use_dataset_instruction``) and both values.
+        """
+        mine, theirs = self.to_sentence_transformers(), other.to_sentence_transformers()
+        for key, name in (("query_prefix", "query"), ("passage_prefix", "document")):
+            if getattr(other, key) and theirs[name] != mine[name]:
+                raise ConfigError(
+                    key,
+                    f"{getattr(other, key)!r} formats texts as {theirs[name]!r} + text but the model's prompt is "
+                    f"{mine[name]!r} + text; set it to the model's prefix or leave it empty to use the model's",
+                )
+        if other.use_dataset_instruction and not self.use_dataset_instruction:
+            raise ConfigError(
+                "use_dataset_instruction",
+                "true here but false in the model's prompt; build the prompt with use_dataset_instruction=True",
+            )
+
+    # -- the task layer ------------------------------------------------------------------------------------
+
+    def check_tasks(self, tasks: Iterable[str]) -> None:
+        """Fail before training when a task has no instruction in the ``instruction`` set.
+
+        Raises:
+            ConfigError: naming the task and the known ones.
+        """
+        for task in sorted(set(tasks)):
+            self._instructions_for(task)
+
+    def _instructions_for(self, task: str) -> dict[str, str] | None:
+        if self.instruction is None:
+            return None
+        try:
+            return task_instruction(task, self.instruction)
+        except ConfigError as err:  # the setting to change is the prompt's instruction set
+            raise ConfigError("instruction", err.message) from None
+
+    def instruct(self, group: Group) -> Group:
+        """``group`` with its task's instructions prepended (``instruction``); the group itself without one.
+
+        LLM-Embedder joining: ``instruction["query"] + query`` and ``instruction["key"] + document`` for every
+        document, no separator. A document is rendered with :func:`~densetune.data.corpus.doc_text` first
+        (title included), so call it once document texts are resolved.
+        """
+        instructions = self._instructions_for(group.task)
+        if instructions is None:
+            return group
+        from densetune.data.corpus import doc_text  # corpus loads pyarrow: only training data needs it
+
+        key = instructions["key"]
+        docs = [
+            dataclasses.replace(d, text=apply_instruction(doc_text(d), key), title="") for d in group.docs
+        ]
+        return dataclasses.replace(
+            group, query=apply_instruction(group.query, instructions["query"]), docs=docs
+        )
+
+
+def _join(prefix: str, separator: str, text: str) -> str:
+    """``prefix + separator + text`` when ``prefix`` is non-empty, else ``text`` (NeMo Automodel's rule)."""
+    return f"{prefix}{separator}{text}" if prefix else text
 
 
 def apply_instruction(text: str, instruction: str | None) -> str:
     """LLM-Embedder joining: ``instruction + text`` (the instruction carries its own trailing space).
 
     Example:
-        >>> from densetune.data.tasks import TASK_CONFIG
+        >>> from densetune.data.tasks import TASK_CONFIG, task_instruction
         >>> apply_instruction("who wrote hamlet", TASK_CONFIG["llm-embedder"]["instruction"]["qa"]["query"])
         'Represent this query for retrieving relevant documents: who wrote hamlet'
     """

@@ -1,10 +1,13 @@
 """Tasks: FlagEmbedding's TASK_CONFIG (each instruction set's per-task instructions and, for LLM-Embedder,
 per-task training settings) and the one place it is looked up: :func:`train_config_name`
-(``use_train_config``), :func:`training_table` (a set's training settings), :func:`task_instruction`."""
+(``use_train_config``), :func:`training_table` (a set's training settings), :func:`train_config_selection`
+(its selection settings in GroupSelector's names), :func:`task_settings_table` (a selector's per-task
+settings: those overlaid with ``task_settings``), :func:`task_instruction`."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from densetune.errors import ConfigError
@@ -168,7 +171,7 @@ def train_config_name(value: bool | str | None) -> str | None:
 
 def training_table(config: str) -> dict[str, dict[str, Any]]:
     """``TASK_CONFIG[config]["training"]``: each task's training settings (selection and loss keys alike),
-    read by :func:`densetune.data.groups.train_config_selection` and :func:`densetune.losses.train_config_loss`.
+    read by :func:`train_config_selection` and :func:`densetune.losses.train_config_loss`.
 
     Raises:
         ConfigError: ``config`` is not a TASK_CONFIG entry with a ``training`` table.
@@ -184,8 +187,88 @@ def training_table(config: str) -> dict[str, dict[str, Any]]:
     return table
 
 
+# What a GroupSelector ``task_settings`` entry may set, and the names the same settings have in
+# TASK_CONFIG[...]["training"] (the seed's prepare_train_dataset arguments). The table's loss keys belong to
+# densetune.losses.
+TASK_SETTING_KEYS = (
+    "positive",
+    "negative",
+    "teacher_scores_min",
+    "teacher_scores_margin",
+    "stable_distill",
+    "max_samples",
+)
+_TRAIN_CONFIG_NAMES = {
+    "select_positive": "positive",
+    "select_negative": "negative",
+    "teacher_scores_min": "teacher_scores_min",
+    "teacher_scores_margin": "teacher_scores_margin",
+    "stable_distill": "stable_distill",
+    "max_sample_num": "max_samples",
+}
+
+
+def train_config_selection(config: str = "llm-embedder") -> dict[str, dict[str, Any]]:
+    """The per-task selection settings of ``TASK_CONFIG[config]["training"]``, in GroupSelector's names.
+
+    ``select_positive`` -> ``positive``, ``select_negative`` -> ``negative``, ``max_sample_num`` ->
+    ``max_samples``; ``teacher_scores_min``, ``teacher_scores_margin`` and ``stable_distill`` keep their names.
+    The table's loss settings are read by :func:`densetune.losses.train_config_loss`.
+
+    Raises:
+        ConfigError: ``config`` is not a TASK_CONFIG entry with a ``training`` table.
+
+    Example:
+        >>> train_config_selection()["chat"]["positive"]
+        'teacher'
+    """
+    return {
+        task: {_TRAIN_CONFIG_NAMES[k]: v for k, v in entry.items() if k in _TRAIN_CONFIG_NAMES}
+        for task, entry in training_table(config).items()
+    }
+
+
+def task_settings_table(
+    task_settings: Mapping[str, Mapping[str, Any] | None] | None, use_train_config: str | None
+) -> tuple[dict[str, dict[str, Any]], dict[str, set[str]]]:
+    """A GroupSelector's per-task settings: ``TASK_CONFIG[use_train_config]``'s (:func:`train_config_selection`)
+    overlaid, key by key, with ``task_settings``.
+
+    Returns:
+        ``({task: settings}, {task: the keys task_settings set explicitly})``; the second names the origin of
+        a bad value in errors (``task_settings`` or ``use_train_config``).
+
+    Raises:
+        ConfigError: ``task_settings`` not a mapping of mappings, or a key outside :data:`TASK_SETTING_KEYS`,
+            naming ``task_settings.TASK``.
+    """
+    table = train_config_selection(use_train_config) if use_train_config is not None else {}
+    explicit: dict[str, set[str]] = {}
+    if task_settings is None:
+        return table, explicit
+    if not isinstance(task_settings, Mapping):
+        raise ConfigError(
+            "task_settings", f"expected a mapping {{task: {{setting: value}}}}, got {task_settings!r}"
+        )
+    for task, settings in task_settings.items():
+        key = f"task_settings.{task}"
+        if settings is None:
+            settings = {}
+        if not isinstance(settings, Mapping):
+            raise ConfigError(key, f"expected a mapping of settings (may be empty), got {settings!r}")
+        unknown = sorted(set(settings) - set(TASK_SETTING_KEYS))
+        if unknown:
+            raise ConfigError(
+                key, f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(TASK_SETTING_KEYS)}"
+            )
+        table[str(task)] = {**table.get(str(task), {}), **settings}
+        explicit[str(task)] = set(settings)
+    return table, explicit
+
+
 def task_instruction(task: str, config: str = "llm-embedder") -> dict[str, str]:
-    """``TASK_CONFIG[config]["instruction"][task]``, with an error that lists the valid names.
+    """``TASK_CONFIG[config]["instruction"][task]``, with an error that lists the valid names (the lookup of
+    :meth:`densetune.data.prompts.Prompt.instruct`).
 
     Raises:
         ConfigError: unknown ``config`` or ``task``.
@@ -195,6 +278,8 @@ def task_instruction(task: str, config: str = "llm-embedder") -> dict[str, str]:
     instructions = TASK_CONFIG[config]["instruction"]
     if not isinstance(instructions, defaultdict) and task not in instructions:
         raise ConfigError(
-            "task", f"no {config} instruction for task {task!r}; valid: {', '.join(instructions)}"
+            "task",
+            f"TASK_CONFIG[{config!r}] has no instruction for task {task!r}; valid: {', '.join(instructions)} "
+            "(the task is an LLM-Embedder file's parent directory or its 'task' field)",
         )
     return instructions[task]

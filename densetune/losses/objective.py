@@ -33,7 +33,7 @@ def train_config_loss(config: str = "llm-embedder") -> dict[str, dict[str, Any]]
     ``contrastive_weight``, ``distill_weight``, ``teacher_temperature`` and ``student_temperature`` where a
     task sets them, and ``distill_kind``: ``stable_distill`` when the task's ``stable_distill`` is true, else
     ``kl`` (the seed's two distillation branches). Selection keys are read by
-    :func:`densetune.data.groups.train_config_selection`.
+    :func:`densetune.data.tasks.train_config_selection`.
 
     Raises:
         ConfigError: ``config`` is not a TASK_CONFIG entry with a ``training`` table.

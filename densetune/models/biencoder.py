@@ -10,7 +10,7 @@ API:
     model.encode(input_ids, attention_mask, *, is_query, token_type_ids=None) -> [N, H]
     model.encode_texts(texts, *, is_query, batch_size=64, max_length=None, device=None,
                        show_progress=False) -> CPU float32 [N, H], input order
-    model.format_text(text, *, is_query) -> str               the prefix rule used for training batches too
+    model.prompt -> data.prompts.Prompt                       the prefix rule; training collates with it too
     model.tokenize(texts, *, is_query, max_length=None) -> BatchEncoding
     model.save_pretrained(dir, *, model_card=None)
     model.tokenizer, model.config (BiEncoderConfig), model.embedding_dim
@@ -33,9 +33,11 @@ Decoder LLM embedders:
     FlashAttention's causal shortcut is not taken). The flag is saved in config.json, so the exported
     model is bidirectional in plain transformers and sentence-transformers too.
 
-Prefixes: text = ``prefix + " " + text`` when the prefix is non-empty (NeMo's rule); a prompt read from a
-sentence-transformers folder is prepended as is (``prefix_separator=""``). Export writes the joined form
-as the sentence-transformers prompts ``query`` / ``document``.
+Prefixes: :attr:`BiEncoder.prompt` (a :class:`~densetune.data.prompts.Prompt` built from the config) is the one
+place a text gets its prefix: text = ``prefix + " " + text`` when the prefix is non-empty (NeMo's rule); a
+prompt read from a sentence-transformers folder is prepended as is (``prefix_separator=""``). Encoding uses
+it, ``densetune train`` collates with it, and the saved folder's sentence-transformers prompts ``query`` /
+``document`` are its :meth:`~densetune.data.prompts.Prompt.to_sentence_transformers`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densetune.data.batch import Batch, as_batch
+from densetune.data.prompts import Prompt
 from densetune.models import loading
 from densetune.models.inference import map_longest_first
 from densetune.models.lora import apply_lora, unwrap_peft
@@ -189,17 +192,19 @@ class BiEncoder(nn.Module):
             token_type_ids=inputs.get("token_type_ids"),
         )
 
-    def format_text(self, text: str, *, is_query: bool) -> str:
-        """Apply the query / passage prefix (``prefix + separator + text`` when the prefix is non-empty)."""
-        prefix = self.config.query_prefix if is_query else self.config.passage_prefix
-        return f"{prefix}{self.config.prefix_separator}{text}" if prefix else text
+    @property
+    def prompt(self) -> Prompt:
+        """The model's :class:`~densetune.data.prompts.Prompt`: its prefixes and their separator (config)."""
+        cfg = self.config
+        return Prompt(cfg.query_prefix, cfg.passage_prefix, separator=cfg.prefix_separator)
 
     def tokenize(self, texts: Sequence[str], *, is_query: bool, max_length: int | None = None):
         """Prefixed, truncated, padded token tensors for ``texts`` (EOS appended by the tokenizer when set)."""
         if max_length is None:
             max_length = self.config.max_query_len if is_query else self.config.max_passage_len
+        format_text = self.prompt.query if is_query else self.prompt.passage
         return self.tokenizer(
-            [self.format_text(t, is_query=is_query) for t in texts],
+            [format_text(t) for t in texts],
             padding=True,
             truncation=True,
             max_length=max_length,
@@ -443,10 +448,7 @@ class BiEncoder(nn.Module):
             out / "config_sentence_transformers.json",
             {
                 "__version__": loading.st_versions(),
-                "prompts": {
-                    "query": self.format_text("", is_query=True),
-                    "document": self.format_text("", is_query=False),
-                },
+                "prompts": self.prompt.to_sentence_transformers(),
                 "default_prompt_name": None,
                 "similarity_fn_name": "cosine" if self.config.normalize else "dot",
             },
@@ -454,6 +456,7 @@ class BiEncoder(nn.Module):
 
     def _model_card(self, extra: Mapping[str, Any]) -> str:
         cfg = self.config
+        prompts = self.prompt.to_sentence_transformers()
         backbone = unwrap_peft(self.encoder)
         settings: list[tuple[str, Any]] = [
             ("architecture", f"{type(backbone).__name__} ({backbone.config.model_type})"),
@@ -467,8 +470,8 @@ class BiEncoder(nn.Module):
                 f"{self.inference_max_len} for queries and passages alike, in densetune and in "
                 "sentence-transformers (max_seq_length); longer texts are truncated",
             ),
-            ("query prefix", json.dumps(self.format_text("", is_query=True))),
-            ("passage prefix", json.dumps(self.format_text("", is_query=False))),
+            ("query prefix", json.dumps(prompts["query"])),
+            ("passage prefix", json.dumps(prompts["document"])),
         ]
         if cfg.add_eos:
             settings.append(("EOS appended", True))

@@ -4,17 +4,20 @@
 of the model kind: :func:`trains_reranker`) run on every config :func:`densetune.train.config.from_dict`
 returns; :func:`check_components` checks each component node against its target's signature as the recipe
 will call it (``densetune train`` and validate run it before any model loads). :func:`model_loader_kwargs`
-is what the recipe passes the model loader.
+is what the recipe passes the model loader; :func:`training_prompt` is the run's one prompt, built from the
+loaded model, and :func:`collator_prompt` what the collator is handed of it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from pathlib import Path
 from typing import Any
 
 from densetune.config import TARGET, check_arguments, locate
+from densetune.data.prompts import Prompt
 from densetune.errors import ConfigError
 from densetune.train.schema import LIVE_ARGS, SECTIONS, RecipeConfig
 
@@ -255,3 +258,51 @@ def model_loader_kwargs(cfg: RecipeConfig) -> dict[str, Any]:
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     kwargs.update(mcfg.kwargs)
     return kwargs
+
+
+def training_prompt(model: Any, cfg: RecipeConfig, selector: Any) -> Prompt:
+    """The run's one :class:`~densetune.data.prompts.Prompt`: the model's (its folder's prompts, or the
+    collator's prefixes, which :func:`model_loader_kwargs` handed the loader) with the collator's
+    ``use_dataset_instruction`` and the selector's task instruction set. The dataset applies its task layer,
+    the collator its model layer and the saved model keeps its prefixes, so training, encoding and the
+    exported model format a text alike.
+
+    Raises:
+        ConfigError: ``data.collator.use_dataset_instruction`` with a model that has prefixes: training would
+            replace them, encoding and the exported model would apply them.
+    """
+    base = getattr(model, "prompt", None) or Prompt()  # a cross-encoder has no prefixes
+    use_dataset = bool((cfg.data.collator or {}).get("use_dataset_instruction", False))
+    prefixes = base.to_sentence_transformers()
+    if use_dataset and any(prefixes.values()):
+        raise ConfigError(
+            "data.collator.use_dataset_instruction",
+            f"dataset instructions replace the prefixes in training, but the model applies {prefixes} at "
+            "encoding and after export; leave query_prefix / passage_prefix empty (and use a model folder "
+            "without prompts) or turn dataset instructions off",
+        )
+    return dataclasses.replace(
+        base, use_dataset_instruction=use_dataset, instruction=getattr(selector, "instruction", None)
+    )
+
+
+def collator_prompt(node: dict[str, Any], prompt: Prompt) -> dict[str, Prompt]:
+    """``{"prompt": prompt}`` for a collator that takes one (it formats texts with it), ``{}`` for one that
+    does not and has nothing to apply (the prompt has no prefixes: its task layer is the dataset's).
+
+    Raises:
+        ConfigError: ``data.collator`` takes no prompt but the model has prefixes, which training would then
+            leave out and encoding would apply.
+    """
+    target = locate(str(node[TARGET]), f"data.collator.{TARGET}")
+    if "prompt" in inspect.signature(target).parameters:
+        return {"prompt": prompt}
+    prefixes = prompt.to_sentence_transformers()
+    if any(prefixes.values()):
+        raise ConfigError(
+            "data.collator",
+            f"{node[TARGET]} takes no prompt, so it would train without the model's prefixes {prefixes} "
+            "that encoding and the exported model apply; use densetune.data.collators.BiEncoderCollator, or "
+            "clear the model's prefixes (model.kwargs: {query_prefix: '', passage_prefix: ''})",
+        )
+    return {}

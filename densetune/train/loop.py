@@ -33,7 +33,7 @@ from densetune.errors import ConfigError, DensetuneError
 from densetune.hostmem import HEAP_PEAK_FACTOR, reuse_freed_memory
 from densetune.precision import resolve_precision
 from densetune.train import checkpoint as ckpt
-from densetune.train.checks import model_loader_kwargs
+from densetune.train.checks import collator_prompt, model_loader_kwargs, training_prompt
 from densetune.train.config import diff_configs, save_config
 from densetune.train.logging import CURVE_FILE, METRICS_FILE, MetricsLogger, plot_curves
 from densetune.train.memory import GIB, check_memory, device_memory, estimate_memory
@@ -282,8 +282,11 @@ class TrainRecipe:
 
         dcfg = self.cfg.data
         self.selector = self.inputs.selector
+        # the run's one prompt: the dataset applies its task layer, the collator its prefixes, the saved
+        # model keeps them (densetune.data.prompts.Prompt)
+        self.prompt = training_prompt(self.raw_model, self.cfg, self.selector)
         self.dataset = RetrievalTrainDataset(
-            self.inputs.train_store, self.selector, exclude=self.inputs.skip_rows
+            self.inputs.train_store, self.selector, exclude=self.inputs.skip_rows, prompt=self.prompt
         )
         self.sampler = instantiate(
             dcfg.sampler,
@@ -297,12 +300,17 @@ class TrainRecipe:
         if dcfg.collator is None:  # the model's own: a cross-encoder tokenises pairs as it scores them
             self.collator = self.raw_model.collator
         else:
-            self.collator = instantiate(
-                dcfg.collator,
-                "data.collator",
-                tokenizer=self.tokenizer,
-                **self._model_prefixes(dcfg.collator),
-            )
+            try:
+                self.collator = instantiate(
+                    dcfg.collator,
+                    "data.collator",
+                    tokenizer=self.tokenizer,
+                    **collator_prompt(dcfg.collator, self.prompt),
+                )
+            except ConfigError as err:  # a prefix that disagrees with the model's (Prompt.check_agrees)
+                if err.key in ("query_prefix", "passage_prefix", "use_dataset_instruction"):
+                    raise ConfigError(f"data.collator.{err.key}", err.message) from None
+                raise
         self._workers = loader_workers(dcfg.num_workers, self.device)
         self.loader = self._make_loader(self._workers)
         self.batches_per_epoch = len(self.sampler)
@@ -342,20 +350,6 @@ class TrainRecipe:
                 generator=torch.Generator().manual_seed(self.cfg.seed),
             )
 
-    def _model_prefixes(self, node: dict[str, Any]) -> dict[str, str]:
-        """The model folder's prompts for a collator node that sets none (training and evaluation then
-        format texts alike); the collator joins ``prefix + " " + text``, so a trailing space is dropped."""
-        import inspect
-
-        params = inspect.signature(locate(node["_target_"], "data.collator._target_")).parameters
-        config = getattr(self.raw_model, "config", None)
-        out = {}
-        for key in ("query_prefix", "passage_prefix"):
-            prefix = getattr(config, key, "") or ""
-            if key in params and not node.get(key) and prefix:
-                out[key] = prefix.rstrip()
-        return out
-
     def _build_dev_loader(self) -> Any:
         """Dev groups in file order: the positive then the first ``eval.dev_n_passages - 1`` negatives."""
         if not self.cfg.eval.dev:
@@ -366,15 +360,11 @@ class TrainRecipe:
         from densetune.data.groups import GroupSelector
 
         store = self.inputs.dev_store
-        # dev groups read as training groups do: the same task instructions, if any
         selector = GroupSelector(
-            self.cfg.eval.dev_n_passages,
-            positive="first",
-            negative="cycle",
-            seed=self.cfg.seed,
-            instruction=getattr(self.selector, "instruction", None),
+            self.cfg.eval.dev_n_passages, positive="first", negative="cycle", seed=self.cfg.seed
         )
-        dataset = RetrievalTrainDataset(store, selector)
+        # dev groups read as training groups do: the same prompt (task instructions, if any)
+        dataset = RetrievalTrainDataset(store, selector, prompt=self.prompt)
         batches = BatchSampler(SequentialSampler(dataset), self.cfg.eval.batch_size, drop_last=False)
         return DataLoader(dataset, batch_sampler=batches, collate_fn=TypedCollate(self.collator))
 

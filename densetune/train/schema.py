@@ -102,8 +102,9 @@ class ModelConfig:
         _target_: the loader, called as ``loader(path, pooling=..., normalize=..., ...)``.
 
     The collator's ``query_prefix`` / ``passage_prefix`` and ``q_max_len`` / ``p_max_len`` are passed to
-    the loader too, so evaluation and the exported model (sentence-transformers prompts) use what training
-    used. When the collator sets no prefix, the model folder's prompts (if any) go to the collator instead.
+    the loader too; the loaded model's prompt (those prefixes, else the model folder's prompts) is then the
+    one the collator formats training texts with (:func:`densetune.train.checks.training_prompt`), so
+    evaluation and the exported model (sentence-transformers prompts) use what training used.
     """
 
     path: str = ""

@@ -176,6 +176,21 @@ def test_biencoder_dataset_instructions_replace_prefixes(minilm_tokenizer):
     assert batch["q_input_ids"][0][:4].tolist() == minilm_tokenizer("Find: question")["input_ids"][:4]
 
 
+def test_biencoder_given_a_prompt_formats_with_it_and_refuses_other_prefixes(minilm_tokenizer):
+    """The model's prompt (here a folder's, prepended verbatim) is the collator's; prefixes may only agree."""
+    from densetune.data.prompts import Prompt
+    from densetune.errors import ConfigError
+
+    prompt = Prompt("Find:\n", "Doc:\n", separator="")
+    queries, docs, _ = BiEncoderCollator(minilm_tokenizer, prompt=prompt).texts([nemo_item(0, n=2)])
+    assert queries == ["Find:\nquestion number 0 about retrieval"] and docs[0] == "Doc:\npositive passage 0"
+    same = BiEncoderCollator(minilm_tokenizer, query_prefix="query:", prompt=Prompt("query: ", separator=""))
+    assert same.texts([nemo_item(0, n=2)])[0] == ["query: question number 0 about retrieval"]
+    with pytest.raises(ConfigError) as err:
+        BiEncoderCollator(minilm_tokenizer, passage_prefix="passage:", prompt=prompt)
+    assert err.value.key == "passage_prefix" and "'Doc:\\n'" in str(err.value)
+
+
 def test_biencoder_groups_and_dicts_give_the_same_tensors(minilm_tokenizer):
     collate = BiEncoderCollator(
         minilm_tokenizer, query_prefix="query:", passage_prefix="passage:", pad_to_multiple_of=8

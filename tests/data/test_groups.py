@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from densetune.data.groups import NEGATIVE_MODES, POSITIVE_MODES, GroupSelector, derive_seed
+from densetune.data.groups import NEGATIVE_MODES, POSITIVE_MODES, GroupSelector
 from densetune.data.records import Doc, Example
+from densetune.data.seeds import derive_seed
 from densetune.errors import ConfigError, DataError
 
 
@@ -486,8 +487,7 @@ def test_task_settings_select_each_task_with_its_own_modes():
 
 
 def test_use_train_config_takes_task_config_and_explicit_settings_win():
-    from densetune.data.groups import train_config_selection
-    from densetune.data.tasks import TASK_CONFIG
+    from densetune.data.tasks import TASK_CONFIG, train_config_selection
 
     sel = GroupSelector(8, use_train_config=True, task_settings={"lrlm": {"max_samples": 50}})
     for task, entry in TASK_CONFIG["llm-embedder"]["training"].items():
@@ -545,13 +545,15 @@ def test_per_task_options_are_validated_naming_the_key(kwargs, key, words):
     assert err.value.key == key and words in str(err.value)
 
 
-def test_format_prepends_task_instructions_without_separator():
+def test_prompt_prepends_task_instructions_without_separator():
+    from densetune.data.prompts import Prompt
     from densetune.data.tasks import TASK_CONFIG
 
     sel = GroupSelector(3, negative="first", instruction="llm-embedder")
+    prompt = Prompt(instruction=sel.instruction)
     ex = example(task="tool")
     ex.positives[0].title = "Calculator"
-    group = sel.format(sel.select(ex, 0, 0))
+    group = prompt.instruct(sel.select(ex, 0, 0))
     inst = TASK_CONFIG["llm-embedder"]["instruction"]["tool"]
     assert group.query == inst["query"] + "what is bm25"
     assert [d.text for d in group.docs] == [
@@ -561,10 +563,10 @@ def test_format_prepends_task_instructions_without_separator():
     ]
     assert [d.id for d in group.docs] == ["p0", "n0", "n1"] and group.docs[0].title == ""
     with pytest.raises(ConfigError, match="no instruction for task 'news'"):
-        sel.check_tasks(["news"])
+        prompt.check_tasks(["news"])
     plain = GroupSelector(3, negative="first")
     raw = plain.select(example(task="tool"), 0, 0)
-    assert plain.format(raw) is raw
+    assert Prompt().instruct(raw) is raw
 
 
 def _llm_rows(path, task: str, n: int, flat: tuple[int, ...] = ()) -> None:

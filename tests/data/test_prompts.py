@@ -8,13 +8,12 @@ import pytest
 
 from densetune.data.prompts import (
     LLM_SPECIAL_TOKENS,
-    PromptFormatter,
+    Prompt,
     apply_instruction,
     build_icl_query,
     count_tokens,
     format_passage,
     get_query_prompt,
-    join_prefix,
     sample_icl_examples,
     truncate_text,
 )
@@ -32,21 +31,48 @@ def n_tokens(tokenizer, text: str) -> int:
 # -- NeMo Automodel ---------------------------------------------------------------------------------------
 
 
-def test_join_prefix():
-    assert join_prefix("query:", "what is bm25") == "query: what is bm25"
-    assert join_prefix("", "what is bm25") == "what is bm25"
+def test_prompt_joins_prefixes_with_a_space():
+    prompt = Prompt(query_prefix="query:")
+    assert prompt.query("what is bm25") == "query: what is bm25"
+    assert prompt.passage("what is bm25") == "what is bm25"
 
 
-def test_prompt_formatter_prefixes_and_dataset_instructions():
-    static = PromptFormatter(query_prefix="query:", passage_prefix="passage:")
-    assert static.apply_query("q", "Instruct: find\nQuery:") == "query: q"
-    assert static.apply_passage("pos") == "passage: pos"
+def test_prompt_prefixes_and_dataset_instructions():
+    static = Prompt(query_prefix="query:", passage_prefix="passage:")
+    assert static.query("q", instruction="Instruct: find\nQuery:") == "query: q"
+    assert static.passage("pos") == "passage: pos"
     # With dataset instructions the static prefixes are ignored, and an empty instruction leaves text raw.
-    dataset = PromptFormatter(query_prefix="query:", passage_prefix="passage:", use_dataset_instruction=True)
-    assert dataset.apply_query("q", "Instruct: find\nQuery:") == "Instruct: find\nQuery: q"
-    assert dataset.apply_passage("pos", "") == "pos"
-    assert dataset.apply_passage("text", "Represent:") == "Represent: text"
-    assert PromptFormatter().apply_query("q") == "q"
+    dataset = Prompt(query_prefix="query:", passage_prefix="passage:", use_dataset_instruction=True)
+    assert dataset.query("q", instruction="Instruct: find\nQuery:") == "Instruct: find\nQuery: q"
+    assert dataset.passage("pos", instruction="") == "pos"
+    assert dataset.passage("text", instruction="Represent:") == "Represent: text"
+    assert Prompt().query("q") == "q"
+
+
+def test_prompt_saved_form_is_what_it_prepends():
+    """A sentence-transformers prompt is prepended verbatim: prompt + text must be the training text."""
+    nemo = Prompt("query:", "passage:")
+    assert nemo.to_sentence_transformers() == {"query": "query: ", "document": "passage: "}
+    # A folder's prompt ending in a newline is kept as is (no separator added, none stripped).
+    folder = Prompt("Instruct: find\nQuery:\n", "", separator="")
+    saved = folder.to_sentence_transformers()
+    assert saved == {"query": "Instruct: find\nQuery:\n", "document": ""}
+    assert folder.query("q") == saved["query"] + "q" and folder.passage("p") == saved["document"] + "p"
+
+
+def test_prompt_refuses_settings_that_would_format_texts_differently():
+    model = Prompt("query: ", "passage: ", separator="")
+    model.check_agrees(Prompt("query:", "passage:"))  # renders the same: "query: " + text
+    model.check_agrees(Prompt())  # empty means "use the model's"
+    with pytest.raises(ConfigError) as err:
+        model.check_agrees(Prompt("query:", "doc:"))
+    assert err.value.key == "passage_prefix" and "'doc: '" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        Prompt().check_agrees(Prompt(use_dataset_instruction=True))
+    assert err.value.key == "use_dataset_instruction"
+    with pytest.raises(ConfigError) as err:
+        Prompt(instruction="llm")
+    assert err.value.key == "instruction" and "llm-embedder, bge, e5, instructor" in str(err.value)
 
 
 # -- LLM-Embedder ----------------------------------------------------------------------------------------

@@ -53,8 +53,8 @@ def test_encode_texts_keeps_input_order_and_training_mode(tiny_bert_dir):
 
 def test_prefixes_follow_the_nemo_rule(tiny_bert_dir):
     model = BiEncoder.from_pretrained(tiny_bert_dir, query_prefix="query:", passage_prefix="passage:")
-    assert model.format_text("what", is_query=True) == "query: what"
-    assert model.format_text("text", is_query=False) == "passage: text"
+    assert model.prompt.query("what") == "query: what"
+    assert model.prompt.passage("text") == "passage: text"
     with_prefix = model.encode_texts(["what"], is_query=True)
     plain = BiEncoder.from_pretrained(tiny_bert_dir).encode_texts(["query: what"], is_query=True)
     torch.testing.assert_close(with_prefix, plain)
@@ -83,7 +83,7 @@ def test_settings_from_a_sentence_transformers_folder(tiny_bert_dir, tmp_path):
     model = BiEncoder.from_pretrained(folder)
     cfg = model.config
     assert (cfg.pooling, cfg.normalize, cfg.max_query_len, cfg.max_passage_len) == ("cls", False, 77, 77)
-    assert model.format_text("q", is_query=True) == "query: q"  # prompts are prepended verbatim
+    assert model.prompt.query("q") == "query: q"  # prompts are prepended verbatim
     assert BiEncoder.from_pretrained(folder, pooling="avg", normalize=True).config.pooling == "mean"
     modules = json.loads((folder / "modules.json").read_text())
     modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})

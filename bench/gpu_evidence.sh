@@ -6,6 +6,8 @@
 #                                        # SciFact 3 epochs / 3 negatives under bf16 (auto) and fp32   (~6 min)
 #   bash bench/gpu_evidence.sh throughput # the throughput steps of core alone                        (~4 min)
 #   bash bench/gpu_evidence.sh matryoshka+throughput  # bench_matryoshka.py, then those               (~5 min)
+#   SELECT="1,1,1,1;4,1,1,1" bash bench/gpu_evidence.sh matryoshka  # Matryoshka weights chosen on dev, then test
+#   bash bench/gpu_evidence.sh remaining  # BERT-base training and both encode ratios                    (~6 min)
 #   bash bench/gpu_evidence.sh quality   # SciFact 10 epochs / 7 negatives vs the peer, Matryoshka dims,
 #                                        # the quickstart, rerankers + distillation                      (~6 min)
 #   SMOKE=1 bash bench/gpu_evidence.sh core   # the same steps, tiny, on a CPU: checks the script itself
@@ -116,14 +118,33 @@ throughput() {
     step profile_step "${LIMIT:-90}" $PY bench/profile_train_step.py --model "$MODEL" --data "$DATA" $PROF --top 15
 }
 
+# SELECT="1,1,1,1;4,1,1,1" chooses the Matryoshka loss weights on a dev split carved from train first
 matryoshka() {
-    step matryoshka "${LIMIT:-200}" $PY bench/bench_matryoshka.py --model "$MODEL" --data "$DATA" $SF \
-        --out "$WORK/matryoshka" --json "$WORK/matryoshka.json"
+    local limit=200
+    [ -n "${SELECT:-}" ] && limit=420
+    step matryoshka "${LIMIT:-$limit}" $PY bench/bench_matryoshka.py --model "$MODEL" --data "$DATA" $SF \
+        --out "$WORK/matryoshka" --json "$WORK/matryoshka.json" ${SELECT:+--select-weights "$SELECT"}
+}
+
+# the throughput rows not recorded yet: BERT-base training with the loader's workers, and both encode ratios
+remaining() {
+    step train_bert_base "${LIMIT:-150}" $PY bench/bench_train.py --random bert-base --data "$DATA" $TRAIN \
+        --json "$WORK/train_bert_base.json"
+    step encode_bert_base "${LIMIT:-120}" $PY bench/bench_encode.py --random bert-base --random-dir "$WORK/random" \
+        --data "$DATA" $ENC --json "$WORK/encode_bert_base.json"
+    step encode_minilm "${LIMIT:-90}" $PY bench/bench_encode.py --model "$MODEL" --data "$DATA" $ENC \
+        --json "$WORK/encode_minilm.json"
 }
 
 case "$PART" in
 throughput)
     throughput
+    ;;
+matryoshka)
+    matryoshka
+    ;;
+remaining)
+    remaining
     ;;
 matryoshka+throughput)
     matryoshka
@@ -152,7 +173,7 @@ quality)
         --device "$DEVICE" --out "$WORK/rerank" ${SMOKE:+--max-steps 2}
     ;;
 *)
-    echo "usage: bash bench/gpu_evidence.sh core|throughput|matryoshka+throughput|quality" >&2
+    echo "usage: bash bench/gpu_evidence.sh core|throughput|matryoshka|remaining|matryoshka+throughput|quality" >&2
     exit 2
     ;;
 esac

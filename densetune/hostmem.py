@@ -2,17 +2,18 @@
 
 Why: glibc's malloc serves every request above its mmap threshold (32 MiB at most) with a fresh ``mmap`` and
 unmaps it on ``free``. A CPU training step or inference batch allocates activations of tens to hundreds of
-MiB each, so every step the kernel maps, zero-fills and unmaps gigabytes of pages again. Measured on the
-2-core CI-class machine (MiniLM-L6, 32 x (1+3), p 256, bf16, 3 steps): 111 s of system time against 73 s of
-user time, 20.5M page faults; inside :func:`reuse_freed_memory` the same steps take 48 s of system time (the
-first touch of the heap; later steps fault almost never) and train 2x faster (docs/BENCHMARKS.md).
+MiB each, so every step the kernel maps, zero-fills and unmaps gigabytes of pages again. Measured with
+``bench/bench_train.py --warmup 3 --steps 3 --skip-peer`` on the 2-core CI-class machine (MiniLM-L6,
+32 x (1+3), q 64 / p 256, bf16 autocast): without this, 182 s of system time against 133 s of user time and
+0.96 samples/s; inside :func:`reuse_freed_memory` 39 s of system time (the heap's first touch, in the first
+step) and 2.5 samples/s, at a peak resident size of 15.1 instead of 13.1 GB (docs/BENCHMARKS.md).
 
 Inside the context, large blocks come from the heap (``M_MMAP_MAX`` 0) and the heap is not trimmed
-(``M_TRIM_THRESHOLD`` very large), so the next step's activations reuse the last step's pages. The cost is
-a higher peak resident size (the heap keeps what it once held, in pieces: 19.3 vs 13.6 GB on that
-benchmark, whose activations dominate; :data:`HEAP_PEAK_FACTOR`). On leaving the outermost context glibc's defaults come back and the kept heap is
-returned to the system (``malloc_trim``). Elsewhere than Linux glibc, or with ``DENSETUNE_HOST_MALLOC=system``
-in the environment, the context changes nothing.
+(``M_TRIM_THRESHOLD`` at its largest), so a step's activations reuse the last step's pages. The cost is the
+higher peak resident size (the heap keeps what it once held, in pieces; :data:`HEAP_PEAK_FACTOR`). On
+leaving the outermost context glibc's defaults come back and the kept heap is returned to the system
+(``malloc_trim``). Elsewhere than Linux glibc, or with ``DENSETUNE_HOST_MALLOC=system`` in the environment,
+the context changes nothing.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 _DEFAULT_MMAP_MAX = 65536
 _NEVER = -1  # mallopt's int turned into glibc's size_t: the largest threshold, so the heap is never trimmed
 
-# Peak resident size inside the context relative to glibc's default, measured on the benchmark above (19.3
-# vs 13.6 GB): training uses the context only where its estimated peak times this fits the machine's memory.
+# Peak resident size inside the context relative to glibc's default: 1.15x on the benchmark above, 1.42x on a
+# bare forward + backward loop (19.3 vs 13.6 GB); training uses the context only where its estimated peak
+# times this fits the memory the run may use.
 HEAP_PEAK_FACTOR = 1.5
 
 _lock = threading.Lock()

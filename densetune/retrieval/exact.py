@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from densetune.errors import DensetuneError
+from densetune.hostmem import reuse_freed_memory
 from densetune.retrieval.topk import sort_rows
 
 GROUP = 16  # columns per group in group-max selection
@@ -239,7 +240,9 @@ def exact_search(
         queries = torch.nn.functional.normalize(queries, dim=-1)
     depth = min(n_docs, k + _EXTRA) if bf16 else k
     settings = {"normalize": normalize, "query_block": query_block, "doc_chunk": doc_chunk}
-    with torch.inference_mode(), torch.autocast(dev.type, enabled=False):
+    # on a CPU each block's scores are host memory: reuse the last block's pages (densetune/hostmem.py)
+    host = reuse_freed_memory(dev.type == "cpu")
+    with torch.inference_mode(), torch.autocast(dev.type, enabled=False), host:
         low = queries.to(torch.bfloat16) if bf16 else queries
         values, rows, norms = _chunked_topk(
             low, doc_emb, depth, bf16=bf16, show_progress=show_progress, **settings

@@ -149,9 +149,8 @@ class TrainRecipe:
         """The whole recipe: set up, train, finish (returns the summary), and leave the process group."""
         try:
             self.setup()
-            with reuse_freed_memory(self._reuse_host_memory()):
-                self.train()
-                return self.finish()
+            self.train()
+            return self.finish()
         finally:
             self.cleanup()
 
@@ -461,6 +460,10 @@ class TrainRecipe:
 
     def train(self) -> None:
         """Run optimizer steps until ``total_steps``: accumulate micro-batches, step, log, evaluate, save."""
+        with reuse_freed_memory(self._reuse_host_memory()):
+            self._train_steps()
+
+    def _train_steps(self) -> None:
         cfg, st = self.cfg.train, self.state
         accum = cfg.grad_accum_steps
         if self.cfg.eval.at_start and st.step == 0 and self._has_eval():

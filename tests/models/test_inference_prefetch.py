@@ -1,4 +1,4 @@
-"""The inference loop tokenises ahead of the GPU in a thread: same batches, same order, same embeddings."""
+"""The inference loop tokenises ahead of the GPU in threads: same batches, same order, same embeddings."""
 
 from __future__ import annotations
 
@@ -32,6 +32,21 @@ def test_prepared_yields_every_batch_in_order_prepared_ahead_in_another_thread()
     assert all(name.startswith("densetune-tokenize") for name in threads)
 
 
+def test_prepared_in_several_threads_keeps_the_order():
+    import time
+
+    batches = [[i] for i in range(12)]
+
+    def prepare(index):  # later batches finish first: the order must come from the loop, not the threads
+        time.sleep(0.002 * (12 - index[0]))
+        return (index[0], threading.current_thread().name)
+
+    out = list(inference._prepared(batches, prepare, ahead=6, threads=3))
+    assert [index for index, _ in out] == batches
+    assert [value for _, (value, _) in out] == list(range(12))
+    assert len({name for _, (_, name) in out}) > 1
+
+
 def test_encode_with_prefetch_equals_encode_without(minilm_path, monkeypatch):
     from densetune.models.biencoder import BiEncoder
 
@@ -39,6 +54,8 @@ def test_encode_with_prefetch_equals_encode_without(minilm_path, monkeypatch):
     texts = [f"passage number {i} " + "word " * (i % 7) for i in range(21)]
     plain = minilm.encode_texts(texts, is_query=False, batch_size=4)
     original = inference._prepared
-    monkeypatch.setattr(inference, "_prepared", lambda b, p, ahead: original(b, p, ahead=2))
+    monkeypatch.setattr(
+        inference, "_prepared", lambda b, p, ahead, threads: original(b, p, ahead=4, threads=2)
+    )
     ahead = minilm.encode_texts(texts, is_query=False, batch_size=4)
     assert torch.equal(plain, ahead)

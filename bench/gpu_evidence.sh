@@ -106,18 +106,6 @@ else
     LIMIT=
 fi
 
-throughput() {
-    step train_minilm "${LIMIT:-150}" $PY bench/bench_train.py --model "$MODEL" --data "$DATA" $TRAIN \
-        --json "$WORK/train_minilm.json"
-    step train_bert_base "${LIMIT:-150}" $PY bench/bench_train.py --random bert-base --data "$DATA" $TRAIN \
-        --json "$WORK/train_bert_base.json"
-    step encode_bert_base "${LIMIT:-120}" $PY bench/bench_encode.py --random bert-base --random-dir "$WORK/random" \
-        --data "$DATA" $ENC --json "$WORK/encode_bert_base.json"
-    step encode_minilm "${LIMIT:-90}" $PY bench/bench_encode.py --model "$MODEL" --data "$DATA" $ENC \
-        --json "$WORK/encode_minilm.json"
-    step profile_step "${LIMIT:-90}" $PY bench/profile_train_step.py --model "$MODEL" --data "$DATA" $PROF --top 15
-}
-
 # SELECT="1,1,1,1;4,1,1,1" chooses the Matryoshka loss weights on a dev split carved from train first
 matryoshka() {
     local limit=200
@@ -126,7 +114,7 @@ matryoshka() {
         --out "$WORK/matryoshka" --json "$WORK/matryoshka.json" ${SELECT:+--select-weights "$SELECT"}
 }
 
-# the throughput rows not recorded yet: BERT-base training with the loader's workers, and both encode ratios
+# BERT-base training and both encode ratios: the throughput rows the first lease could not record
 remaining() {
     step train_bert_base "${LIMIT:-150}" $PY bench/bench_train.py --random bert-base --data "$DATA" $TRAIN \
         --json "$WORK/train_bert_base.json"
@@ -134,6 +122,13 @@ remaining() {
         --data "$DATA" $ENC --json "$WORK/encode_bert_base.json"
     step encode_minilm "${LIMIT:-90}" $PY bench/bench_encode.py --model "$MODEL" --data "$DATA" $ENC \
         --json "$WORK/encode_minilm.json"
+}
+
+throughput() {
+    step train_minilm "${LIMIT:-150}" $PY bench/bench_train.py --model "$MODEL" --data "$DATA" $TRAIN \
+        --json "$WORK/train_minilm.json"
+    remaining
+    step profile_step "${LIMIT:-90}" $PY bench/profile_train_step.py --model "$MODEL" --data "$DATA" $PROF --top 15
 }
 
 case "$PART" in

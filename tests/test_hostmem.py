@@ -45,11 +45,12 @@ def test_steps_reuse_pages_inside_and_not_outside(step):
     with reuse_freed_memory() as active:
         assert active
         step()  # the heap grows to the step's peak once
-        inside = [step() for _ in range(3)]
+        inside = [step() for _ in range(5)]
     after = [step() for _ in range(2)]
-    # every page of a step is mapped again outside (tens of thousands of faults); inside almost none
+    # every page of a step is mapped again outside (tens of thousands of faults); inside a typical step maps
+    # none (the heap may still grow now and then where a freed block is too small for the next request)
     assert min(outside) > 10_000
-    assert sum(inside) < sum(outside) / 10
+    assert _median(inside) < min(outside) / 10
     # leaving restores glibc's defaults: large blocks are unmapped on free again
     assert min(after) > 10_000
 
@@ -59,8 +60,12 @@ def test_nested_contexts_restore_on_the_outermost_exit(step):
         with reuse_freed_memory():
             step()
         step()
-        inner_left = [step() for _ in range(2)]
-    assert sum(inner_left) < 2_000
+        inner_left = [step() for _ in range(5)]
+    assert _median(inner_left) < 1_000
+
+
+def _median(values: list[int]) -> int:
+    return sorted(values)[len(values) // 2]
 
 
 def test_disabled_by_argument_or_environment(monkeypatch):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -44,8 +45,10 @@ _lock = threading.Lock()
 _depth = 0
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The process's C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
+    """The process's C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None; looked
+    up once per process (the inference loop enters the context on every call)."""
     try:
         libc = ctypes.CDLL(None)
         libc.gnu_get_libc_version  # noqa: B018 (only glibc has it; musl and macOS raise AttributeError)

@@ -202,7 +202,8 @@ class BiEncoder(nn.Module):
         """Prefixed, truncated, padded token tensors for ``texts`` (EOS appended by the tokenizer when set)."""
         if max_length is None:
             max_length = self.config.max_query_len if is_query else self.config.max_passage_len
-        format_text = self.prompt.query if is_query else self.prompt.passage
+        prompt = self.prompt
+        format_text = prompt.query if is_query else prompt.passage
         return self.tokenizer(
             [format_text(t) for t in texts],
             padding=True,

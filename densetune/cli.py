@@ -143,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _set_verbosity(args.verbose + args.verbose_top)
     try:
-        return int(importlib.import_module(args._module).main(args) or 0)
+        code = int(importlib.import_module(args._module).main(args) or 0)
+        if "torch.distributed" in sys.modules:  # a corpus command under torchrun joined a group: leave it
+            from densetune.distributed import leave
+
+            leave()
+        return code
     except DensetuneError as err:
         if os.environ.get("DENSETUNE_DEBUG") == "1":
             raise

@@ -54,6 +54,14 @@ def init_distributed(device: str) -> tuple[int, int, int]:
     return dist.get_rank(), dist.get_world_size(), local_rank
 
 
+def leave() -> None:
+    """Leave the process group, if this process joined one. A process that exits with its group alive can
+    abort in the backend's teardown (gloo: "terminate called without an active exception"), failing a
+    torchrun job whose work was done."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def join(device: str | None) -> tuple[int, int, str | None]:
     """For a corpus command under torchrun: join the group and return ``(rank, world size, device)``, where
     the device of a multi-process GPU run is this rank's ``cuda:<local rank>`` (else ``device`` as given)."""
